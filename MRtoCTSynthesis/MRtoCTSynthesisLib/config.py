@@ -1,0 +1,150 @@
+"""Training presets: every hyperparameter of the papers' variants, documented, overridable and recorded.
+
+Presets (Yang et al. 2018 = structure-constrained CycleGAN; Hiasa et al. 2018 = gradient-consistency CycleGAN):
+
+* ``cyclegan``      conventional CycleGAN (Zhu 2017 / Wolterink 2017): LSGAN + cycle L1 (lambda 10), random slices,
+                    in Yang's data setting (sagittal, 384x256, CT [-1000, 3500] HU, MR [0, 3500]).
+* ``cyclegan-pbs``  the same with Yang's position-based selection (eq. 10).
+* ``yang2018``      structure-constrained: + MIND structure-consistency loss (lambda2 = 5; 9x9 region, 7x7 Gaussian
+                    patch, sigma 2), PBS.
+* ``hiasa2018``     gradient consistency: lambda_cycle = 3, lambda_GC = 0.3, CT [-150, 350] HU and MR [0, 100]
+                    (Hiasa maps both to [0, 255]; the networks see [-1, 1]), coronal 256x256.
+* ``paired``        the CycleGAN fed registered paired slices (Yang's "cycleGAN (paired)" upper bound); an extra
+                    supervised L1 to the paired CT is a separate switch (``lambda_supervised``), 0 by default.
+
+All presets: Adam (lr 2e-4, beta1 0.5), learning rate constant for the first half of the iterations and decaying
+linearly to 0 over the second half (Hiasa sec. 2.2; the CycleGAN default), batch 1, image pool of 50.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+PRESET_NAMES = ("cyclegan", "cyclegan-pbs", "yang2018", "hiasa2018", "paired")
+SAMPLING_MODES = ("random", "pbs", "paired")
+
+
+@dataclass
+class TrainConfig:
+    """One complete training configuration. Units: mm, HU, iterations."""
+
+    preset: str = "cyclegan"
+    description: str = ""
+    # --- data (Yang sec. 3.1 unless a preset says otherwise)
+    plane: str = "sagittal"                       # slicing plane of the 2D networks
+    image_size: tuple = (384, 256)                # network canvas H x W
+    augment_pad: Optional[tuple] = (400, 284)     # pad to this then random-crop image_size (None: no augmentation)
+    pixel_spacing_mm: Optional[tuple] = None      # None: resize to fit the canvas keeping the aspect ratio (Yang)
+    ct_window: tuple = (-1000.0, 3500.0)          # HU mapped to [-1, 1]
+    mr_window: tuple = (0.0, 3500.0)              # MR units (after normalisation) mapped to [-1, 1]
+    mr_percentile: Optional[float] = 99.5         # robust MR scaling: this percentile in the body ... (None: off)
+    mr_percentile_value: float = 3000.0           # ... becomes this value (MR scans have no standard unit)
+    n4: bool = False                              # N4 bias correction of MR before normalisation
+    sampling: str = "random"                      # random | pbs | paired
+    pbs_max_shift: int = 5                        # m in [-5, 5] of eq. 10
+    validation_fraction: float = 0.1              # share of volumes (not slices) held out
+    # --- losses
+    lambda_cycle: float = 10.0
+    lambda_structure: float = 0.0                 # Yang lambda2 (MIND structure consistency)
+    lambda_gc: float = 0.0                        # Hiasa lambda_GC (gradient consistency)
+    lambda_identity: float = 0.0
+    lambda_supervised: float = 0.0                # L1 to the paired CT (paired preset only)
+    mind_region: int = 9
+    mind_patch: int = 7
+    mind_sigma: float = 2.0
+    # --- networks
+    ngf: int = 64
+    ndf: int = 64
+    n_blocks: int = 9
+    d_layers: int = 3
+    # --- optimisation
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    iterations: int = 200_000
+    decay_start: Optional[int] = None             # None: half of the iterations
+    batch_size: int = 1
+    pool_size: int = 50
+    seed: int = 0
+    # --- bookkeeping
+    checkpoint_every: int = 1000
+    preview_every: int = 500
+    validate_every: int = 1000
+    log_every: int = 10
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.augment_pad = None if self.augment_pad is None else tuple(int(v) for v in self.augment_pad)
+        self.pixel_spacing_mm = None if self.pixel_spacing_mm is None else tuple(float(v) for v in self.pixel_spacing_mm)
+        self.ct_window = tuple(float(v) for v in self.ct_window)
+        self.mr_window = tuple(float(v) for v in self.mr_window)
+        self.validate()
+
+    @property
+    def lr_decay_start(self) -> int:
+        return self.iterations // 2 if self.decay_start is None else self.decay_start
+
+    def validate(self) -> None:
+        problems = []
+        if self.plane not in ("sagittal", "coronal", "axial"):
+            problems.append(f"plane {self.plane!r} is not sagittal, coronal or axial")
+        if self.sampling not in SAMPLING_MODES:
+            problems.append(f"sampling {self.sampling!r} is not one of {SAMPLING_MODES}")
+        if any(v % 4 for v in self.image_size):
+            problems.append(f"image_size {self.image_size} must be multiples of 4 (two stride-2 convolutions)")
+        if self.augment_pad is not None and any(p < s for p, s in zip(self.augment_pad, self.image_size)):
+            problems.append(f"augment_pad {self.augment_pad} must be at least image_size {self.image_size}")
+        if self.iterations < 1 or self.batch_size < 1:
+            problems.append("iterations and batch_size must be >= 1")
+        if self.lambda_supervised and self.sampling != "paired":
+            problems.append("lambda_supervised needs paired sampling (registered MR/CT pairs)")
+        for name in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity", "lambda_supervised", "lr"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.ct_window[1] <= self.ct_window[0] or self.mr_window[1] <= self.mr_window[0]:
+            problems.append("intensity windows need high > low")
+        if problems:
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **overrides})
+
+
+_YANG_DATA = dict(plane="sagittal", image_size=(384, 256), augment_pad=(400, 284),
+                  ct_window=(-1000.0, 3500.0), mr_window=(0.0, 3500.0), mr_percentile_value=3000.0)
+
+PRESETS: dict[str, dict] = {
+    "cyclegan": dict(_YANG_DATA, description="Conventional CycleGAN (LSGAN, cycle L1 x10), random slice selection",
+                     sampling="random", lambda_cycle=10.0),
+    "cyclegan-pbs": dict(_YANG_DATA, description="CycleGAN with Yang's position-based slice selection (eq. 10)",
+                         sampling="pbs", lambda_cycle=10.0),
+    "yang2018": dict(_YANG_DATA, description="Structure-constrained CycleGAN (Yang 2018): MIND loss x5, PBS",
+                     sampling="pbs", lambda_cycle=10.0, lambda_structure=5.0),
+    "hiasa2018": dict(description="CycleGAN with gradient-consistency loss (Hiasa 2018): cycle x3, GC x0.3",
+                      plane="coronal", image_size=(256, 256), augment_pad=(272, 272),
+                      ct_window=(-150.0, 350.0), mr_window=(0.0, 100.0), mr_percentile_value=90.0,
+                      sampling="random", lambda_cycle=3.0, lambda_gc=0.3),
+    "paired": dict(_YANG_DATA, description="CycleGAN on registered paired slices (Yang's upper bound)",
+                   sampling="paired", lambda_cycle=10.0),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset with optional overrides (any TrainConfig field)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {PRESET_NAMES}")
+    return TrainConfig.from_dict({**PRESETS[name], "preset": name, **overrides})

@@ -1,0 +1,68 @@
+"""PNG figures (matplotlib, Agg): grids of 2D slices with titles, windows and colour maps."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CT_WINDOW = (-1000.0, 2000.0)
+
+
+@dataclass
+class Panel:
+    """One image of a figure: a 2D array, its title, display range, colour map and pixel aspect (row/col spacing)."""
+
+    image: np.ndarray
+    title: str = ""
+    vmin: Optional[float] = None
+    vmax: Optional[float] = None
+    cmap: str = "gray"
+    aspect: float = 1.0
+    colorbar: bool = False
+
+
+def save_panel_grid(rows: Sequence[Sequence[Panel]], path: os.PathLike, suptitle: str = "",
+                    panel_inches: float = 2.6, dpi: int = 90) -> Path:
+    """Save a grid of panels (rows of equal length or shorter) as a PNG; returns the path."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_inches * n_cols, panel_inches * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, row in enumerate(rows):
+        for c, panel in enumerate(row):
+            ax = axes[r][c]
+            shown = ax.imshow(panel.image, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax, aspect=panel.aspect,
+                              interpolation="nearest")
+            ax.set_title(panel.title, fontsize=8)
+            if panel.colorbar:
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def orthogonal_panels(array_kji: np.ndarray, spacing_ijk: Sequence[float], title: str = "",
+                      vmin: Optional[float] = None, vmax: Optional[float] = None, cmap: str = "gray") -> list[Panel]:
+    """Middle sagittal, coronal and axial slices of a canonical (LPS, K-J-I) array, with true pixel aspect."""
+    from .volumes import slice_spacing, volume_to_slices
+
+    panels = []
+    for plane in ("sagittal", "coronal", "axial"):
+        slices = volume_to_slices(array_kji, plane)
+        rows, cols = slice_spacing(spacing_ijk, plane)
+        panels.append(Panel(slices[slices.shape[0] // 2], f"{title} {plane}".strip(), vmin, vmax, cmap, rows / cols))
+    return panels

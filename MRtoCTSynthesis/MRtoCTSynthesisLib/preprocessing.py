@@ -1,0 +1,106 @@
+"""From a volume to normalised 2D slices and back: the one definition shared by training and synthesis.
+
+MR:  [N4] -> canonical LPS -> robust percentile scaling -> MR window -> [-1, 1] -> slices along the plane.
+CT:  canonical LPS -> CT window (HU) -> [-1, 1] -> slices along the plane.
+The ``Normalization`` travels inside every model file so synthesis repeats training's steps exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+from skimage.filters import threshold_otsu
+
+from . import volumes as V
+
+MODALITIES = ("mr", "ct")
+CT_BACKGROUND_HU = -1000.0
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Everything that decides what the generators see; stored in model files as JSON."""
+
+    plane: str
+    image_size: tuple
+    ct_window: tuple
+    mr_window: tuple
+    mr_percentile: Optional[float] = 99.5
+    mr_percentile_value: float = 3000.0
+    n4: bool = False
+    pixel_spacing_mm: Optional[tuple] = None
+
+    @classmethod
+    def from_config(cls, config) -> "Normalization":
+        return cls(plane=config.plane, image_size=tuple(config.image_size), ct_window=tuple(config.ct_window),
+                   mr_window=tuple(config.mr_window), mr_percentile=config.mr_percentile,
+                   mr_percentile_value=config.mr_percentile_value, n4=config.n4,
+                   pixel_spacing_mm=config.pixel_spacing_mm)
+
+    @classmethod
+    def from_json(cls, values: dict) -> "Normalization":
+        values = dict(values)
+        for key in ("image_size", "ct_window", "mr_window", "pixel_spacing_mm"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ValueError(f"invalid normalization record {values}: {error}") from error
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    def window(self, modality: str) -> V.IntensityWindow:
+        _check_modality(modality)
+        return V.IntensityWindow(*(self.mr_window if modality == "mr" else self.ct_window))
+
+
+@dataclass
+class PreparedVolume:
+    """Normalised slices in display orientation plus what is needed to put results back on the input grid."""
+
+    slices: np.ndarray                 # (N, H, W) float32 in [-1, 1]
+    pixel_spacing: tuple               # in-plane (row, column) mm
+    canonical: sitk.Image              # the canonical grid (no pixel data is needed from it afterwards)
+    reorientation: V.Reorientation
+    mr_scale: float = 1.0              # MR robust-scaling factor applied (1 for CT)
+
+
+def prepare_volume(image: sitk.Image, modality: str, norm: Normalization, oblique: str = "resample") -> PreparedVolume:
+    """Normalise a volume and cut it into slices along ``norm.plane``; the input image is not modified."""
+    _check_modality(modality)
+    if modality == "mr" and norm.n4:
+        image = V.n4_bias_correction(image)
+    background = 0.0 if modality == "mr" else CT_BACKGROUND_HU
+    canonical, how = V.to_canonical(sitk.Cast(image, sitk.sitkFloat32), oblique=oblique, default_value=background)
+    array = V.array_of(canonical)
+    scale = 1.0
+    if modality == "mr" and norm.mr_percentile is not None:
+        array, scale = V.robust_scale(array, foreground_of(array), norm.mr_percentile, norm.mr_percentile_value)
+    normalised = norm.window(modality).to_network(array).astype(np.float32, copy=False)
+    slices = np.ascontiguousarray(V.volume_to_slices(normalised, norm.plane))
+    spacing = V.slice_spacing(canonical.GetSpacing(), norm.plane)
+    return PreparedVolume(slices, spacing, canonical, how, scale)
+
+
+def restore_volume(slices_hu: np.ndarray, prepared: PreparedVolume, plane: str,
+                   background: float = CT_BACKGROUND_HU) -> sitk.Image:
+    """(N, H, W) slices on the canonical grid -> a float32 image on the original input grid."""
+    canonical_array = np.ascontiguousarray(V.slices_to_volume(slices_hu, plane), dtype=np.float32)
+    image = V.image_like(canonical_array, prepared.canonical)
+    return V.from_canonical(image, prepared.reorientation, default_value=background)
+
+
+def foreground_of(array: np.ndarray) -> np.ndarray:
+    """Voxels above the Otsu threshold: the body, for percentile statistics (cheap; no morphology)."""
+    if float(array.max()) <= float(array.min()):
+        raise V.VolumeError("the volume is constant; there is no anatomy to normalise")
+    return array > threshold_otsu(array)
+
+
+def _check_modality(modality: str) -> None:
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")

@@ -1,0 +1,373 @@
+"""Volumes: reading and writing, canonical orientation, slicing planes, in-plane fitting, intensities, masks.
+
+Conventions
+-----------
+* Volumes are ``SimpleITK.Image`` objects; their geometry (size, spacing, origin, direction) is LPS, as in ITK.
+* The *canonical* orientation is LPS-aligned: identity direction, so the numpy array ``[k, j, i]`` runs
+  inferior->superior (k), anterior->posterior (j) and right->left (i).
+* 2D slices are shown as a radiologist would: sagittal (rows superior->inferior, columns anterior->posterior),
+  coronal (rows superior->inferior, columns right->left), axial (rows anterior->posterior, columns right->left).
+  ``volume_to_slices`` and ``slices_to_volume`` are exact inverses (views: no copy, no resampling).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import binary_fill_holes
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+PLANES = ("sagittal", "coronal", "axial")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class VolumeError(ValueError):
+    """A volume cannot be read or used; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------------------------- reading, writing
+
+def is_volume_path(path: PathLike) -> bool:
+    """True for a file with a volume suffix we read, or a folder (a DICOM series)."""
+    p = Path(path)
+    return p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES + (".dcm",))
+
+
+def read_volume(path: PathLike) -> sitk.Image:
+    """Read a 3D scalar volume: NIfTI, NRRD, MHA/MHD, or a folder holding a DICOM series.
+
+    A folder with several DICOM series reads the one with the most files and logs which it chose.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VolumeError(f"{p}: no such file or folder; give a NIfTI/NRRD/MHA file or a DICOM series folder")
+    try:
+        image = _read_dicom_folder(p) if p.is_dir() else sitk.ReadImage(str(p))
+    except RuntimeError as error:
+        raise VolumeError(f"{p}: cannot be read as a volume ({str(error).strip().splitlines()[-1]}); "
+                          f"supported: {', '.join(VOLUME_SUFFIXES)} files and DICOM series folders") from error
+    if image.GetDimension() != 3:
+        raise VolumeError(f"{p}: is {image.GetDimension()}D; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or "
+                          "vector image); a scalar MR or CT volume is needed")
+    return image
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise VolumeError(f"{folder}: folder holds no DICOM series; point to a folder of .dcm files or to a volume file")
+    files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
+    chosen = max(files, key=lambda sid: len(files[sid]))
+    if len(series) > 1:
+        log.warning("%s holds %d DICOM series; reading the largest, %s (%d files)",
+                    folder, len(series), chosen, len(files[chosen]))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files[chosen])
+    return reader.Execute()
+
+
+def write_volume(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
+    """Write atomically: a temporary file beside the target, renamed over it only once fully written."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    suffix = next((s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if p.name.lower().endswith(s)), None)
+    if suffix is None:
+        raise VolumeError(f"{p}: unknown volume suffix; use one of {', '.join(VOLUME_SUFFIXES)}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, compress)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return p
+
+
+# --------------------------------------------------------------------------------------------- geometry
+
+@dataclass(frozen=True)
+class Geometry:
+    """The full voxel grid of a volume: size (i, j, k), spacing, origin and direction (LPS, row-major 3x3)."""
+
+    size: tuple
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                   tuple(image.GetDirection()))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        """Stamp this geometry on ``image`` (whose size must match) and return it."""
+        if tuple(image.GetSize()) != self.size:
+            raise VolumeError(f"size {image.GetSize()} does not match the grid {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def matches(self, other: "Geometry", tol: float = 1e-6) -> bool:
+        return (self.size == other.size
+                and np.allclose(self.spacing, other.spacing, atol=tol)
+                and np.allclose(self.origin, other.origin, atol=tol * 1e3)
+                and np.allclose(self.direction, other.direction, atol=tol))
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    def is_axis_aligned(self, tol: float = 1e-4) -> bool:
+        """True when the direction is a permutation with flips (each axis parallel to a patient axis)."""
+        return bool(np.all(np.abs(np.abs(self.direction_matrix).max(axis=0) - 1.0) < tol))
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """How a volume was brought to canonical LPS orientation, to undo it exactly."""
+
+    original: Geometry
+    orientation_code: str
+    resampled: bool
+
+
+def to_canonical(image: sitk.Image, oblique: str = "resample", interpolator: int = sitk.sitkLinear,
+                 default_value: float = 0.0) -> tuple[sitk.Image, Reorientation]:
+    """Reorient to LPS voxel order.
+
+    An axis-aligned direction (a permutation with flips) is handled by permuting/flipping the voxels: exact, no
+    resampling. An oblique direction is either resampled onto an LPS-aligned grid that covers the volume, each
+    axis keeping the spacing of the input axis closest to it (``oblique="resample"``), or only permuted/flipped to
+    the closest LPS axes, keeping its tilt and every voxel value (``oblique="nearest"``).
+    """
+    if oblique not in ("resample", "nearest"):
+        raise ValueError(f"oblique must be 'resample' or 'nearest', not {oblique!r}")
+    geometry = Geometry.of(image)
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(geometry.direction)
+    if geometry.is_axis_aligned() or oblique == "nearest":
+        canonical = sitk.DICOMOrient(image, "LPS")
+        if geometry.is_axis_aligned():
+            canonical.SetDirection(np.eye(3).flatten().tolist())  # drop sub-1e-4 residuals of near-aligned input
+        return canonical, Reorientation(geometry, code, resampled=False)
+    return _resample_to_lps(image, geometry, interpolator, default_value), Reorientation(geometry, code, True)
+
+
+def _resample_to_lps(image: sitk.Image, geometry: Geometry, interpolator: int, default_value: float) -> sitk.Image:
+    direction = geometry.direction_matrix
+    corners_index = np.array(np.meshgrid(*[[0, n - 1] for n in geometry.size], indexing="ij")).reshape(3, -1)
+    corners = direction @ (corners_index * np.asarray(geometry.spacing)[:, None]) + np.asarray(geometry.origin)[:, None]
+    lower, upper = corners.min(axis=1), corners.max(axis=1)
+    closest_input_axis = np.abs(direction).argmax(axis=1)  # for each LPS axis, the input axis nearest to it
+    spacing = np.asarray(geometry.spacing)[closest_input_axis]
+    size = np.ceil((upper - lower) / spacing - 1e-6).astype(int) + 1
+    return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, lower.tolist(),
+                         spacing.tolist(), np.eye(3).flatten().tolist(), float(default_value),
+                         image.GetPixelID())
+
+
+def from_canonical(canonical: sitk.Image, reorientation: Reorientation, interpolator: int = sitk.sitkLinear,
+                   default_value: float = 0.0) -> sitk.Image:
+    """Put a canonical volume back on the original grid: exact for permutations/flips, else resampled."""
+    original = reorientation.original
+    if not reorientation.resampled:
+        image = sitk.DICOMOrient(canonical, reorientation.orientation_code)
+        return original.apply_to(image)  # restores the exact original origin/direction floats
+    return sitk.Resample(canonical, list(original.size), sitk.Transform(), interpolator, original.origin,
+                         original.spacing, original.direction, float(default_value), canonical.GetPixelID())
+
+
+# --------------------------------------------------------------------------------------------- slicing planes
+
+def volume_to_slices(array: np.ndarray, plane: str) -> np.ndarray:
+    """(K, J, I) canonical LPS array -> (N, H, W) stack of 2D slices in display orientation (a view)."""
+    _check_plane(plane)
+    if plane == "axial":
+        return array
+    if plane == "coronal":
+        return array[::-1].transpose(1, 0, 2)
+    return array[::-1].transpose(2, 0, 1)
+
+
+def slices_to_volume(slices: np.ndarray, plane: str) -> np.ndarray:
+    """Inverse of ``volume_to_slices``: (N, H, W) -> (K, J, I) canonical array (a view)."""
+    _check_plane(plane)
+    if plane == "axial":
+        return slices
+    if plane == "coronal":
+        return slices.transpose(1, 0, 2)[::-1]
+    return slices.transpose(1, 2, 0)[::-1]
+
+
+def slice_spacing(spacing_ijk: Sequence[float], plane: str) -> tuple[float, float]:
+    """In-plane (row, column) pixel spacing of the slices of a canonical volume with voxel spacing (i, j, k)."""
+    _check_plane(plane)
+    si, sj, sk = spacing_ijk
+    return {"axial": (sj, si), "coronal": (sk, si), "sagittal": (sk, sj)}[plane]
+
+
+def _check_plane(plane: str) -> None:
+    if plane not in PLANES:
+        raise ValueError(f"unknown slicing plane {plane!r}; choose one of {PLANES}")
+
+
+# --------------------------------------------------------------------------------------------- in-plane fitting
+
+@dataclass(frozen=True)
+class SliceFit:
+    """How a (h, w) slice is resized to (rh, rw) and padded, centred, onto an (H, W) canvas."""
+
+    source_shape: tuple
+    resized_shape: tuple
+    canvas_shape: tuple
+    offset: tuple
+
+    def to_json(self) -> dict:
+        return {k: list(v) for k, v in self.__dict__.items()}
+
+
+def plan_slice_fit(source_shape: Sequence[int], source_spacing: Sequence[float], canvas: Sequence[int],
+                   target_spacing: Optional[Sequence[float]] = None, multiple: int = 4) -> SliceFit:
+    """Plan the in-plane resampling and padding of slices for the network.
+
+    Without ``target_spacing`` (Yang: "resized and padded to 384x256 while maintaining the aspect ratio") the
+    physical slice is scaled to fit the canvas. With it, the slice is resampled to that pixel spacing and the
+    canvas grows (to a multiple of ``multiple``) if the slice does not fit, which a fully convolutional generator
+    accepts.
+    """
+    h, w = (int(n) for n in source_shape)
+    height_mm, width_mm = h * source_spacing[0], w * source_spacing[1]
+    if target_spacing is None:
+        scale = min(canvas[0] / height_mm, canvas[1] / width_mm)
+        resized = (min(canvas[0], max(1, round(height_mm * scale))), min(canvas[1], max(1, round(width_mm * scale))))
+    else:
+        resized = (max(1, round(height_mm / target_spacing[0])), max(1, round(width_mm / target_spacing[1])))
+    grown = tuple(max(c, -(-r // multiple) * multiple) for c, r in zip(canvas, resized))
+    offset = tuple((c - r) // 2 for c, r in zip(grown, resized))
+    return SliceFit((h, w), resized, grown, offset)
+
+
+def fit_slices(slices: torch.Tensor, fit: SliceFit, pad_value: float) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, H, W): bilinear resize to the planned size, then centred padding with ``pad_value``."""
+    resized = _resize(slices, fit.resized_shape)
+    top, left = fit.offset
+    bottom = fit.canvas_shape[0] - fit.resized_shape[0] - top
+    right = fit.canvas_shape[1] - fit.resized_shape[1] - left
+    return F.pad(resized, (left, right, top, bottom), value=pad_value)
+
+
+def unfit_slices(canvas: torch.Tensor, fit: SliceFit) -> torch.Tensor:
+    """Inverse of ``fit_slices``: crop the resized region and resize back to the source (h, w)."""
+    top, left = fit.offset
+    region = canvas[..., top:top + fit.resized_shape[0], left:left + fit.resized_shape[1]]
+    return _resize(region, fit.source_shape)
+
+
+def _resize(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=tuple(shape), mode="bilinear", align_corners=False, antialias=False)
+
+
+# --------------------------------------------------------------------------------------------- intensities
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """Linear map of the window [low, high] to the generator's tanh range [-1, 1] (values outside are clipped)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not self.high > self.low:
+            raise ValueError(f"intensity window [{self.low}, {self.high}] must have high > low")
+
+    def to_network(self, x):
+        """x -> 2 (clip(x, low, high) - low) / (high - low) - 1; numpy or torch, never in place."""
+        return (x.clip(self.low, self.high) - self.low) * (2.0 / (self.high - self.low)) - 1.0
+
+    def from_network(self, y):
+        """Inverse of ``to_network`` inside the window: y -> low + (y + 1) (high - low) / 2."""
+        return (y + 1.0) * ((self.high - self.low) / 2.0) + self.low
+
+    def to_byte_range(self, x):
+        """Hiasa's normalisation: [low, high] mapped to [0, 255] (used for their MAE/PSNR)."""
+        return (x.clip(self.low, self.high) - self.low) * (255.0 / (self.high - self.low))
+
+
+def robust_scale(array: np.ndarray, mask: Optional[np.ndarray] = None, percentile: float = 99.5,
+                 value: float = 1000.0) -> tuple[np.ndarray, float]:
+    """Scale an MR of arbitrary units so its ``percentile`` inside the mask becomes ``value``; returns (scaled, factor).
+
+    MR intensities have no standard unit; a percentile is robust to a few bright voxels (vessels, fat, artefacts).
+    Zero stays zero, so the background stays at the bottom of the window.
+    """
+    voxels = array[mask] if mask is not None else array[array > 0]
+    if voxels.size == 0:
+        raise VolumeError("the MR has no foreground voxels to normalise (all zero or an empty mask)")
+    reference = float(np.percentile(voxels, percentile))
+    if reference <= 0:
+        raise VolumeError(f"the MR's {percentile}th percentile is {reference} <= 0; is this an MR magnitude image?")
+    factor = value / reference
+    return (array * np.float32(factor)).astype(np.float32, copy=False), factor
+
+
+def n4_bias_correction(image: sitk.Image, mask: Optional[sitk.Image] = None, shrink: int = 4,
+                       iterations: Sequence[int] = (50, 50, 30, 20)) -> sitk.Image:
+    """N4 bias-field correction (SimpleITK), fitted on a shrunken image and applied at full resolution."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    mask = mask if mask is not None else sitk.OtsuThreshold(image, 0, 1, 200)
+    small = sitk.Shrink(image, [shrink] * 3)
+    small_mask = sitk.Shrink(mask, [shrink] * 3)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([int(n) for n in iterations])
+    corrector.Execute(small, small_mask)
+    log_bias = corrector.GetLogBiasFieldAsImage(image)
+    return sitk.Cast(image / sitk.Exp(log_bias), sitk.sitkFloat32)
+
+
+def body_mask(image: sitk.Image, threshold: Optional[float] = None, closing_mm: float = 5.0) -> sitk.Image:
+    """Head/body mask: threshold (Otsu when None), largest connected component, closing, holes filled per slice.
+
+    Returns a uint8 image (1 inside) on the input grid.
+    """
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if threshold is None:
+        foreground = sitk.OtsuThreshold(image, 0, 1, 128)
+    else:
+        foreground = sitk.BinaryThreshold(image, float(threshold), 1e30, 1, 0)
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(foreground), sortByObjectSize=True)
+    largest = sitk.Equal(components, 1)
+    radius = [max(1, int(round(closing_mm / s))) for s in image.GetSpacing()]
+    closed = sitk.BinaryMorphologicalClosing(largest, radius)
+    filled = np.stack([binary_fill_holes(s) for s in sitk.GetArrayViewFromImage(closed)])
+    mask = sitk.GetImageFromArray(filled.astype(np.uint8))
+    mask.CopyInformation(image)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------- arrays
+
+def array_of(image: sitk.Image, dtype=np.float32) -> np.ndarray:
+    """A (K, J, I) array copy of the image in ``dtype`` (the image itself is never modified)."""
+    return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
+
+
+def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A new image holding ``array`` with the geometry of ``reference``."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
