@@ -42,3 +42,16 @@ def assert_same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-6) -> Non
     np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 1e3)
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+
+
+TINY_TRAIN_ARGS = ["--image-size", "32", "32", "--augment-pad", "36", "36", "--ngf", "4", "--n-blocks", "1",
+                   "--ndf", "4", "--log-every", "1", "--preview-every", "1000", "--validate-every", "1000",
+                   "--no-progress"]
+
+
+def tiny_phantom_dataset(folder, kind="head", n=3, seed=0):
+    """A few small paired phantoms (MR, CT, labels folders) for fast tests."""
+    from MRtoCTSynthesisLib.phantom import write_phantom_dataset
+    shape, spacing = ((32, 32, 24), (7.0, 7.0, 7.0)) if kind == "head" else ((32, 28, 24), (12.0, 12.0, 10.0))
+    write_phantom_dataset(folder, kind, n, seed=seed, shape=shape, spacing=spacing)
+    return folder

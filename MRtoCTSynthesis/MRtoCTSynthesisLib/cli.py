@@ -53,6 +53,19 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ train
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    from .train import add_train_arguments
+    add_train_arguments(p)
+
+
+@command("train", "train a CycleGAN MR-to-CT model from folders of unpaired MR and CT volumes")(_add_train)
+def _train(args: argparse.Namespace) -> int:
+    from .train import run_from_args
+    return run_from_args(args)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def build_parser() -> argparse.ArgumentParser:

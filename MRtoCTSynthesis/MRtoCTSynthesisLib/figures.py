@@ -66,3 +66,26 @@ def orthogonal_panels(array_kji: np.ndarray, spacing_ijk: Sequence[float], title
         rows, cols = slice_spacing(spacing_ijk, plane)
         panels.append(Panel(slices[slices.shape[0] // 2], f"{title} {plane}".strip(), vmin, vmax, cmap, rows / cols))
     return panels
+
+
+def save_loss_curves(rows: Sequence[dict], path: os.PathLike, title: str = "training losses") -> Path:
+    """Plot every loss column of ``rows`` (dicts with 'iteration' and loss values) against the iteration."""
+    path = Path(path)
+    names = [k for k in rows[0] if k not in ("iteration", "lr", "seconds")] if rows else []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    iterations = [int(r["iteration"]) for r in rows]
+    for name in names:
+        target = axes[0] if name.startswith("D_") or name.startswith("G_gan") else axes[1]
+        target.plot(iterations, [float(r[name]) for r in rows], label=name, linewidth=1)
+    for ax, label in zip(axes, ("adversarial (LSGAN)", "cycle, structure, gradient, total")):
+        ax.set_xlabel("iteration")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

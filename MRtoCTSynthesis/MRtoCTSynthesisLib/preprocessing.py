@@ -104,3 +104,25 @@ def foreground_of(array: np.ndarray) -> np.ndarray:
 def _check_modality(modality: str) -> None:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
+
+
+def normalization_metadata(norm: Normalization) -> dict:
+    """The model-file fields that carry a Normalization (see modelfile.validate_metadata)."""
+    record = norm.to_json()
+    return {"plane": record["plane"], "image_size": record["image_size"], "ct_window": record["ct_window"],
+            "mr_window": record["mr_window"], "pixel_spacing_mm": record["pixel_spacing_mm"],
+            "mr_normalization": {"percentile": record["mr_percentile"], "value": record["mr_percentile_value"],
+                                 "n4": record["n4"]}}
+
+
+def normalization_from_metadata(metadata: dict) -> Normalization:
+    """Inverse of ``normalization_metadata``: what synthesis must repeat for a model file."""
+    mr = metadata["mr_normalization"]
+    try:
+        return Normalization(plane=metadata["plane"], image_size=tuple(metadata["image_size"]),
+                             ct_window=tuple(metadata["ct_window"]), mr_window=tuple(metadata["mr_window"]),
+                             mr_percentile=mr["percentile"], mr_percentile_value=float(mr["value"]), n4=bool(mr["n4"]),
+                             pixel_spacing_mm=None if metadata["pixel_spacing_mm"] is None
+                             else tuple(metadata["pixel_spacing_mm"]))
+    except KeyError as error:
+        raise ValueError(f"model metadata lacks the normalisation field {error}; was it made by this engine?") from error

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -23,6 +22,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_fill_holes
+
+from .atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,10 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
 def write_volume(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
     """Write atomically: a temporary file beside the target, renamed over it only once fully written."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     suffix = next((s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if p.name.lower().endswith(s)), None)
     if suffix is None:
         raise VolumeError(f"{p}: unknown volume suffix; use one of {', '.join(VOLUME_SUFFIXES)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(p, lambda temp: sitk.WriteImage(image, str(temp), compress), suffix=suffix)
     return p
 
 
@@ -235,8 +228,12 @@ class SliceFit:
     canvas_shape: tuple
     offset: tuple
 
-    def to_json(self) -> dict:
-        return {k: list(v) for k, v in self.__dict__.items()}
+    def on_canvas(self, canvas: Sequence[int]) -> "SliceFit":
+        """The same resizing, centred on a larger canvas (e.g. Yang's 400x284 augmentation padding)."""
+        if any(c < r for c, r in zip(canvas, self.resized_shape)):
+            raise ValueError(f"canvas {tuple(canvas)} is smaller than the resized slice {self.resized_shape}")
+        offset = tuple((c - r) // 2 for c, r in zip(canvas, self.resized_shape))
+        return SliceFit(self.source_shape, self.resized_shape, tuple(canvas), offset)
 
 
 def plan_slice_fit(source_shape: Sequence[int], source_spacing: Sequence[float], canvas: Sequence[int],

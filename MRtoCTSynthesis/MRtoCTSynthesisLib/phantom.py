@@ -1,0 +1,516 @@
+"""Paired digital MR/CT phantoms of the head and the pelvis, with exact label maps.
+
+A subject is a list of shapes, each a signed distance function (SDF, mm, negative inside) of the voxel centres
+in the subject's anatomical frame, painted in order into one label map (a voxel has one label). CT and MR are
+functions of the labels, per-subject tissue values, smooth within-tissue variation and noise; the MR also gets a
+smooth multiplicative bias field. The MR is T1-like: cortical bone and air are both dark, the ambiguity an MR-to-CT
+method has to resolve from anatomical context. Per subject, shape, size, pose, fat and bone thickness, bladder
+filling, bowel gas and tissue values vary.
+
+Frame: LPS with identity direction (x = patient left, y = posterior, z = superior), image centred at 0. The anatomy
+is scaled isotropically (never above natural size) so that it fits the field of view.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+PHANTOM_KINDS = ("head", "pelvis")
+CT_RANGE = (-1024.0, 3000.0)
+AIR_CT, AIR_MR = -1000.0, 0.0
+
+Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class Tissue(NamedTuple):
+    """Mean value of a tissue, its between-subject sd, and the amplitude of its smooth within-subject variation."""
+
+    ct: float            # HU
+    ct_sd: float
+    ct_texture: float    # HU
+    mr: float            # T1-like arbitrary units, white matter ~1000
+    mr_sd: float
+    mr_texture: float    # relative
+
+
+_MUSCLE = Tissue(50, 6, 6, 600, 50, 0.05)
+_AIR = Tissue(-990, 8, 10, 8, 3, 0.2)
+TISSUES: dict[str, Tissue] = {
+    "skin": Tissue(40, 8, 8, 650, 50, 0.05),
+    "fat": Tissue(-100, 10, 8, 1250, 80, 0.04),
+    "muscle": _MUSCLE, "gluteus_medius": _MUSCLE, "gluteus_minimus": _MUSCLE, "iliopsoas": _MUSCLE,
+    "cortical_bone": Tissue(1500, 120, 150, 40, 10, 0.2),
+    "bone_marrow": Tissue(450, 60, 80, 750, 70, 0.08),        # skull diploe and facial/cervical cancellous bone
+    "pelvis_marrow": Tissue(260, 50, 60, 760, 70, 0.08),
+    "spine_marrow": Tissue(230, 50, 60, 720, 70, 0.08),
+    "femur_marrow": Tissue(220, 50, 60, 950, 70, 0.08),       # fatty (yellow) marrow: bright on T1
+    "grey_matter": Tissue(40, 4, 3, 700, 40, 0.04),
+    "white_matter": Tissue(28, 4, 3, 1000, 30, 0.03),
+    "csf": Tissue(8, 4, 3, 250, 40, 0.08),
+    "eye": Tissue(12, 4, 3, 300, 40, 0.05),
+    "air_cavity": _AIR, "bowel_gas": _AIR,
+    "bowel": Tissue(35, 6, 10, 500, 50, 0.1),
+    "bladder": Tissue(8, 5, 3, 180, 30, 0.05),                # urine: dark on T1
+}
+
+HEAD_LABELS = {1: "skin", 2: "fat", 3: "muscle", 4: "cortical_bone", 5: "bone_marrow", 6: "grey_matter",
+               7: "white_matter", 8: "csf", 9: "eye", 10: "air_cavity"}
+PELVIS_LABELS = {1: "skin", 2: "fat", 3: "muscle", 4: "gluteus_medius", 5: "gluteus_minimus", 6: "iliopsoas",
+                 7: "bladder", 8: "bowel", 9: "bowel_gas", 10: "cortical_bone", 11: "pelvis_marrow",
+                 12: "spine_marrow", 13: "femur_marrow", 14: "csf"}
+
+
+@dataclass
+class Phantom:
+    mr: sitk.Image            # float32, T1-like
+    ct: sitk.Image            # float32, HU in CT_RANGE
+    labels: sitk.Image        # uint8, 0 = air outside the body
+    label_names: dict[int, str]
+    kind: str
+    seed: int
+
+
+# ----------------------------------------------------------------------------------------------------------- shapes
+FAR = np.float32(1e4)   # SDF value given to voxels beyond a shape's bounding box
+MARGIN = 40.0           # mm around a shape's box in which its SDF is computed (> blend radii and offsets used)
+
+
+def _rotation(degrees: Sequence[float]) -> np.ndarray:
+    """R = Rz Ry Rx for rotations (degrees) about x, y, z."""
+    ax, ay, az = np.radians(degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+class Frame:
+    """Voxel centres in a subject's anatomical frame (mm): p = M i + o for voxel index i = (ix, iy, iz).
+
+    ``x, y, z`` are arrays in SimpleITK order (z, y, x). Shapes are evaluated inside their bounding box only.
+    """
+
+    def __init__(self, shape: Sequence[int], matrix: np.ndarray, offset: np.ndarray) -> None:
+        self.shape, self.matrix, self.offset = tuple(shape), np.asarray(matrix, float), np.asarray(offset, float)
+        ix, iy, iz = (np.arange(n, dtype=np.float32) for n in shape)
+        m = self.matrix.astype(np.float32)
+        self.x, self.y, self.z = (m[k, 0] * ix + m[k, 1] * iy[:, None] + m[k, 2] * iz[:, None, None]
+                                  + np.float32(self.offset[k]) for k in range(3))
+
+    def block(self, lo: Sequence[float], hi: Sequence[float]) -> tuple[slice, slice, slice]:
+        """Array slices (z, y, x) of the voxels whose centres may lie in the anatomical box [lo, hi]."""
+        if not np.all(np.isfinite(np.r_[lo, hi])):
+            return (slice(None),) * 3
+        corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1)
+        index = np.linalg.solve(self.matrix, corners - self.offset[:, None])
+        first = np.clip(np.floor(index.min(axis=1)).astype(int), 0, self.shape)
+        last = np.clip(np.ceil(index.max(axis=1)).astype(int) + 1, 0, self.shape)
+        return tuple(slice(a, b) for a, b in zip(first[::-1], last[::-1]))
+
+    def evaluate(self, sdf: Callable[[Coords], np.ndarray], lo: Sequence[float], hi: Sequence[float]) -> np.ndarray:
+        """sdf(p) inside the box [lo, hi] widened by MARGIN, FAR elsewhere."""
+        block = self.block(np.asarray(lo, float) - MARGIN, np.asarray(hi, float) + MARGIN)
+        out = np.full(self.x.shape, FAR, np.float32)
+        if all(b.start is None or b.start < b.stop for b in block):
+            out[block] = sdf((self.x[block], self.y[block], self.z[block]))
+        return out
+
+    def field(self, rng: np.random.Generator, wavelength: float, waves: int = 8) -> np.ndarray:
+        """Zero-mean, unit-variance random field sqrt(2 / n) sum_j cos(w_j . p + phi_j), |w_j| ~ 2 pi / wavelength.
+
+        w . p = (M^T w) . i + w . o is separable in the voxel index, so the sum is a rank-n complex outer product.
+        """
+        directions = rng.normal(size=(waves, 3))
+        w = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+        w *= (2 * np.pi / wavelength * rng.uniform(0.7, 1.3, waves))[:, None]
+        phase = np.exp(1j * (w @ self.offset + rng.uniform(0, 2 * np.pi, waves)))
+        fx, fy, fz = (np.exp(1j * np.outer(w @ self.matrix[:, k], np.arange(n))).astype(np.complex64)
+                      for k, n in enumerate(self.shape))
+        zy = (phase[:, None, None].astype(np.complex64) * fz[:, :, None] * fy[:, None, :]).reshape(waves, -1)
+        field = (zy.T @ fx).real.reshape(self.x.shape)
+        return field * np.float32(np.sqrt(2.0 / waves))
+
+
+def _ellipsoid_sdf(p: Coords, center: Sequence[float], radii: Sequence[float], rotation: np.ndarray) -> np.ndarray:
+    q = [c - np.float32(m) for c, m in zip(p, center)]
+    q = [np.float32(rotation[0, i]) * q[0] + np.float32(rotation[1, i]) * q[1] + np.float32(rotation[2, i]) * q[2]
+         for i in range(3)]
+    axes = [(qi, np.float32(a)) for qi, a in zip(q, radii) if np.isfinite(a)]
+    k0 = np.sqrt(sum((qi / a) ** 2 for qi, a in axes))
+    k1 = np.sqrt(sum((qi / (a * a)) ** 2 for qi, a in axes))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(k1 > 0, k0 * (k0 - 1) / k1, -min(a for _, a in axes)).astype(np.float32)
+
+
+def ellipsoid(f: Frame, center: Sequence[float], radii: Sequence[float],
+              degrees: Sequence[float] = (0, 0, 0)) -> np.ndarray:
+    """Approximate SDF of an ellipsoid, k0 (k0 - 1) / k1 with k0 = |q / a|, k1 = |q / a^2| (exact for spheres).
+
+    q = R^T (p - center); an infinite radius drops its axis (elliptic cylinder).
+    """
+    reach = max(radii) if not any(degrees) else max(radii) * np.ones(3)
+    lo, hi = np.asarray(center, float) - np.asarray(radii, float), np.asarray(center, float) + np.asarray(radii, float)
+    if any(degrees):
+        lo, hi = np.asarray(center, float) - reach, np.asarray(center, float) + reach
+    return f.evaluate(lambda p: _ellipsoid_sdf(p, center, radii, _rotation(degrees)), lo, hi)
+
+
+def capsule(f: Frame, a: Sequence[float], b: Sequence[float], radius: float | tuple[float, float]) -> np.ndarray:
+    """SDF of the segment a-b thickened by a radius varying linearly from a to b: |p - (a + h (b - a))| - r(h)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    r0, r1 = (radius, radius) if np.isscalar(radius) else radius
+    ab = b - a
+
+    def sdf(p: Coords) -> np.ndarray:
+        pa = [c - np.float32(ai) for c, ai in zip(p, a)]
+        h = np.clip(sum(x * np.float32(y) for x, y in zip(pa, ab)) / np.float32(ab @ ab), 0.0, 1.0)
+        return np.sqrt(sum((x - h * np.float32(y)) ** 2 for x, y in zip(pa, ab))) - (r0 + (r1 - r0) * h)
+
+    reach = max(r0, r1)
+    return f.evaluate(sdf, np.minimum(a, b) - reach, np.maximum(a, b) + reach)
+
+
+def smooth_union(*sdfs: np.ndarray, k: float) -> np.ndarray:
+    """Polynomial smooth minimum with blend radius k (mm), so unions of shapes have no creases."""
+    def smin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+        return b + (a - b) * h - k * h * (1.0 - h)
+    return reduce(smin, sdfs)
+
+
+class _Painter:
+    """Paints shapes (SDF <= 0) into a label map, later shapes over earlier ones."""
+
+    def __init__(self, shape: tuple[int, ...], names: dict[int, str]) -> None:
+        self.labels = np.zeros(shape, np.uint8)
+        self.ids = {name: i for i, name in names.items()}
+
+    def __call__(self, name: str, sdf: np.ndarray, where: np.ndarray | None = None) -> None:
+        mask = sdf <= 0 if where is None else (sdf <= 0) & where
+        self.labels[mask] = self.ids[name]
+
+    def bone(self, sdf: np.ndarray, cortex: float | np.ndarray, marrow: str) -> None:
+        """A bone: cortical shell of thickness ``cortex`` (mm, scalar or per voxel) around ``marrow``."""
+        self("cortical_bone", sdf)
+        self(marrow, sdf + cortex)
+
+
+# ------------------------------------------------------------------------------------------------------- anatomy
+def _head(p: Coords, rng: np.random.Generator, paint: _Painter) -> None:
+    x, y, z = p
+    body = smooth_union(
+        ellipsoid(p, (0, 8, 18), (74, 94, 86)),                               # cranium
+        ellipsoid(p, (0, -30, -42), (56, 58, 50)),                            # face
+        capsule(p, (0, -84, -10), (0, -101, -40), (7, 10)),                   # nose
+        ellipsoid(p, (0, -52, -80), (30, 26, 18)),                            # chin
+        np.maximum(ellipsoid(p, (0, 18, 0), (52, 56, np.inf)), z),           # neck
+        k=12)
+    skin, fat = 3.0, rng.uniform(2.5, 6.0) * (1 + 0.3 * smooth_field(p, rng, 120))
+    paint("skin", body)
+    paint("fat", body + skin)
+    paint("muscle", body + skin + fat)
+
+    # skull: vault shell (diploe between outer and inner tables) above a floor that steps down front to back
+    cranium = ellipsoid(p, (0, 8, 18), (74, 94, 86)) + rng.uniform(5.0, 7.5)   # outer table surface
+    thickness = rng.uniform(6.0, 8.5) * (1 + 0.2 * smooth_field(p, rng, 90))
+    base = np.interp(y, [-80, -25, 5, 35, 100], np.array([-4, -8, -26, -44, -40]) + rng.uniform(-3, 3))
+    cavity = np.maximum(cranium + thickness, base - z)
+    vault = np.maximum(np.maximum(cranium, base - thickness - z), -cavity)
+    foramen = np.maximum(ellipsoid(p, (0, 24, 0), (15, 17, np.inf)), z - base - 5)
+    paint.bone(np.maximum(vault, -foramen), 0.3 * thickness, "bone_marrow")
+
+    # brain: CSF rim, cortex with sulci, white matter, deep grey matter, ventricles, cerebellum, brainstem
+    brain = cavity + rng.uniform(1.5, 4.0)
+    gyri = smooth_field(p, rng, 28, waves=16)
+    paint("csf", cavity)
+    paint("grey_matter", brain)
+    paint("white_matter", brain + 3.0 + 3.0 * np.abs(gyri))
+    paint("csf", np.abs(gyri) - 0.12, (brain <= 0) & (brain > -9))                          # sulci
+    paint("csf", np.abs(x) - 1.2, (brain <= 0) & (z > 8 + 0.15 * y))                       # interhemispheric fissure
+    cerebellum = ellipsoid(p, (0, 55, -30), (48, 32, 20), (-10, 0, 0))
+    paint("csf", cerebellum - 2.5, brain <= 0)                                             # tentorium, cisterns
+    paint("grey_matter", cerebellum, brain <= 0)
+    paint("white_matter", ellipsoid(p, (0, 47, -28), (16, 11, 8), (-10, 0, 0)))
+    for s in (-1, 1):
+        paint("grey_matter", ellipsoid(p, (s * 11, 6, 6), (9, 14, 9)))                       # thalamus
+        paint("grey_matter", ellipsoid(p, (s * 22, -12, 10), (6, 15, 10), (0, 0, s * 10)))   # striatum
+    v = rng.uniform(0.75, 1.5)
+    for s in (-1, 1):
+        paint("csf", ellipsoid(p, (s * 9 * v, -4, 18), (5 * v, 28, 8 * v), (-8, 0, s * 6)))  # lateral ventricle
+        paint("csf", ellipsoid(p, (s * 15 * v, 26, 14), (5 * v, 14, 7 * v), (20, 0, -s * 20)))  # occipital horn
+    paint("csf", ellipsoid(p, (0, 6, 4), (2 * v, 13, 8)))                                  # third ventricle
+    paint("csf", capsule(p, (0, 4, 2), (0, 28, -60), (15, 10)), z > -62)                   # cisterns, canal
+    paint("csf", capsule(p, (0, 28, -60), (0, 32, -400), 9))
+    paint("white_matter", smooth_union(capsule(p, (0, 4, 2), (0, 24, -46), (11, 9)),
+                                       capsule(p, (0, 24, -46), (0, 32, -400), 6), k=4))  # brainstem, cord
+
+    # facial skeleton and cervical spine, then the air spaces they hold
+    facial = [ellipsoid(p, (0, -52, -42), (40, 30, 22)),                                   # maxilla
+              ellipsoid(p, (0, -78, 6), (18, 9, 14)),                                      # frontal sinus bone
+              ellipsoid(p, (0, -20, -24), (17, 15, 14)),                                   # sphenoid body
+              np.maximum(np.maximum(ellipsoid(p, (0, -32, 0), (44, 52, np.inf)),          # mandible body
+                                    -ellipsoid(p, (0, -32, 0), (35, 43, np.inf))),
+                         np.maximum(np.abs(z + 84) - 10, y + 8))]
+    for s in (-1, 1):
+        facial += [capsule(p, (s * 40, -8, -84), (s * 44, 2, -42), 7),                     # mandibular ramus
+                   capsule(p, (s * 58, -62, -22), (s * 63, -2, -26), 5)]                  # zygomatic arch
+    for k in range(4):
+        zk = -62 - 19 * k
+        facial += [ellipsoid(p, (0, 8, zk), (16, 11, 7.5)),                                # vertebral body
+                   capsule(p, (-12, 18, zk), (0, 46, zk - 2), 4), capsule(p, (12, 18, zk), (0, 46, zk - 2), 4),
+                   capsule(p, (0, 46, zk - 2), (0, 58, zk - 8), 4)]                        # arch, spinous process
+    paint.bone(smooth_union(*facial, k=3), 2.5, "bone_marrow")
+    paint("csf", capsule(p, (0, 28, -60), (0, 32, -400), 9), z < -60)                      # spinal canal
+    paint("white_matter", capsule(p, (0, 28, -60), (0, 32, -400), 6), z < -60)
+    sinus = rng.uniform(0.7, 1.3)
+    paint("air_cavity", ellipsoid(p, (0, -78, 6), (13 * sinus, 5, 9 * sinus)))             # frontal sinus
+    paint("air_cavity", ellipsoid(p, (0, -20, -24), (12 * sinus, 11, 10)))                 # sphenoid sinus
+    paint("air_cavity", ellipsoid(p, (0, -62, -40), (9, 26, 20)))                          # nasal cavity
+    paint("air_cavity", smooth_union(capsule(p, (0, -44, -44), (0, -16, -58), 8),          # naso-/oropharynx
+                                     capsule(p, (0, -16, -58), (0, -14, -400), 7), k=4))
+    for s in (-1, 1):
+        paint("air_cavity", ellipsoid(p, (s * 23, -55, -42), (12 * sinus, 17, 15 * sinus)))  # maxillary sinus
+        paint("fat", ellipsoid(p, (s * 32, -58, -22), (17, 22, 15)))                          # orbit
+        paint("eye", ellipsoid(p, (s * 32, -64, -22), (12, 12, 12)))
+
+
+def _pelvis(p: Coords, rng: np.random.Generator, paint: _Painter) -> None:
+    x, y, z = p
+    trunk = np.maximum(ellipsoid(p, (0, 5, 0), (rng.uniform(155, 175), rng.uniform(100, 118), np.inf)), -75 - z)
+    body = smooth_union(trunk, *[ellipsoid(p, (s * 68, 50, -45), (78, 62, 70)) for s in (-1, 1)],
+                        *[capsule(p, (s * 95, 0, -40), (s * 110, 10, -420), 82) for s in (-1, 1)], k=25)
+    skin, fat = 3.0, np.maximum(rng.uniform(12, 35) * (1 + 0.35 * smooth_field(p, rng, 150)), 5.0)
+    inner = body + skin + fat                                                               # muscle compartment
+    paint("skin", body)
+    paint("fat", body + skin)
+    paint("muscle", inner)
+
+    bowel = np.maximum(ellipsoid(p, (0, -15, 55), (105, 70, 55)), inner + 12)
+    rectum = smooth_union(capsule(p, (0, 62, 40), (0, 62, -25), 15), capsule(p, (0, 62, -25), (0, 38, -75), 13), k=8)
+    paint("bowel", np.minimum(bowel, rectum))
+    paint("bladder", ellipsoid(p, (0, -48, -38), np.array([42, 32, 30]) * rng.uniform(0.7, 1.25)))
+
+    # iliac wings: part of an ellipsoidal bowl, thin in the fossa, thick at the crest and above the acetabulum
+    bowl = ellipsoid(p, (0, 15, 60), (125, 85, 100))
+    wing_t = 5 + 7 * np.clip((z - 40) / 20, 0, 1) + 20 * np.clip((10 - z) / 30, 0, 1)
+    y_front, y_back = np.interp(z, [-25, 65], [-25, -65]), np.interp(z, [-25, 65], [25, 90])
+    wing = np.maximum.reduce([np.abs(bowl) - wing_t / 2, z - 65, -25 - z, y_front - y, y - y_back, 38 - np.abs(x)])
+    for s in (-1, 1):
+        mirror = (s * x, y, z)                                                              # this side is +x
+        paint("gluteus_medius", np.maximum(ellipsoid(mirror, (130, 25, 25), (32, 55, 42)), np.maximum(-bowl, inner)))
+        paint("gluteus_minimus", np.maximum(ellipsoid(mirror, (112, 15, 0), (20, 40, 30)), np.maximum(-bowl, inner)))
+        paint("iliopsoas", np.maximum(smooth_union(
+            capsule(mirror, (30, 28, 110), (55, 0, 10), (18, 22)),
+            capsule(mirror, (55, 0, 10), (75, -35, -35), (22, 15)),
+            capsule(mirror, (75, -35, -35), (108, 12, -105), (15, 10)),
+            np.maximum(ellipsoid(mirror, (82, 5, 25), (22, 45, 40)), bowl + wing_t / 2), k=10), inner))
+
+    hips, femurs = [wing], []
+    for s in (-1, 1):
+        mirror = (s * x, y, z)
+        head_r = rng.uniform(21, 25)
+        head = (92, 0, -42)
+        socket = ellipsoid(mirror, head, (head_r + 2.5,) * 3)
+        acetabulum = np.maximum(ellipsoid(mirror, head, (head_r + 14,) * 3),
+                                -(-0.5 * (mirror[0] - head[0]) + 0.85 * (z - head[2])) - 8)
+        hips.append(np.maximum(smooth_union(
+            acetabulum,
+            capsule(mirror, (70, -25, -40), (8, -70, -68), 11),                                # superior pubic ramus
+            capsule(mirror, (8, -68, -80), (55, 10, -102), 9),                                 # ischiopubic ramus
+            capsule(mirror, (75, 20, -50), (58, 18, -102), 14), k=8), -socket))                # ischium
+        femurs.append(smooth_union(
+            ellipsoid(mirror, head, (head_r,) * 3),
+            capsule(mirror, head, (135, 8, -72), 14),                                          # neck
+            ellipsoid(mirror, (140, 12, -75), (16, 20, 26)),                                   # greater trochanter
+            capsule(mirror, (132, 10, -85), (112, 16, -420), 15),                              # shaft
+            ellipsoid(mirror, (110, 18, -105), (10, 10, 12)), k=6))                            # lesser trochanter
+    spine = [ellipsoid(p, (0, 48 + 5 * i, 28 - 20 * i), a, (-25, 0, 0)) for i, a in enumerate(
+        [(48, 24, 16), (40, 20, 13), (30, 16, 11), (22, 12, 9), (15, 10, 8), (8, 8, 8)])]     # sacrum, coccyx
+    for zk in (62, 95):                                                                       # L5, L4
+        spine += [ellipsoid(p, (0, 28, zk), (26, 19, 13)),
+                  capsule(p, (-14, 40, zk), (0, 58, zk), 5), capsule(p, (14, 40, zk), (0, 58, zk), 5),
+                  capsule(p, (0, 58, zk), (0, 76, zk - 4), 6),
+                  capsule(p, (-15, 40, zk), (-46, 42, zk + 3), 5), capsule(p, (15, 40, zk), (46, 42, zk + 3), 5)]
+    cortex = rng.uniform(2.0, 3.0)
+    paint.bone(smooth_union(*hips, k=6), cortex, "pelvis_marrow")
+    paint.bone(smooth_union(*spine, k=5), cortex, "spine_marrow")
+    paint.bone(np.minimum(*femurs), cortex + 3.0 * np.clip((-z - 70) / 60, 0, 1), "femur_marrow")
+    paint("csf", capsule(p, (0, 45, 130), (0, 62, 10), 8))                                  # spinal canal
+
+    gas = paint.labels == paint.ids["bowel"]
+    for _ in range(int(rng.integers(3, 8))):
+        center = np.array([0, -15, 55]) + rng.uniform(-1, 1, 3) * [90, 55, 40]
+        paint("bowel_gas", ellipsoid(p, center, rng.uniform(6, 18, 3)), gas)
+    if rng.random() < 0.7:
+        paint("bowel_gas", ellipsoid(p, (0, 62, rng.uniform(-20, 30)), rng.uniform(6, 11, 3)), gas)
+
+
+class _Anatomy(NamedTuple):
+    build: Callable[[Coords, np.random.Generator, _Painter], None]
+    names: dict[int, str]
+    extent: tuple[float, float, float]        # mm box (x, y, z) that must fit in the field of view
+    center: tuple[float, float, float]        # its centre in anatomical coordinates
+    reference: str                            # tissue that normalises the MR noise level
+
+
+_ANATOMIES = {
+    "head": _Anatomy(_head, HEAD_LABELS, (170.0, 220.0, 210.0), (0.0, -2.0, 4.0), "white_matter"),
+    "pelvis": _Anatomy(_pelvis, PELVIS_LABELS, (350.0, 240.0, 240.0), (0.0, 3.0, -15.0), "muscle"),
+}
+
+
+# ------------------------------------------------------------------------------------------------------ synthesis
+def _check_geometry(shape: Sequence[int], spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n >= 8 for n in shape):
+        raise ValueError(f"shape must be three voxel counts (x, y, z), each an integer >= 8, got {shape!r}")
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive voxel sizes in mm (x, y, z), got {spacing!r}")
+    return tuple(int(n) for n in shape), tuple(float(s) for s in spacing)
+
+
+def make_phantom(kind: str, seed: int, shape: tuple[int, int, int] = (64, 64, 48),
+                 spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)) -> Phantom:
+    """One subject of ``kind`` ("head" or "pelvis") drawn from ``seed``; shape and spacing are (x, y, z)."""
+    if kind not in _ANATOMIES:
+        raise ValueError(f"unknown phantom kind {kind!r}; choose one of {PHANTOM_KINDS}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    shape, spacing = _check_geometry(shape, spacing)
+    anatomy, rng = _ANATOMIES[kind], np.random.default_rng(seed)
+
+    # voxel centres (world, mm) -> anatomical frame: p = R^T (w - t) / (fit * size) + centre
+    fov = np.array(shape) * np.array(spacing)
+    fit = min(1.0, float(np.min(fov / np.array(anatomy.extent))))
+    size = rng.uniform(0.93, 1.07) * rng.uniform(0.96, 1.04, 3)
+    rotation = _rotation(rng.uniform(-6, 6, 3))
+    shift = rng.uniform(-5, 5, 3) * fit
+    axes = [((np.arange(n) - (n - 1) / 2) * s - t).astype(np.float32) for n, s, t in zip(shape, spacing, shift)]
+    world = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")[::-1]                    # x, y, z; arrays (z, y, x)
+    p = tuple((rotation[0, i] * world[0] + rotation[1, i] * world[1] + rotation[2, i] * world[2])
+              / np.float32(fit * size[i]) + np.float32(anatomy.center[i]) for i in range(3))
+
+    paint = _Painter(shape[::-1], anatomy.names)
+    anatomy.build(p, rng, paint)
+    labels = paint.labels
+
+    # per-subject tissue values (index 0 = air outside the body), smooth variation, bias field, noise
+    names = ["background"] + [anatomy.names[i] for i in range(1, max(anatomy.names) + 1)]
+    table = np.array([(AIR_CT, 0, 0, AIR_MR, 0, 0)] + [TISSUES[n] for n in names[1:]], np.float64)
+    ct_mean = table[:, 0] + table[:, 1] * rng.standard_normal(len(names))
+    mr_mean = np.maximum(table[:, 3] + table[:, 4] * rng.standard_normal(len(names)), 0.0)
+    ct = ct_mean[labels] + table[labels, 2] * smooth_field(p, rng, 40)
+    mr = mr_mean[labels] * (1 + table[labels, 5] * smooth_field(p, rng, 40))
+    mr *= np.exp(rng.uniform(0.08, 0.2) * smooth_field(p, rng, 250, waves=4))               # bias field
+    ct += rng.uniform(10, 20) * rng.standard_normal(labels.shape)
+    sigma = rng.uniform(0.01, 0.03) * mr_mean[names.index(anatomy.reference)]
+    mr = np.hypot(mr + sigma * rng.standard_normal(labels.shape), sigma * rng.standard_normal(labels.shape))  # Rician
+
+    origin = tuple(-(n - 1) / 2 * s for n, s in zip(shape, spacing))
+
+    def image(array: np.ndarray) -> sitk.Image:
+        result = sitk.GetImageFromArray(array)
+        result.SetSpacing(spacing)
+        result.SetOrigin(origin)
+        return result
+
+    return Phantom(mr=image(np.maximum(mr, 0).astype(np.float32)),
+                   ct=image(np.clip(ct, *CT_RANGE).astype(np.float32)),
+                   labels=image(labels), label_names=dict(anatomy.names), kind=kind, seed=int(seed))
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+def write_phantom(phantom: Phantom, folder: os.PathLike, name: str) -> dict[str, Path]:
+    """Write <folder>/{mr,ct,labels}/<name>.nii.gz and <folder>/labels.json (label id -> name)."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"name {name!r} must be a plain file name without folders")
+    root = Path(folder)
+    names_path = root / "labels.json"
+    names = {str(k): v for k, v in sorted(phantom.label_names.items())}
+    if names_path.exists() and json.loads(names_path.read_text()) != names:
+        raise ValueError(f"{names_path} lists other labels (another phantom kind?); write {phantom.kind} phantoms "
+                         "to a separate folder")
+    paths = {}
+    for key in ("mr", "ct", "labels"):
+        paths[key] = root / key / f"{name}.nii.gz"
+        paths[key].parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(getattr(phantom, key), str(paths[key]), useCompression=True)
+    names_path.write_text(json.dumps(names, indent=1) + "\n")
+    paths["label_names"] = names_path
+    return paths
+
+
+def subject_seeds(seed: int, n_subjects: int) -> list[int]:
+    """Independent per-subject seeds derived from one dataset seed (numpy SeedSequence spawning)."""
+    return [int(child.generate_state(1)[0]) for child in np.random.SeedSequence(seed).spawn(n_subjects)]
+
+
+def write_phantom_dataset(folder: os.PathLike, kind: str, n_subjects: int, seed: int = 0,
+                          shape: tuple[int, int, int] = (64, 64, 48),
+                          spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)) -> list[dict[str, Path]]:
+    """Subjects <kind>_000, <kind>_001, ... written by ``write_phantom``; their seeds come from ``seed``."""
+    if not isinstance(n_subjects, (int, np.integer)) or isinstance(n_subjects, bool) or n_subjects < 1:
+        raise ValueError(f"n_subjects must be a positive integer, got {n_subjects!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return [write_phantom(make_phantom(kind, s, shape, spacing), folder, f"{kind}_{i:03d}")
+            for i, s in enumerate(subject_seeds(seed, n_subjects))]
+
+
+# ------------------------------------------------------------------------------------------------------- preview
+def save_preview_png(phantom: Phantom, path: os.PathLike, dpi: int = 80) -> Path:
+    """MR | CT | labels (columns) for the middle sagittal, coronal and axial slices (rows), superior up.
+
+    Sagittal: anterior left; coronal and axial: patient right on the left (radiological); axial: anterior up.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    mr, ct, labels = (sitk.GetArrayFromImage(getattr(phantom, k)) for k in ("mr", "ct", "labels"))
+    nz, ny, nx = labels.shape
+    sx, sy, sz = phantom.labels.GetSpacing()
+    ox, oy, oz = phantom.labels.GetOrigin()
+    ex = (ox - sx / 2, ox + (nx - 0.5) * sx)
+    ey = (oy - sy / 2, oy + (ny - 0.5) * sy)
+    ez = (oz - sz / 2, oz + (nz - 0.5) * sz)
+    views = [("sagittal", lambda a: a[:, :, nx // 2], (*ey, *ez), "lower"),
+             ("coronal", lambda a: a[:, ny // 2, :], (*ex, *ez), "lower"),
+             ("axial", lambda a: a[nz // 2], (ex[0], ex[1], ey[1], ey[0]), "upper")]
+    n_labels = max(phantom.label_names)
+    colors = plt.get_cmap("tab20")(np.arange(n_labels) % 20)
+    label_cmap = ListedColormap(np.vstack([[0, 0, 0, 1], colors]))
+    mr_top = float(np.percentile(mr, 99.5))
+
+    fig, axes = plt.subplots(3, 3, figsize=(9.5, 8.8), facecolor="black")
+    for row, (view, cut, extent, origin) in enumerate(views):
+        for col, (array, kwargs) in enumerate([
+                (mr, dict(cmap="gray", vmin=0, vmax=mr_top)),
+                (ct, dict(cmap="gray", vmin=-1000, vmax=2000)),
+                (labels, dict(cmap=label_cmap, vmin=-0.5, vmax=n_labels + 0.5, interpolation="nearest"))]):
+            ax = axes[row, col]
+            ax.imshow(cut(array), extent=extent, origin=origin, **kwargs)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(["MR (T1-like)", "CT [-1000, 2000] HU", "labels"][col], color="white", fontsize=10)
+            if col == 0:
+                ax.set_ylabel(view, color="white", fontsize=10)
+    handles = [Patch(color=colors[i - 1], label=f"{i} {n}") for i, n in sorted(phantom.label_names.items())]
+    fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7, frameon=False,
+               labelcolor="white")
+    fig.suptitle(f"{phantom.kind} phantom, seed {phantom.seed}", color="white", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, facecolor="black")
+    plt.close(fig)
+    return out

@@ -1,0 +1,588 @@
+"""The CycleGAN trainer: one process (CPU or one GPU) or several under ``torchrun`` (DistributedDataParallel).
+
+G_CT: MR -> CT and G_MR: CT -> MR are trained against D_CT and D_MR with the loss of the preset
+(Yang eq. 9 / Hiasa eq. 6):
+
+    L_G = L_GAN(G_CT, D_CT) + L_GAN(G_MR, D_MR) + lambda_cycle L_cycle + lambda_structure L_structure
+          + lambda_GC L_GC + lambda_identity L_identity + lambda_supervised L1(G_CT(MR), CT)   [paired only]
+
+with L_structure = eq. 8 (both directions summed) and L_GC = 1/2 (both directions) of Hiasa eq. 5. Updates alternate:
+G (with D fixed), then D (with G fixed) on images drawn from a pool of 50 earlier fakes (Zhu et al.).
+
+Run it with ``mrtoct train`` or ``torchrun --nproc_per_node=N -m MRtoCTSynthesisLib.train`` (same arguments).
+A run folder holds config.json, events.jsonl, losses.csv, loss_curves.png, preview.png, checkpoint.pt and, at the
+end, model.mrtoct.safetensors. ``--resume`` continues a killed run from its last checkpoint exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from . import losses as L
+from .atomic import write_atomically
+from .config import PRESET_NAMES, TrainConfig, preset
+from .dataset import SliceCache, SliceDataset, check_folders, paired_slice, volume_stem
+from .events import EventWriter
+from .figures import Panel, save_loss_curves, save_panel_grid
+from .metrics import mutual_information
+from .modelfile import SUFFIX, save_model
+from .networks import PatchDiscriminator, ResnetGenerator, init_weights
+from .preprocessing import Normalization, normalization_metadata
+from .sampling import SlicePair
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model" + SUFFIX
+PREVIEW_SLICES = 3
+
+
+# ------------------------------------------------------------------------------------------- networks as pairs
+
+class Generators(nn.Module):
+    """G_CT (MR -> CT) and G_MR (CT -> MR) in one module, so DDP sees one forward per step."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        kwargs = dict(in_channels=1, out_channels=1, ngf=config.ngf, n_blocks=config.n_blocks)
+        self.G_CT = init_weights(ResnetGenerator(**kwargs))
+        self.G_MR = init_weights(ResnetGenerator(**kwargs))
+        self.identity = config.lambda_identity > 0
+
+    def forward(self, mr: torch.Tensor, ct: torch.Tensor) -> dict:
+        fake_ct, fake_mr = self.G_CT(mr), self.G_MR(ct)
+        out = {"fake_ct": fake_ct, "fake_mr": fake_mr, "rec_mr": self.G_MR(fake_ct), "rec_ct": self.G_CT(fake_mr)}
+        if self.identity:
+            out.update(idt_ct=self.G_CT(ct), idt_mr=self.G_MR(mr))
+        return out
+
+
+class Discriminators(nn.Module):
+    """D_CT and D_MR; real and fake go through in one batch (instance norm keeps samples independent)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        kwargs = dict(in_channels=1, ndf=config.ndf, n_layers=config.d_layers)
+        self.D_CT = init_weights(PatchDiscriminator(**kwargs))
+        self.D_MR = init_weights(PatchDiscriminator(**kwargs))
+
+    def forward(self, ct_real, ct_fake, mr_real, mr_fake):
+        d_ct = self.D_CT(torch.cat([ct_real, ct_fake]))
+        d_mr = self.D_MR(torch.cat([mr_real, mr_fake]))
+        n_ct, n_mr = len(ct_real), len(mr_real)
+        return d_ct[:n_ct], d_ct[n_ct:], d_mr[:n_mr], d_mr[n_mr:]
+
+
+class ImagePool:
+    """Zhu et al.'s history of generated images: with probability 1/2 a new fake is swapped for an older one."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.images: list[torch.Tensor] = []
+
+    def query(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image[None]
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif rng.random() < 0.5:
+                index = int(rng.integers(0, self.size))
+                out.append(self.images[index].clone())
+                self.images[index] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out)
+
+    def state(self) -> torch.Tensor:
+        return torch.cat(self.images).cpu() if self.images else torch.zeros(0)
+
+    def load(self, stored: torch.Tensor, device: torch.device) -> None:
+        self.images = [image[None].to(device) for image in stored]
+
+
+def linear_decay(iterations: int, decay_start: int):
+    """lr factor: 1 until ``decay_start``, then linearly to 0 at ``iterations`` (Hiasa sec. 2.2)."""
+    span = max(1, iterations - decay_start)
+    return lambda it: 1.0 if it < decay_start else max(0.0, 1.0 - (it - decay_start) / span)
+
+
+# ------------------------------------------------------------------------------------------- distributed
+
+@dataclasses.dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world(device: torch.device) -> World:
+    """Join the process group when started by torchrun (NCCL on GPUs, gloo on CPUs)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend)
+    return World(torch.distributed.get_rank(), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, world: Optional[World] = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA was requested but torch sees no GPU; use --device cpu or auto")
+        if device.index is None and world is not None:
+            device = torch.device("cuda", world.local_rank)
+    return device
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+
+class CycleGANTrainer:
+    """Owns the networks, optimisers, pools and RNG of one run; ``run()`` trains to the end and writes the model."""
+
+    def __init__(self, config: TrainConfig, data: SliceDataset, run_dir: os.PathLike, device: torch.device,
+                 world: World = World(), validation: Optional[SliceDataset] = None, echo_events: bool = False,
+                 show_progress: bool = True, trace_ranks: bool = False, data_summary: Optional[dict] = None) -> None:
+        self.config, self.data, self.validation = config, data, validation
+        self.run_dir, self.device, self.world = Path(run_dir), device, world
+        self.events = EventWriter(self.run_dir, echo=echo_events, enabled=world.is_main)
+        self.show_progress = show_progress and world.is_main
+        self.trace_ranks = trace_ranks
+        self.data_summary = data_summary or {}
+        torch.manual_seed(config.seed)
+        self.generators = Generators(config).to(device)
+        self.discriminators = Discriminators(config).to(device)
+        self.G, self.D = self._distribute(self.generators), self._distribute(self.discriminators)
+        betas = (config.beta1, config.beta2)
+        self.opt_G = torch.optim.Adam(self.generators.parameters(), lr=config.lr, betas=betas)
+        self.opt_D = torch.optim.Adam(self.discriminators.parameters(), lr=config.lr, betas=betas)
+        decay = linear_decay(config.iterations, config.lr_decay_start)
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, decay)
+        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
+        self.pool_ct, self.pool_mr = ImagePool(config.pool_size), ImagePool(config.pool_size)
+        self.rng = np.random.default_rng([config.seed, world.rank])
+        self.iteration = 0
+        self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.preview_pairs = self._preview_pairs()
+
+    def _distribute(self, module: nn.Module) -> nn.Module:
+        if self.world.size == 1:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    # ------------------------------------------------------------------------------------------- one step
+
+    def train_step(self, mr: torch.Tensor, ct: torch.Tensor) -> dict:
+        """One G update then one D update; returns the loss terms (unweighted) and totals as floats."""
+        c = self.config
+        mr, ct = mr.to(self.device), ct.to(self.device)
+        self.discriminators.requires_grad_(False)
+        with self._autocast():
+            out = self.G(mr, ct)
+            d_ct_fake = self.discriminators.D_CT(out["fake_ct"])  # plain modules: D is fixed in the G step
+            d_mr_fake = self.discriminators.D_MR(out["fake_mr"])
+        terms = {"G_gan_ct": L.lsgan_generator_loss(d_ct_fake), "G_gan_mr": L.lsgan_generator_loss(d_mr_fake),
+                 "cycle": L.cycle_loss(out["rec_mr"], mr) + L.cycle_loss(out["rec_ct"], ct)}
+        weighted = terms["G_gan_ct"] + terms["G_gan_mr"] + c.lambda_cycle * terms["cycle"]
+        if c.lambda_structure:
+            terms["structure"] = (L.structure_loss(mr, out["fake_ct"].float(), c.mind_region, c.mind_patch, c.mind_sigma)
+                                  + L.structure_loss(ct, out["fake_mr"].float(), c.mind_region, c.mind_patch,
+                                                     c.mind_sigma))
+            weighted = weighted + c.lambda_structure * terms["structure"]
+        if c.lambda_gc:
+            terms["gc"] = 0.5 * (L.gradient_consistency_loss(ct, out["fake_mr"].float())
+                                 + L.gradient_consistency_loss(mr, out["fake_ct"].float()))
+            weighted = weighted + c.lambda_gc * terms["gc"]
+        if c.lambda_identity:
+            terms["identity"] = L.identity_loss(out["idt_ct"], ct) + L.identity_loss(out["idt_mr"], mr)
+            weighted = weighted + c.lambda_identity * terms["identity"]
+        if c.lambda_supervised:
+            terms["supervised"] = L.cycle_loss(out["fake_ct"], ct)  # the same L1, to the registered CT
+            weighted = weighted + c.lambda_supervised * terms["supervised"]
+        terms["G_total"] = weighted
+        self.opt_G.zero_grad(set_to_none=True)
+        weighted.backward()
+        self.opt_G.step()
+
+        self.discriminators.requires_grad_(True)
+        fake_ct = self.pool_ct.query(out["fake_ct"].float(), self.rng)
+        fake_mr = self.pool_mr.query(out["fake_mr"].float(), self.rng)
+        with self._autocast():
+            d_ct_real, d_ct_fake, d_mr_real, d_mr_fake = self.D(ct, fake_ct, mr, fake_mr)
+        terms["D_ct"] = L.lsgan_discriminator_loss(d_ct_real, d_ct_fake)
+        terms["D_mr"] = L.lsgan_discriminator_loss(d_mr_real, d_mr_fake)
+        self.opt_D.zero_grad(set_to_none=True)
+        (terms["D_ct"] + terms["D_mr"]).backward()
+        self.opt_D.step()
+        self.sched_G.step()
+        self.sched_D.step()
+        return {name: float(value.detach()) for name, value in terms.items()}
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    def run(self) -> Path:
+        c = self.config
+        start = self.iteration
+        self.events.emit("start", iteration=start + 1, iterations=c.iterations, config=c.to_dict(),
+                         device=str(self.device), world_size=self.world.size, resumed=start > 0)
+        began, timer = time.time(), _RateMeter()
+        bar = tqdm(total=c.iterations, initial=start, disable=not self.show_progress, unit="it", dynamic_ncols=True)
+        try:
+            while self.iteration < c.iterations:
+                batch = self.data.batch(self.rng, c.batch_size)
+                values = self.train_step(batch.mr, batch.ct)
+                self.iteration += 1
+                timer.tick()
+                bar.update(1)
+                if self.trace_ranks:
+                    self._trace(batch.pairs)
+                self._after_step(values, timer, bar)
+            model = self.finish(time.time() - began)
+        except Exception as error:
+            self.events.emit("error", message=str(error), traceback=traceback.format_exc())
+            raise
+        finally:
+            bar.close()
+        return model
+
+    def _after_step(self, values: dict, timer: "_RateMeter", bar: tqdm) -> None:
+        c, it = self.config, self.iteration
+        last = it == c.iterations
+        if it % c.log_every == 0 or last or it == 1:
+            lr = self.opt_G.param_groups[0]["lr"]
+            eta = timer.seconds_per_iteration * (c.iterations - it)
+            self._append_losses({"iteration": it, **values, "lr": lr, "seconds": timer.seconds_per_iteration})
+            self.events.emit("iteration", iteration=it, iterations=c.iterations, losses=values, lr=lr,
+                             seconds_per_iteration=timer.seconds_per_iteration, eta_seconds=eta)
+            bar.set_postfix({k: f"{values[k]:.3f}" for k in ("G_total", "cycle", "D_ct") if k in values})
+        if it % c.validate_every == 0 or last:
+            self.validate()
+        if it % c.preview_every == 0 or last:
+            self.write_preview()
+        if it % c.checkpoint_every == 0 or last:
+            self.save_checkpoint()
+
+    # ------------------------------------------------------------------------------------------- outputs
+
+    def _append_losses(self, row: dict) -> None:
+        if not self.world.is_main:
+            return
+        path = self.run_dir / "losses.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _preview_pairs(self) -> list[SlicePair]:
+        source = self.validation or self.data
+        pairs = []
+        for volume in range(min(PREVIEW_SLICES, len(source.mr))):
+            k_mr = len(source.mr[volume])
+            ct_volume = volume if volume < len(source.ct) else 0
+            k_ct = len(source.ct[ct_volume])
+            pairs.append(SlicePair(volume, k_mr // 2, ct_volume, k_ct // 2))
+        return pairs
+
+    @torch.no_grad()
+    def translate(self, mr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MR slices (N, H, W) in [-1, 1] -> (sCT, reconstructed MR), both (N, H, W) in [-1, 1]."""
+        x = torch.from_numpy(mr[:, None]).to(self.device)
+        with self._autocast():
+            fake_ct = self.generators.G_CT(x)
+            rec_mr = self.generators.G_MR(fake_ct)
+        return fake_ct.float()[:, 0].cpu().numpy(), rec_mr.float()[:, 0].cpu().numpy()
+
+    def write_preview(self) -> None:
+        if not self.world.is_main:
+            return
+        source = self.validation or self.data
+        rows = []
+        for pair in self.preview_pairs:
+            mr, ct = paired_slice(source, pair)
+            fake_ct, rec_mr = self.translate(mr[None])
+            rows.append([Panel(mr, "MR", -1, 1), Panel(fake_ct[0], "sCT", -1, 1), Panel(rec_mr[0], "reconstructed MR", -1, 1),
+                         Panel(ct, "a CT (unpaired)" if not source.paired else "CT", -1, 1)])
+        preview = save_panel_grid(rows, self.run_dir / "preview.png", suptitle=f"iteration {self.iteration}")
+        curves = save_loss_curves(_read_csv(self.run_dir / "losses.csv"), self.run_dir / "loss_curves.png",
+                                  title=f"{self.config.preset}: losses to iteration {self.iteration}")
+        self.events.emit("preview", iteration=self.iteration, path=preview, curves=curves)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Cycle L1 and MI(MR, sCT) on validation slices; MAE in window units when the CT is registered to the MR."""
+        if self.validation is None or not self.world.is_main:
+            return {}
+        cycle, mi, mae = [], [], []
+        for volume, stack in enumerate(self.validation.mr):
+            picks = np.linspace(0, len(stack) - 1, num=min(8, len(stack))).round().astype(int)
+            for index in picks:
+                pair = SlicePair(volume, int(index), min(volume, len(self.validation.ct) - 1), int(index))
+                mr, ct = paired_slice(self.validation, pair)
+                fake_ct, rec_mr = self.translate(mr[None])
+                cycle.append(float(np.abs(rec_mr[0] - mr).mean()))
+                mi.append(mutual_information(mr, fake_ct[0]))
+                if self.validation.paired:
+                    mae.append(float(np.abs(fake_ct[0] - ct).mean()))
+        metrics = {"cycle_l1_mr": float(np.mean(cycle)), "mi_mr_sct": float(np.mean(mi))}
+        if mae:
+            low, high = self.config.ct_window
+            metrics["mae_hu"] = float(np.mean(mae)) * (high - low) / 2
+        self.last_validation = metrics
+        self.events.emit("validation", iteration=self.iteration, metrics=metrics)
+        return metrics
+
+    def _trace(self, pairs: Sequence[SlicePair]) -> None:
+        """Per-rank record of the slices drawn and a checksum of the weights (to check DDP keeps ranks in sync)."""
+        checksum = float(sum(p.double().sum() for p in self.generators.parameters()))
+        with open(self.run_dir / f"trace_rank{self.world.rank}.jsonl", "a") as handle:
+            handle.write(json.dumps({"iteration": self.iteration, "pairs": [list(map(int, p)) for p in pairs],
+                                     "checksum": checksum}) + "\n")
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "generators": self.generators.state_dict(),
+                "discriminators": self.discriminators.state_dict(), "opt_G": self.opt_G.state_dict(),
+                "opt_D": self.opt_D.state_dict(), "sched_G": self.sched_G.state_dict(),
+                "sched_D": self.sched_D.state_dict(), "pool_ct": self.pool_ct.state(), "pool_mr": self.pool_mr.state(),
+                "rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                "config": json.dumps(self.config.to_dict())}
+
+    def save_checkpoint(self) -> Optional[Path]:
+        if not self.world.is_main:
+            return None
+        path = write_atomically(self.run_dir / CHECKPOINT, lambda temp: torch.save(self.state(), temp))
+        self.events.emit("checkpoint", iteration=self.iteration, path=path)
+        return path
+
+    def load_checkpoint(self, path: os.PathLike) -> None:
+        """Restore everything a step depends on, so the run continues as if never interrupted."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.generators.load_state_dict(state["generators"])
+        self.discriminators.load_state_dict(state["discriminators"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.sched_G.load_state_dict(state["sched_G"])
+        self.sched_D.load_state_dict(state["sched_D"])
+        self.pool_ct.load(state["pool_ct"], self.device)
+        self.pool_mr.load(state["pool_mr"], self.device)
+        if self.world.size == 1:
+            self.rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.iteration = int(state["iteration"])
+        _truncate_losses(self.run_dir / "losses.csv", self.iteration)
+
+    # ------------------------------------------------------------------------------------------- the model
+
+    def finish(self, seconds: float) -> Path:
+        model = self.run_dir / MODEL
+        if self.world.is_main:
+            save_model(model, self.model_metadata(seconds), {"G_CT": self.generators.G_CT, "G_MR": self.generators.G_MR})
+            self.events.emit("finished", iteration=self.iteration, model=model, seconds=seconds)
+        return model
+
+    def model_metadata(self, seconds: float) -> dict:
+        c = self.config
+        spec = {"architecture": "resnet_generator", "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": c.ngf,
+                                                                "n_blocks": c.n_blocks}}
+        weights = {k: getattr(c, k) for k in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity",
+                                              "lambda_supervised")}
+        return {"name": self.run_dir.name, "description": f"{c.preset}: {c.description}",
+                "license": "as permitted by the training data (trained locally)",
+                "intended_use": "Research use only. Not for clinical use or treatment planning.",
+                "networks": {"G_CT": spec, "G_MR": spec}, "preset": c.preset, "loss_weights": weights,
+                **normalization_metadata(Normalization.from_config(c)),
+                "training": {**self.data_summary, "iterations": self.iteration, "seconds": round(seconds, 1),
+                             "sampling": c.sampling, "seed": c.seed, "world_size": self.world.size,
+                             "engine_version": __version__},
+                "validation_metrics": getattr(self, "last_validation", {})}
+
+
+class _RateMeter:
+    """Seconds per iteration, smoothed (exponential moving average), for the ETA."""
+
+    def __init__(self) -> None:
+        self.last, self.seconds_per_iteration = time.time(), 0.0
+
+    def tick(self) -> None:
+        now = time.time()
+        step, self.last = now - self.last, now
+        self.seconds_per_iteration = step if self.seconds_per_iteration == 0 else 0.9 * self.seconds_per_iteration + 0.1 * step
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _truncate_losses(path: Path, iteration: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    rows = _read_csv(path)
+    kept = [r for r in rows if int(r["iteration"]) <= iteration]
+    if len(kept) == len(rows):
+        return
+
+    def write(temp: Path) -> None:
+        with open(temp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
+    write_atomically(path, write)
+
+
+# ------------------------------------------------------------------------------------------- building a run
+
+def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out whole volumes (never slices of a training volume); at least one volume stays for training."""
+    count = min(len(paths) - 1, int(math.ceil(len(paths) * fraction))) if fraction > 0 else 0
+    if count <= 0:
+        return paths, []
+    order = np.random.default_rng(seed).permutation(len(paths))
+    held = set(order[:count].tolist())
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
+
+
+def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.PathLike, run_dir: os.PathLike,
+                  device: str = "auto", cache_dir: Optional[os.PathLike] = None, resume: bool = False,
+                  echo_events: bool = False, show_progress: bool = True, trace_ranks: bool = False) -> CycleGANTrainer:
+    """Check the data, prepare the cache and the run folder, and return a ready (possibly resumed) trainer."""
+    run_dir = Path(run_dir)
+    recorded = run_dir / "config.json"
+    if resume:
+        if not (run_dir / CHECKPOINT).exists():
+            raise ValueError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
+        config = TrainConfig.from_dict(json.loads(recorded.read_text()))
+    elif (run_dir / CHECKPOINT).exists() or (run_dir / MODEL).exists():
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    probe = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                         ("cpu" if device == "auto" else device))
+    world = init_world(probe)
+    torch_device = resolve_device(device, world)
+    paired = config.sampling == "paired"
+    mr_paths, ct_paths = check_folders(mr_folder, ct_folder, paired=paired)
+    mr_train, mr_val = split_validation(mr_paths, config.validation_fraction, config.seed)
+    if paired:
+        val_stems = {volume_stem(p) for p in mr_val}
+        ct_train = [p for p in ct_paths if volume_stem(p) not in val_stems]
+        ct_val = [p for p in ct_paths if volume_stem(p) in val_stems]
+    else:
+        ct_train, ct_val = split_validation(ct_paths, config.validation_fraction, config.seed + 1)
+    norm = Normalization.from_config(config)
+    cache = SliceCache(cache_dir or run_dir / "cache", norm, config.augment_pad or config.image_size)
+    load = lambda paths, modality: [cache.slices(p, modality) for p in paths]  # noqa: E731
+    crop = config.image_size
+    data = SliceDataset(load(mr_train, "mr"), load(ct_train, "ct"), config.sampling, crop, config.pbs_max_shift)
+    validation = None
+    if mr_val and ct_val:
+        validation = SliceDataset(load(mr_val, "mr"), load(ct_val, "ct"),
+                                  "paired" if paired else "random", crop)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.part"):  # temporary files of a killed write; the real files are intact
+            stale.unlink()
+        if not resume:
+            write_atomically(recorded, lambda temp: temp.write_text(json.dumps(config.to_dict(), indent=2)))
+    summary = {"mr_volumes": len(mr_train), "ct_volumes": len(ct_train), "mr_validation_volumes": len(mr_val),
+               "ct_validation_volumes": len(ct_val), "mr_slices": sum(len(v) for v in data.mr),
+               "ct_slices": sum(len(v) for v in data.ct)}
+    trainer = CycleGANTrainer(config, data, run_dir, torch_device, world, validation, echo_events, show_progress,
+                              trace_ranks, summary)
+    if resume:
+        trainer.load_checkpoint(run_dir / CHECKPOINT)
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+_FLAG_TYPES = {"image_size": (int, 2), "augment_pad": (int, 2), "pixel_spacing_mm": (float, 2),
+               "ct_window": (float, 2), "mr_window": (float, 2), "decay_start": (int, None),
+               "mr_percentile": (float, None)}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train command's arguments; every TrainConfig field is also a --flag overriding the preset."""
+    parser.add_argument("--mr", required=True, help="folder of (unpaired) MR volumes")
+    parser.add_argument("--ct", required=True, help="folder of CT volumes in HU")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, events, previews, the model)")
+    parser.add_argument("--preset", default="yang2018", choices=PRESET_NAMES)
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--cache", help="preprocessing cache folder (default: <out>/cache)")
+    parser.add_argument("--events-stdout", action="store_true", help="also print events as JSON lines on stdout")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--trace-ranks", action="store_true", help="per-rank trace of slices and weight checksums")
+    group = parser.add_argument_group("preset overrides (default: the preset's value)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("preset", "description", "extra"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in _FLAG_TYPES:
+            kind, count = _FLAG_TYPES[f.name]
+            group.add_argument(flag, dest=f.name, type=kind, nargs=count, default=None)
+        elif isinstance(f.default, bool):
+            group.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None)
+        else:
+            group.add_argument(flag, dest=f.name, type=type(f.default), default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None and f.name not in ("preset", "description", "extra")}
+    return preset(args.preset, **overrides)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    trainer = build_trainer(config, args.mr, args.ct, args.out, args.device, args.cache, args.resume,
+                            args.events_stdout, not args.no_progress, args.trace_ranks)
+    model = trainer.run()
+    if trainer.world.is_main:
+        print(f"model written: {model}", file=sys.stderr)
+    if trainer.world.size > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m MRtoCTSynthesisLib.train", description=__doc__.split("\n")[0])
+    add_train_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

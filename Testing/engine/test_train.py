@@ -1,0 +1,171 @@
+"""The trainer: learning, presets recorded, exact resume after SIGKILL, DDP under torchrun, early data checks."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY_TRAIN_ARGS, tiny_phantom_dataset
+from MRtoCTSynthesisLib.config import PRESETS, preset
+from MRtoCTSynthesisLib.dataset import DatasetError
+from MRtoCTSynthesisLib.events import iter_events
+from MRtoCTSynthesisLib.modelfile import load_model
+from MRtoCTSynthesisLib.train import CHECKPOINT, MODEL, linear_decay
+from MRtoCTSynthesisLib.train import main as train_main
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    return tiny_phantom_dataset(tmp_path_factory.mktemp("phantoms"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def train(phantoms, out, *extra, cache=None):
+    args = ["--mr", str(phantoms / "mr"), "--ct", str(phantoms / "ct"), "--out", str(out), *TINY_TRAIN_ARGS, *extra]
+    if cache is not None:
+        args += ["--cache", str(cache)]
+    assert train_main(args) == 0
+    return out
+
+
+def read_losses(run):
+    with open(run / "losses.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cycle_loss_falls(phantoms, cache, tmp_path):
+    run = train(phantoms, tmp_path / "run", "--preset", "cyclegan", "--iterations", "40", "--lr", "0.002",
+                "--seed", "1", cache=cache)
+    cycle = [float(r["cycle"]) for r in read_losses(run)]
+    assert len(cycle) == 40
+    assert np.mean(cycle[-8:]) < 0.6 * np.mean(cycle[:8]), cycle
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_runs_and_records_its_settings(phantoms, cache, tmp_path, name):
+    run = train(phantoms, tmp_path / name, "--preset", name, "--iterations", "3", "--lambda-identity", "0.5",
+                cache=cache)
+    recorded = json.loads((run / "config.json").read_text())
+    expected = preset(name, lambda_identity=0.5, image_size=(32, 32), augment_pad=(36, 36), ngf=4, n_blocks=1,
+                      ndf=4, log_every=1, preview_every=1000, validate_every=1000, iterations=3)
+    assert recorded == expected.to_dict()
+    assert recorded["lambda_identity"] == 0.5  # a CLI override is recorded
+    meta = load_model(run / MODEL).metadata
+    assert meta["preset"] == name
+    assert meta["loss_weights"]["lambda_cycle"] == PRESETS[name]["lambda_cycle"]
+    assert meta["ct_window"] == list(PRESETS[name].get("ct_window", (-1000.0, 3500.0)))
+    assert meta["plane"] == PRESETS[name].get("plane", "sagittal")
+    columns = read_losses(run)[0].keys()
+    assert ("structure" in columns) == (name == "yang2018")
+    assert ("gc" in columns) == (name == "hiasa2018")
+    kinds = [e["event"] for e in iter_events(run / "events.jsonl")]
+    assert kinds[0] == "start" and kinds[-1] == "finished" and "checkpoint" in kinds and "preview" in kinds
+
+
+def test_paper_values_of_presets():
+    yang, hiasa = preset("yang2018"), preset("hiasa2018")
+    assert (yang.lambda_cycle, yang.lambda_structure, yang.sampling) == (10, 5, "pbs")
+    assert (yang.mind_region, yang.mind_patch, yang.mind_sigma) == (9, 7, 2.0)
+    assert yang.image_size == (384, 256) and yang.augment_pad == (400, 284)
+    assert yang.ct_window == (-1000, 3500) and yang.mr_window == (0, 3500)
+    assert (hiasa.lambda_cycle, hiasa.lambda_gc) == (3, 0.3)
+    assert hiasa.ct_window == (-150, 350) and hiasa.mr_window == (0, 100)
+    assert (hiasa.lr, hiasa.beta1, hiasa.iterations, hiasa.lr_decay_start) == (2e-4, 0.5, 200_000, 100_000)
+    assert preset("paired").sampling == "paired" and preset("paired").lambda_supervised == 0
+    with pytest.raises(ValueError, match="paired"):
+        preset("cyclegan", lambda_supervised=1.0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("pix2pix")
+
+
+def test_linear_decay_schedule():
+    factor = linear_decay(200_000, 100_000)
+    assert factor(0) == 1 and factor(99_999) == 1 and factor(150_000) == 0.5 and factor(200_000) == 0
+
+
+def final_state(run):
+    return torch.load(run / CHECKPOINT, weights_only=True)
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(phantoms, cache, tmp_path):
+    common = ["--preset", "yang2018", "--iterations", "24", "--checkpoint-every", "4", "--seed", "3"]
+    reference = train(phantoms, tmp_path / "reference", *common, cache=cache)
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "MRtoCTSynthesisLib.train", "--mr", str(phantoms / "mr"), "--ct",
+               str(phantoms / "ct"), "--out", str(run), "--cache", str(cache), *TINY_TRAIN_ARGS, *common]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        checkpoints = [e for e in iter_events(run / "events.jsonl") if e["event"] == "checkpoint"] \
+            if (run / "events.jsonl").exists() else []
+        if checkpoints and checkpoints[-1]["iteration"] >= 8:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = final_state(run)["iteration"]
+    assert 8 <= killed_at < 24, "the run must be killed mid-way"
+    assert not (run / MODEL).exists()
+    train(phantoms, run, *common, "--resume", cache=cache)
+    a, b = final_state(reference), final_state(run)
+    assert a["iteration"] == b["iteration"] == 24
+    for part in ("generators", "discriminators"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], atol=1e-6, rtol=0)
+    assert not list(run.glob(".*.part")), "no partial file is left"
+    load_model(run / MODEL)  # the final model is complete and valid
+    iterations = [int(r["iteration"]) for r in read_losses(run)]
+    assert iterations == list(range(1, 25)), "the loss log has each iteration once"
+
+
+def test_resume_needs_a_checkpoint_and_a_finished_run_is_not_overwritten(phantoms, cache, tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(phantoms, tmp_path / "empty", "--iterations", "2", "--resume", cache=cache)
+    run = train(phantoms, tmp_path / "done", "--preset", "cyclegan", "--iterations", "1", cache=cache)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(phantoms, run, "--preset", "cyclegan", "--iterations", "1", cache=cache)
+
+
+def test_torchrun_two_gloo_processes_stay_in_sync(phantoms, cache, tmp_path):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+               "-m", "MRtoCTSynthesisLib.train", "--mr", str(phantoms / "mr"), "--ct", str(phantoms / "ct"),
+               "--out", str(run), "--cache", str(cache), *TINY_TRAIN_ARGS, "--preset", "hiasa2018",
+               "--iterations", "4", "--device", "cpu", "--trace-ranks"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    traces = [[json.loads(line) for line in open(run / f"trace_rank{r}.jsonl")] for r in (0, 1)]
+    assert [t["iteration"] for t in traces[0]] == [t["iteration"] for t in traces[1]] == [1, 2, 3, 4]
+    for step0, step1 in zip(*traces):
+        assert step0["checksum"] == pytest.approx(step1["checksum"], rel=1e-9, abs=1e-9)
+    assert [t["pairs"] for t in traces[0]] != [t["pairs"] for t in traces[1]], "ranks draw different slices"
+    assert (run / MODEL).exists()
+    starts = [e for e in iter_events(run / "events.jsonl") if e["event"] == "start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2, "only rank 0 writes events"
+
+
+def test_bad_folders_fail_before_anything_starts(phantoms, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="holds no volumes"):
+        train_main(["--mr", str(empty), "--ct", str(phantoms / "ct"), "--out", str(tmp_path / "r2")])
+    with pytest.raises(DatasetError, match="in the MR folder"):
+        train_main(["--mr", str(phantoms / "ct"), "--ct", str(phantoms / "ct"), "--out", str(tmp_path / "r3")])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "scan.nii.gz").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="unreadable MR"):
+        train_main(["--mr", str(broken), "--ct", str(phantoms / "ct"), "--out", str(tmp_path / "r4")])
+    assert not any((tmp_path / f"r{i}").exists() for i in (2, 3, 4)), "nothing was created"
