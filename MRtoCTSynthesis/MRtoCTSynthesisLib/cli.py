@@ -66,6 +66,129 @@ def _train(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+# ------------------------------------------------------------------------------------------------ synthesize
+
+def _add_synthesize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="MR volume files or DICOM series folders")
+    p.add_argument("--model", default="phantom-head-demo", help="catalog name, local model name or model file")
+    p.add_argument("--out", required=True, help="output folder for <name>_sct.nii.gz files")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
+    p.add_argument("--precision", choices=["auto", "float32"], default="auto", help="auto: half precision on CUDA")
+    p.add_argument("--quality-map", action="store_true", help="also write cycle-residual and structure maps")
+    p.add_argument("--dicom-out", help="also write each sCT as a DICOM CT series into this folder")
+    p.add_argument("--progress-json", action="store_true",
+                   help="print progress and the results as JSON lines on stdout (for the Slicer module)")
+
+
+@command("synthesize", "synthesize CT (HU) from MR volumes with a trained model")(_add_synthesize)
+def _synthesize(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .synthesis import synthesize_files
+
+    bar = tqdm(total=100, unit="%", disable=args.progress_json, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")
+
+    def progress(fraction: float, message: str) -> None:
+        if args.progress_json:
+            print(json.dumps({"progress": round(fraction, 4), "message": message}), flush=True)
+        else:
+            bar.n = 100 * fraction
+            bar.set_description_str(message[:60])
+            bar.refresh()
+
+    results = synthesize_files(args.inputs, args.out, args.model, args.device, args.quality_map, args.dicom_out,
+                               progress, batch_size=args.batch_size, precision=args.precision)
+    bar.close()
+    records = [{"input": str(r.input), "output": r.output and str(r.output), "error": r.error,
+                "seconds": round(r.seconds, 2), "extra_outputs": [str(p) for p in r.extra_outputs]} for r in results]
+    if args.progress_json:
+        print(json.dumps({"result": records}), flush=True)
+    else:
+        for r in results:
+            print(f"{'ok    ' if r.error is None else 'FAILED'} {r.input} -> {r.output or r.error} ({r.seconds:.1f} s)")
+        print(f"{sum(r.error is None for r in results)} of {len(results)} inputs synthesized into {args.out}")
+    return 0 if all(r.error is None for r in results) else 1
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="synthetic CT (HU)")
+    p.add_argument("--ref", required=True, help="reference CT (HU) on the same grid")
+    p.add_argument("--mask", help="mask volume (nonzero inside); default: the reference CT's body mask")
+    p.add_argument("--mr", help="the MR, to report the mutual information MR-sCT (Hiasa's unpaired measure)")
+    p.add_argument("--data-range", type=float, default=4500.0, help="PSNR peak and SSIM range (Yang: 4500 HU)")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+
+
+@command("evaluate", "MAE, PSNR, SSIM, SSIM on high gradients and per-tissue MAE of an sCT against a CT")(_add_evaluate)
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .metrics import evaluate, mutual_information
+    from .volumes import array_of, body_mask, read_volume
+
+    pred, ref = read_volume(args.pred), read_volume(args.ref)
+    mask_image = read_volume(args.mask) if args.mask else body_mask(ref, threshold=-500.0)
+    mask = array_of(mask_image) > 0
+    metrics = evaluate(array_of(pred), array_of(ref), mask, args.data_range, spacing=pred.GetSpacing()[::-1])
+    if args.mr:
+        metrics["mi_mr_sct"] = mutual_information(array_of(read_volume(args.mr)), array_of(pred), mask)
+    width = max(len(k) for k in metrics)
+    for name, value in metrics.items():
+        print(f"{name:<{width}}  {value:10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ phantom
+
+def _add_phantom(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=["head", "pelvis"], default="head")
+    p.add_argument("--subjects", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 48), help="voxels (x y z)")
+    p.add_argument("--spacing", type=float, nargs=3, default=(3.0, 3.0, 3.0), help="mm (x y z)")
+    p.add_argument("--out", required=True, help="folder for mr/, ct/, labels/")
+    p.add_argument("--preview", action="store_true", help="also write a PNG of the first subject")
+
+
+@command("phantom", "write paired digital phantoms (MR, CT in HU, labels) for training and tests")(_add_phantom)
+def _phantom(args: argparse.Namespace) -> int:
+    from .phantom import make_phantom, save_preview_png, subject_seeds, write_phantom_dataset
+
+    written = write_phantom_dataset(args.out, args.kind, args.subjects, args.seed, tuple(args.shape),
+                                    tuple(args.spacing))
+    if args.preview:
+        first = make_phantom(args.kind, subject_seeds(args.seed, 1)[0], tuple(args.shape), tuple(args.spacing))
+        save_preview_png(first, Path(args.out) / f"{args.kind}_preview.png")
+    print(f"wrote {len(written)} {args.kind} phantoms into {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
+    p.add_argument("--model", default="phantom-head-demo")
+    p.add_argument("--device", default="auto")
+
+
+@command("demo", "the main job: synthesize a CT from an embedded phantom MR with the demo model")(_add_demo)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    metrics = run_demo(args.out, args.model, args.device)
+    print(f"sCT written to {args.out}/sct.nii.gz; picture {args.out}/demo.png")
+    for name in ("mae", "psnr", "ssim", "ssim_hg", "mae_bone", "mi_mr_sct"):
+        print(f"  {name:<10} {metrics[name]:9.3f}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from scipy.ndimage import binary_fill_holes
 
 from .atomic import write_atomically
+from .dicom_geometry import read_dicom_series
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def is_volume_path(path: PathLike) -> bool:
 def read_volume(path: PathLike) -> sitk.Image:
     """Read a 3D scalar volume: NIfTI, NRRD, MHA/MHD, or a folder holding a DICOM series.
 
-    A folder with several DICOM series reads the one with the most files and logs which it chose.
+    A folder with several DICOM series reads the one with the most files and logs which it chose; a series with
+    gantry tilt or uneven slice gaps is regularised so every voxel sits where the DICOM headers put it.
     """
     p = Path(path)
     if not p.exists():
@@ -74,9 +76,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     if len(series) > 1:
         log.warning("%s holds %d DICOM series; reading the largest, %s (%d files)",
                     folder, len(series), chosen, len(files[chosen]))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files[chosen])
-    return reader.Execute()
+    return read_dicom_series(files[chosen])
 
 
 def write_volume(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:

@@ -11,7 +11,7 @@ from MRtoCTSynthesisLib.preprocessing import Normalization, prepare_volume
 SCANS = {  # name -> (modality, expected size)
     "head_t1_rire001.mha": ("mr", (256, 256, 26)),
     "head_t1gd_brain1.nrrd": ("mr", (256, 256, 25)),
-    "head_ct_ge_dicom": ("ct", (512, 512, 28)),
+    "head_ct_ge_dicom": ("ct", (512, 611, 37)),  # regularised: 18.5 deg tilt, gaps 1-7 mm
     "pelvis_ct.nii.gz": ("ct", (122, 101, 112)),
     "pelvis_mr_t2.nii.gz": ("mr", (384, 384, 19)),
 }
@@ -38,8 +38,9 @@ def test_real_scan_loads_normalises_and_slices(name, preset_name):
 
 
 @requires_real_data
-def test_gantry_tilted_ct_is_resampled_to_lps():
+def test_gantry_tilted_ct_is_regularised_on_read():
     image = V.read_volume(REAL_DATA / "head_ct_ge_dicom")
-    assert not V.Geometry.of(image).is_axis_aligned()  # the tilt reaches the direction cosines
+    assert image.GetSize() == (512, 611, 37)  # re-gridded along the slice normal, covering the sheared slices
+    assert not V.Geometry.of(image).is_axis_aligned()  # the slice planes themselves are tilted 18.5 degrees
     prepared = prepare_volume(image, "ct", Normalization.from_config(preset("yang2018")))
     assert prepared.reorientation.resampled

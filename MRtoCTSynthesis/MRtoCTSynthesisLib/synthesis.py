@@ -1,0 +1,185 @@
+"""MR volume -> synthetic CT in HU on exactly the input's grid, slice-wise with a trained generator.
+
+Steps (each undone in reverse): canonical orientation -> MR normalisation recorded in the model file -> slices along
+the model's plane -> in-plane resize/pad to the model's canvas -> G_CT in batches on the chosen device -> crop/resize
+back -> HU -> back to the input's voxel order and grid. Network work is done in chunks of ``batch_size`` slices, so
+memory beyond the float32 input and output volumes is bounded by the chunk.
+
+The optional quality map gives, per voxel, where the sCT deserves least trust:
+* ``cycle_residual``: |G_MR(G_CT(MR)) - MR| in the MR window's units (the cycle did not close here);
+* ``structure_discrepancy``: mean over the MIND offsets of |F(MR) - F(sCT)| (Yang eq. 8 per voxel, in [0, 1]).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import volumes as V
+from .dataset import volume_stem
+from .losses import mind_descriptor
+from .modelfile import Catalog, ModelBundle, load_model
+from .preprocessing import CT_BACKGROUND_HU, normalization_from_metadata, prepare_volume, restore_volume
+
+log = logging.getLogger(__name__)
+ModelLike = Union[str, os.PathLike, ModelBundle]
+Progress = Callable[[float, str], None]
+QUALITY_MAPS = ("cycle_residual", "structure_discrepancy")
+
+
+class SynthesisCancelled(RuntimeError):
+    """The caller's cancel flag was raised; nothing was returned or written."""
+
+
+@dataclass
+class SynthesisResult:
+    sct: sitk.Image                                    # float32 HU on the input's grid
+    quality: dict = field(default_factory=dict)        # name -> float32 image on the input's grid
+    model_name: str = ""
+    device: str = "cpu"
+    seconds: float = 0.0
+
+
+@dataclass
+class FileResult:
+    input: Path
+    output: Optional[Path] = None
+    error: Optional[str] = None
+    seconds: float = 0.0
+    extra_outputs: list = field(default_factory=list)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+    return device
+
+
+def load_bundle(model: ModelLike) -> ModelBundle:
+    """A loaded bundle from a bundle, a file path or a catalog / locally registered model name."""
+    if isinstance(model, ModelBundle):
+        return model
+    return load_model(Catalog().resolve(model))
+
+
+def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: int = 8,
+               precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
+               cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample") -> SynthesisResult:
+    """Synthesize a CT (HU) from one MR volume; the input image is never modified."""
+    began = time.time()
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if precision not in ("auto", "float32"):
+        raise ValueError(f"precision must be 'auto' or 'float32', not {precision!r}")
+    bundle = load_bundle(model)
+    norm = normalization_from_metadata(bundle.metadata)
+    torch_device = pick_device(device)
+    half = precision == "auto" and torch_device.type == "cuda"
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "preparing the MR")
+    prepared = prepare_volume(image, "mr", norm, oblique=oblique)
+    g_ct = bundle.build("G_CT", torch_device)
+    g_mr = bundle.build("G_MR", torch_device) if quality_map else None
+    fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm)
+    ct_window, mr_window = norm.window("ct"), norm.window("mr")
+    count = prepared.slices.shape[0]
+    sct = np.empty(prepared.slices.shape, np.float32)
+    maps = {name: np.empty(prepared.slices.shape, np.float32) for name in QUALITY_MAPS} if quality_map else {}
+    started = time.time()
+    for start in range(0, count, batch_size):
+        if cancel is not None and cancel():
+            raise SynthesisCancelled("synthesis cancelled")
+        stop = min(count, start + batch_size)
+        mr = torch.from_numpy(prepared.slices[start:stop, None]).to(torch_device)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            canvas = V.fit_slices(mr, fit, pad_value=-1.0)
+            fake = g_ct(canvas).float()
+            sct[start:stop] = ct_window.from_network(V.unfit_slices(fake, fit)[:, 0]).cpu().numpy()
+            if quality_map:
+                rec = V.unfit_slices(g_mr(fake).float(), fit)
+                half_range = (mr_window.high - mr_window.low) / 2
+                maps["cycle_residual"][start:stop] = ((rec - mr).abs()[:, 0] * half_range).cpu().numpy()
+                discrepancy = (mind_descriptor(canvas.float()) - mind_descriptor(fake)).abs().mean(dim=1, keepdim=True)
+                maps["structure_discrepancy"][start:stop] = V.unfit_slices(discrepancy, fit)[:, 0].cpu().numpy()
+        done = stop / count
+        eta = (time.time() - started) / done * (1 - done)
+        report(0.05 + 0.85 * done, f"slices {stop}/{count}, about {eta:.0f} s left")
+    report(0.95, "writing the sCT on the input grid")
+    result = SynthesisResult(restore_volume(sct, prepared, norm.plane, CT_BACKGROUND_HU),
+                             {name: restore_volume(array, prepared, norm.plane, 0.0) for name, array in maps.items()},
+                             bundle.metadata["name"], str(torch_device), 0.0)
+    result.seconds = time.time() - began
+    report(1.0, f"done in {result.seconds:.1f} s on {torch_device}")
+    return result
+
+
+def output_path(out_dir: os.PathLike, source: os.PathLike, suffix: str = "_sct") -> Path:
+    return Path(out_dir) / f"{volume_stem(Path(source))}{suffix}.nii.gz"
+
+
+def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model: ModelLike, device: str = "auto",
+                     quality_map: bool = False, dicom_out: Optional[os.PathLike] = None,
+                     progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
+                     batch_size: int = 8, precision: str = "auto") -> list[FileResult]:
+    """Synthesize many MR files; a failing input is reported in its FileResult and the others go on.
+
+    Writes ``<out>/<name>_sct.nii.gz`` (and ``_cycle_residual``/``_structure_discrepancy`` maps, and a DICOM CT series
+    in ``<dicom_out>/<name>/``). Outputs of a failed input are removed, so nothing partial is left.
+    """
+    from .dicom_export import write_ct_series
+
+    bundle = load_bundle(model)  # once: a bad model fails the whole call before any file is touched
+    inputs = [Path(p) for p in inputs]
+    report = progress or (lambda fraction, message: None)
+    results = []
+    for index, source in enumerate(inputs):
+        began, written = time.time(), []
+
+        def file_progress(fraction: float, message: str, index: int = index, source: Path = source) -> None:
+            report((index + fraction) / len(inputs), f"{source.name}: {message}")
+
+        try:
+            image = V.read_volume(source)
+            result = synthesize(image, bundle, device, batch_size, precision, quality_map, file_progress, cancel)
+            sct_path = output_path(out_dir, source)
+            written.append(V.write_volume(result.sct, sct_path))
+            for name, quality in result.quality.items():
+                written.append(V.write_volume(quality, output_path(out_dir, source, f"_{name}")))
+            if dicom_out is not None:
+                folder = Path(dicom_out) / volume_stem(source)
+                write_ct_series(result.sct, folder, reference_dicom=source if source.is_dir() else None)
+                written.append(folder)
+            results.append(FileResult(source, sct_path, None, time.time() - began, written[1:]))
+        except SynthesisCancelled:
+            _remove(written)
+            raise
+        except Exception as error:  # one bad input must not stop the batch
+            _remove(written)
+            log.error("%s: %s", source, error)
+            results.append(FileResult(source, None, f"{type(error).__name__}: {error}", time.time() - began))
+    return results
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,119 @@
+"""Synthesis: exact geometry in any orientation and plane, the undo chain, batch files, cancel, CLI."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from helpers import PERMUTED_FLIPPED, assert_same_geometry, make_volume, tiny_model
+from MRtoCTSynthesisLib import synthesis as S
+from MRtoCTSynthesisLib import volumes as V
+from MRtoCTSynthesisLib.cli import main as cli_main
+from MRtoCTSynthesisLib.modelfile import ModelFileError, load_model
+from MRtoCTSynthesisLib.preprocessing import foreground_of
+
+DIRECTIONS = {"oblique": None, "permuted_flipped": PERMUTED_FLIPPED, "lps": np.eye(3)}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {plane: tiny_model(folder / f"{plane}.mrtoct.safetensors", plane) for plane in V.PLANES}
+
+
+@pytest.mark.parametrize("plane", V.PLANES)
+@pytest.mark.parametrize("direction", sorted(DIRECTIONS))
+def test_sct_has_exactly_the_input_grid(models, plane, direction):
+    mr = make_volume(size=(22, 18, 9), direction=DIRECTIONS[direction])
+    before = sitk.GetArrayFromImage(mr).copy()
+    result = S.synthesize(mr, models[plane], device="cpu", batch_size=4, quality_map=True)
+    assert_same_geometry(result.sct, mr)
+    assert result.sct.GetPixelID() == sitk.sitkFloat32
+    values = sitk.GetArrayFromImage(result.sct)
+    assert np.isfinite(values).all() and values.min() >= -1000 - 1e-3 and values.max() <= 3500 + 1e-3
+    for name in S.QUALITY_MAPS:
+        assert_same_geometry(result.quality[name], mr)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mr), before)  # input untouched
+
+
+class IdentityBundle:
+    """Wraps a bundle so G_CT is the identity: the sCT must then be the MR's normalised values mapped to HU."""
+
+    def __init__(self, bundle):
+        self.metadata = bundle.metadata
+
+    def build(self, name="G_CT", device="cpu"):
+        return torch.nn.Identity()
+
+
+@pytest.mark.parametrize("plane", V.PLANES)
+def test_every_step_is_undone_exactly(tmp_path, monkeypatch, plane):
+    """With an identity generator and the model's spacing equal to the input's, nothing may move or blur."""
+    mr = make_volume(size=(20, 16, 12), spacing=(2.0, 2.0, 2.0), direction=PERMUTED_FLIPPED, high=2000)
+    spacing = [2.0, 2.0]
+    bundle = load_model(tiny_model(tmp_path / "m.mrtoct.safetensors", plane, (32, 32), spacing))
+    monkeypatch.setattr(S, "load_bundle", lambda model: IdentityBundle(bundle))
+    sct = V.array_of(S.synthesize(mr, "ignored", device="cpu", batch_size=5).sct)
+    array = V.array_of(mr)
+    scaled = array * (3000 / np.percentile(array[foreground_of(array)], 99.5))
+    expected = V.IntensityWindow(-1000, 3500).from_network(V.IntensityWindow(0, 3500).to_network(scaled))
+    np.testing.assert_allclose(sct, expected, atol=0.05)
+
+
+def test_model_files_are_checked_before_anything_runs(tmp_path):
+    mr = make_volume()
+    evil = tmp_path / "evil.mrtoct.safetensors"
+    evil.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(ModelFileError, match="pickle"):
+        S.synthesize(mr, evil)
+    with pytest.raises(ModelFileError, match="no model of that name"):
+        S.synthesize(mr, "no-such-model")
+
+
+def test_cancel_stops_and_returns_nothing(models):
+    calls = []
+    with pytest.raises(S.SynthesisCancelled):
+        S.synthesize(make_volume(), models["axial"], device="cpu", batch_size=1,
+                     cancel=lambda: calls.append(1) or len(calls) > 2)
+    assert len(calls) == 3
+
+
+def test_progress_reaches_one(models):
+    seen = []
+    S.synthesize(make_volume(), models["sagittal"], device="cpu", progress=lambda f, m: seen.append(f))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+
+
+def test_batch_with_a_bad_file_reports_it_and_keeps_the_others(models, tmp_path):
+    good = [V.write_volume(make_volume(seed=s), tmp_path / "in" / f"mr{s}.nii.gz") for s in (1, 2)]
+    bad = tmp_path / "in" / "broken.nii.gz"
+    bad.write_bytes(b"not a volume")
+    out = tmp_path / "out"
+    results = S.synthesize_files([good[0], bad, good[1]], out, models["sagittal"], device="cpu", quality_map=True,
+                                 dicom_out=tmp_path / "dicom")
+    assert [r.error is None for r in results] == [True, False, True]
+    assert "cannot be read" in results[1].error
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"mr{s}{suffix}.nii.gz" for s in (1, 2) for suffix in ("_sct", "_cycle_residual", "_structure_discrepancy"))
+    assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["mr1", "mr2"]
+    for path, result in zip(good, (results[0], results[2])):
+        assert_same_geometry(V.read_volume(result.output), V.read_volume(path), tol=1e-5)
+
+
+def test_cli_synthesize_and_evaluate(models, tmp_path, capsys):
+    mr = V.write_volume(make_volume(), tmp_path / "mr.nrrd")
+    bad = tmp_path / "missing.nii.gz"
+    code = cli_main(["synthesize", str(mr), str(bad), "--model", str(models["coronal"]), "--out",
+                     str(tmp_path / "out"), "--device", "cpu", "--progress-json"])
+    assert code == 1  # one input failed
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert any("progress" in line for line in lines)
+    records = lines[-1]["result"]
+    assert records[0]["error"] is None and "no such file" in records[1]["error"]
+    sct = records[0]["output"]
+    assert cli_main(["evaluate", "--pred", sct, "--ref", sct, "--mask", str(mr), "--json",
+                     str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["mae"] == 0 and metrics["ssim"] == pytest.approx(1.0)
