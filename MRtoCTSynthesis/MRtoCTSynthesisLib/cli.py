@@ -189,6 +189,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ bench
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from .bench import add_bench_arguments
+    add_bench_arguments(p)
+
+
+@command("bench", "benchmarks: training seconds per iteration; synthesis time and peak memory")(_add_bench)
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    return run_bench(args)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,8 +127,7 @@ class SliceDataset:
                  crop: Sequence[int], pbs_max_shift: int = 5) -> None:
         self.mr, self.ct, self.crop = list(mr), list(ct), tuple(crop)
         self.paired = sampling == "paired"
-        self.sampler = make_sampler(sampling, [len(v) for v in self.mr], [len(v) for v in self.ct])
-        self.pbs_max_shift = pbs_max_shift
+        self.sampler = make_sampler(sampling, [len(v) for v in self.mr], [len(v) for v in self.ct], pbs_max_shift)
 
     def batch(self, rng: np.random.Generator, size: int) -> SliceBatch:
         pairs = self.sampler.sample_batch(rng, size)

@@ -7,8 +7,9 @@ smooth multiplicative bias field. The MR is T1-like: cortical bone and air are b
 method has to resolve from anatomical context. Per subject, shape, size, pose, fat and bone thickness, bladder
 filling, bowel gas and tissue values vary.
 
-Frame: LPS with identity direction (x = patient left, y = posterior, z = superior), image centred at 0. The anatomy
-is scaled isotropically (never above natural size) so that it fits the field of view.
+Frame: LPS with identity direction (x = patient left, y = posterior, z = superior); the middle voxel (n // 2 along
+each axis) is at the world origin. The anatomy is scaled isotropically (never above natural size) so that it fits
+the field of view.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ TISSUES: dict[str, Tissue] = {
     "skin": Tissue(40, 8, 8, 650, 50, 0.05),
     "fat": Tissue(-100, 10, 8, 1250, 80, 0.04),
     "muscle": _MUSCLE, "gluteus_medius": _MUSCLE, "gluteus_minimus": _MUSCLE, "iliopsoas": _MUSCLE,
-    "cortical_bone": Tissue(1500, 120, 150, 40, 10, 0.2),
+    "cortical_bone": Tissue(1450, 80, 120, 40, 10, 0.2),
     "bone_marrow": Tissue(450, 60, 80, 750, 70, 0.08),        # skull diploe and facial/cervical cancellous bone
     "pelvis_marrow": Tissue(260, 50, 60, 760, 70, 0.08),
     "spine_marrow": Tissue(230, 50, 60, 720, 70, 0.08),
@@ -69,6 +70,8 @@ PELVIS_LABELS = {1: "skin", 2: "fat", 3: "muscle", 4: "gluteus_medius", 5: "glut
 
 @dataclass
 class Phantom:
+    """One subject: MR, CT and labels on one grid (same size, spacing, origin, direction)."""
+
     mr: sitk.Image            # float32, T1-like
     ct: sitk.Image            # float32, HU in CT_RANGE
     labels: sitk.Image        # uint8, 0 = air outside the body
@@ -155,11 +158,9 @@ def ellipsoid(f: Frame, center: Sequence[float], radii: Sequence[float],
 
     q = R^T (p - center); an infinite radius drops its axis (elliptic cylinder).
     """
-    reach = max(radii) if not any(degrees) else max(radii) * np.ones(3)
-    lo, hi = np.asarray(center, float) - np.asarray(radii, float), np.asarray(center, float) + np.asarray(radii, float)
-    if any(degrees):
-        lo, hi = np.asarray(center, float) - reach, np.asarray(center, float) + reach
-    return f.evaluate(lambda p: _ellipsoid_sdf(p, center, radii, _rotation(degrees)), lo, hi)
+    c, r = np.asarray(center, float), np.asarray(radii, float)
+    reach = np.full(3, r.max()) if any(degrees) else r
+    return f.evaluate(lambda p: _ellipsoid_sdf(p, c, r, _rotation(degrees)), c - reach, c + reach)
 
 
 def capsule(f: Frame, a: Sequence[float], b: Sequence[float], radius: float | tuple[float, float]) -> np.ndarray:
@@ -203,201 +204,232 @@ class _Painter:
 
 
 # ------------------------------------------------------------------------------------------------------- anatomy
-def _head(p: Coords, rng: np.random.Generator, paint: _Painter) -> None:
-    x, y, z = p
+def _side(s: int, point: Sequence[float]) -> tuple[float, float, float]:
+    """A point given for the left (+x) side, mirrored to side s (+1 left, -1 right)."""
+    return (s * point[0], point[1], point[2])
+
+
+def _head(f: Frame, rng: np.random.Generator, paint: _Painter) -> None:
+    x, y, z = f.x, f.y, f.z
     body = smooth_union(
-        ellipsoid(p, (0, 8, 18), (74, 94, 86)),                               # cranium
-        ellipsoid(p, (0, -30, -42), (56, 58, 50)),                            # face
-        capsule(p, (0, -84, -10), (0, -101, -40), (7, 10)),                   # nose
-        ellipsoid(p, (0, -52, -80), (30, 26, 18)),                            # chin
-        np.maximum(ellipsoid(p, (0, 18, 0), (52, 56, np.inf)), z),           # neck
+        ellipsoid(f, (0, 8, 18), (74, 94, 86)),                                           # cranium
+        ellipsoid(f, (0, -30, -42), (56, 58, 50)),                                        # face
+        ellipsoid(f, (0, -22, -25), (72, 74, 35)),                                        # cheeks
+        ellipsoid(f, (0, -28, -78), (58, 62, 28)),                                        # jaw
+        ellipsoid(f, (0, -10, -58), (58, 45, 32)),                                        # masseters
+        smooth_union(capsule(f, (0, -80, -16), (0, -100, -48), (4, 9)),                   # nose
+                     capsule(f, (0, -100, -48), (0, -84, -56), (9, 6)), k=3),
+        ellipsoid(f, (0, -60, -84), (30, 32, 18)),                                        # chin
+        np.maximum(ellipsoid(f, (0, 18, 0), (46, 50, np.inf)), z),                       # neck
         k=12)
-    skin, fat = 3.0, rng.uniform(2.5, 6.0) * (1 + 0.3 * smooth_field(p, rng, 120))
+    skin, fat = 3.0, rng.uniform(2.5, 6.0) * (1 + 0.3 * f.field(rng, 120))
     paint("skin", body)
     paint("fat", body + skin)
     paint("muscle", body + skin + fat)
 
-    # skull: vault shell (diploe between outer and inner tables) above a floor that steps down front to back
-    cranium = ellipsoid(p, (0, 8, 18), (74, 94, 86)) + rng.uniform(5.0, 7.5)   # outer table surface
-    thickness = rng.uniform(6.0, 8.5) * (1 + 0.2 * smooth_field(p, rng, 90))
-    base = np.interp(y, [-80, -25, 5, 35, 100], np.array([-4, -8, -26, -44, -40]) + rng.uniform(-3, 3))
+    # skull: vault (diploe between outer and inner tables) above a floor stepping down from the anterior to the
+    # posterior fossa, dipping laterally in the middle fossa
+    cranium = ellipsoid(f, (0, 8, 18), (74, 94, 86)) + rng.uniform(5.0, 7.5)               # outer table surface
+    thickness = rng.uniform(6.0, 8.5) * (1 + 0.2 * f.field(rng, 90))
+    base = (np.interp(y, [-80, -25, 5, 35, 100], np.array([-4, -8, -24, -44, -40]) + rng.uniform(-3, 3))
+            - 16 * np.interp(y, [-45, -25, 10, 25], [0, 1, 1, 0]) * np.clip(np.abs(x) / 50, 0, 1) ** 2)
     cavity = np.maximum(cranium + thickness, base - z)
     vault = np.maximum(np.maximum(cranium, base - thickness - z), -cavity)
-    foramen = np.maximum(ellipsoid(p, (0, 24, 0), (15, 17, np.inf)), z - base - 5)
+    foramen = np.maximum(ellipsoid(f, (0, 24, 0), (15, 17, np.inf)), z - base - 5)
     paint.bone(np.maximum(vault, -foramen), 0.3 * thickness, "bone_marrow")
 
-    # brain: CSF rim, cortex with sulci, white matter, deep grey matter, ventricles, cerebellum, brainstem
-    brain = cavity + rng.uniform(1.5, 4.0)
-    gyri = smooth_field(p, rng, 28, waves=16)
+    # brain: CSF rim, folded cortex with sulci, white matter, deep grey matter, ventricles, cerebellum, brainstem
+    midline = 2.5 * f.field(rng, 60)                                                         # a wavy falx
+    fissure = np.where(z > 24 - 0.009 * y ** 2, 1.0 - np.abs(x - midline), -FAR)            # above corpus callosum
+    brain = np.maximum(cavity + rng.uniform(1.5, 4.0), fissure)
+    gyri = f.field(rng, 30, waves=24)
     paint("csf", cavity)
     paint("grey_matter", brain)
-    paint("white_matter", brain + 3.0 + 3.0 * np.abs(gyri))
-    paint("csf", np.abs(gyri) - 0.12, (brain <= 0) & (brain > -9))                          # sulci
-    paint("csf", np.abs(x) - 1.2, (brain <= 0) & (z > 8 + 0.15 * y))                       # interhemispheric fissure
-    cerebellum = ellipsoid(p, (0, 55, -30), (48, 32, 20), (-10, 0, 0))
+    paint("white_matter", brain + 4.0 + 9.0 * np.clip(1 - np.abs(gyri) / 0.6, 0, 1))
+    paint("csf", np.abs(gyri) - 0.18, (brain <= 0) & (brain > -9))                        # sulci
+    cerebellum = ellipsoid(f, (0, 55, -30), (48, 32, 20), (-10, 0, 0))
     paint("csf", cerebellum - 2.5, brain <= 0)                                             # tentorium, cisterns
     paint("grey_matter", cerebellum, brain <= 0)
-    paint("white_matter", ellipsoid(p, (0, 47, -28), (16, 11, 8), (-10, 0, 0)))
+    paint("white_matter", ellipsoid(f, (0, 47, -28), (16, 11, 8), (-10, 0, 0)))
     for s in (-1, 1):
-        paint("grey_matter", ellipsoid(p, (s * 11, 6, 6), (9, 14, 9)))                       # thalamus
-        paint("grey_matter", ellipsoid(p, (s * 22, -12, 10), (6, 15, 10), (0, 0, s * 10)))   # striatum
+        paint("grey_matter", ellipsoid(f, (s * 11, 6, 6), (9, 14, 9)))                       # thalamus
+        paint("grey_matter", ellipsoid(f, (s * 22, -12, 10), (6, 15, 10), (0, 0, s * 10)))   # striatum
     v = rng.uniform(0.75, 1.5)
     for s in (-1, 1):
-        paint("csf", ellipsoid(p, (s * 9 * v, -4, 18), (5 * v, 28, 8 * v), (-8, 0, s * 6)))  # lateral ventricle
-        paint("csf", ellipsoid(p, (s * 15 * v, 26, 14), (5 * v, 14, 7 * v), (20, 0, -s * 20)))  # occipital horn
-    paint("csf", ellipsoid(p, (0, 6, 4), (2 * v, 13, 8)))                                  # third ventricle
-    paint("csf", capsule(p, (0, 4, 2), (0, 28, -60), (15, 10)), z > -62)                   # cisterns, canal
-    paint("csf", capsule(p, (0, 28, -60), (0, 32, -400), 9))
-    paint("white_matter", smooth_union(capsule(p, (0, 4, 2), (0, 24, -46), (11, 9)),
-                                       capsule(p, (0, 24, -46), (0, 32, -400), 6), k=4))  # brainstem, cord
+        paint("csf", ellipsoid(f, (s * 9 * v, -4, 18), (5 * v, 28, 8 * v), (-8, 0, s * 6)))  # lateral ventricle
+        paint("csf", ellipsoid(f, (s * 15 * v, 26, 14), (5 * v, 14, 7 * v), (20, 0, -s * 20)))  # occipital horn
+    paint("csf", ellipsoid(f, (0, 6, 4), (2 * v, 13, 8)))                                  # third ventricle
+    paint("csf", capsule(f, (0, -2, -14), (0, 16, -50), 11), brain <= 0)                   # prepontine cistern
+    paint("white_matter", capsule(f, (0, 6, -4), (0, 24, -46), (11, 9)))                   # brainstem
+    paint("csf", ellipsoid(f, (0, 31, -30), (6, 4, 9), (-20, 0, 0)))                        # fourth ventricle
 
-    # facial skeleton and cervical spine, then the air spaces they hold
-    facial = [ellipsoid(p, (0, -52, -42), (40, 30, 22)),                                   # maxilla
-              ellipsoid(p, (0, -78, 6), (18, 9, 14)),                                      # frontal sinus bone
-              ellipsoid(p, (0, -20, -24), (17, 15, 14)),                                   # sphenoid body
-              np.maximum(np.maximum(ellipsoid(p, (0, -32, 0), (44, 52, np.inf)),          # mandible body
-                                    -ellipsoid(p, (0, -32, 0), (35, 43, np.inf))),
-                         np.maximum(np.abs(z + 84) - 10, y + 8))]
+    # facial skeleton and cervical spine, then the spinal canal and the air spaces
+    facial = [ellipsoid(f, (0, -52, -42), (40, 30, 22)),                                   # maxilla
+              ellipsoid(f, (0, -71, 6), (18, 9, 14)),                                      # frontal sinus bone
+              ellipsoid(f, (0, -20, -24), (17, 15, 14)),                                   # sphenoid body
+              np.maximum(np.maximum(ellipsoid(f, (0, -32, 0), (42, 50, np.inf)),          # mandible body
+                                    -ellipsoid(f, (0, -32, 0), (34, 42, np.inf))),
+                         np.maximum(np.abs(z + 82) - 8, y + 8))]
     for s in (-1, 1):
-        facial += [capsule(p, (s * 40, -8, -84), (s * 44, 2, -42), 7),                     # mandibular ramus
-                   capsule(p, (s * 58, -62, -22), (s * 63, -2, -26), 5)]                  # zygomatic arch
+        facial += [capsule(f, (s * 37, -8, -80), (s * 41, 0, -44), 5.5),                   # mandibular ramus
+                   capsule(f, (s * 50, -58, -22), (s * 58, -2, -26), 4.5)]                # zygomatic arch
     for k in range(4):
         zk = -62 - 19 * k
-        facial += [ellipsoid(p, (0, 8, zk), (16, 11, 7.5)),                                # vertebral body
-                   capsule(p, (-12, 18, zk), (0, 46, zk - 2), 4), capsule(p, (12, 18, zk), (0, 46, zk - 2), 4),
-                   capsule(p, (0, 46, zk - 2), (0, 58, zk - 8), 4)]                        # arch, spinous process
+        facial += [ellipsoid(f, (0, 8, zk), (16, 11, 7.5)),                                # vertebral body
+                   capsule(f, (-12, 18, zk), (0, 46, zk - 2), 4), capsule(f, (12, 18, zk), (0, 46, zk - 2), 4),
+                   capsule(f, (0, 46, zk - 2), (0, 58, zk - 8), 4)]                        # arch, spinous process
     paint.bone(smooth_union(*facial, k=3), 2.5, "bone_marrow")
-    paint("csf", capsule(p, (0, 28, -60), (0, 32, -400), 9), z < -60)                      # spinal canal
-    paint("white_matter", capsule(p, (0, 28, -60), (0, 32, -400), 6), z < -60)
+    paint("csf", capsule(f, (0, 24, -46), (0, 32, -400), 9), z < -46)                      # spinal canal
+    paint("white_matter", capsule(f, (0, 24, -46), (0, 32, -400), 6))                      # cord
     sinus = rng.uniform(0.7, 1.3)
-    paint("air_cavity", ellipsoid(p, (0, -78, 6), (13 * sinus, 5, 9 * sinus)))             # frontal sinus
-    paint("air_cavity", ellipsoid(p, (0, -20, -24), (12 * sinus, 11, 10)))                 # sphenoid sinus
-    paint("air_cavity", ellipsoid(p, (0, -62, -40), (9, 26, 20)))                          # nasal cavity
-    paint("air_cavity", smooth_union(capsule(p, (0, -44, -44), (0, -16, -58), 8),          # naso-/oropharynx
-                                     capsule(p, (0, -16, -58), (0, -14, -400), 7), k=4))
+    paint("air_cavity", ellipsoid(f, (0, -71, 6), (13 * sinus, 5, 9 * sinus)))             # frontal sinus
+    paint("air_cavity", ellipsoid(f, (0, -20, -24), (12 * sinus, 11, 10)))                 # sphenoid sinus
+    paint("air_cavity", ellipsoid(f, (0, -62, -40), (10, 26, 20)))                         # nasal cavity
+    paint("air_cavity", smooth_union(capsule(f, (0, -44, -44), (0, -16, -58), 9),          # naso-/oropharynx
+                                     capsule(f, (0, -16, -58), (0, -14, -400), 8), k=4))
     for s in (-1, 1):
-        paint("air_cavity", ellipsoid(p, (s * 23, -55, -42), (12 * sinus, 17, 15 * sinus)))  # maxillary sinus
-        paint("fat", ellipsoid(p, (s * 32, -58, -22), (17, 22, 15)))                          # orbit
-        paint("eye", ellipsoid(p, (s * 32, -64, -22), (12, 12, 12)))
+        paint("air_cavity", ellipsoid(f, (s * 23, -55, -42), (12 * sinus, 17, 15 * sinus)))  # maxillary sinus
+        paint("fat", ellipsoid(f, (s * 32, -58, -22), (17, 22, 15)))                          # orbit
+        paint("eye", ellipsoid(f, (s * 32, -64, -22), (12, 12, 12)))
 
 
-def _pelvis(p: Coords, rng: np.random.Generator, paint: _Painter) -> None:
-    x, y, z = p
-    trunk = np.maximum(ellipsoid(p, (0, 5, 0), (rng.uniform(155, 175), rng.uniform(100, 118), np.inf)), -75 - z)
-    body = smooth_union(trunk, *[ellipsoid(p, (s * 68, 50, -45), (78, 62, 70)) for s in (-1, 1)],
-                        *[capsule(p, (s * 95, 0, -40), (s * 110, 10, -420), 82) for s in (-1, 1)], k=25)
-    skin, fat = 3.0, np.maximum(rng.uniform(12, 35) * (1 + 0.35 * smooth_field(p, rng, 150)), 5.0)
-    inner = body + skin + fat                                                               # muscle compartment
+def _pelvis(f: Frame, rng: np.random.Generator, paint: _Painter) -> None:
+    x, y, z = f.x, f.y, f.z
+    trunk = ellipsoid(f, (0, 5, 0), (rng.uniform(145, 165), rng.uniform(100, 118), np.inf))
+    limbs = [ellipsoid(f, (s * 80, 30, -60), (100, 80, 75)) for s in (-1, 1)]               # hips, buttocks
+    limbs += [capsule(f, (s * 92, 0, -40), (s * 96, 10, -420), 76) for s in (-1, 1)]         # thighs
+    body = smooth_union(np.maximum(trunk, -115 - z), *limbs, k=25)                            # trunk ends at perineum
+    skin, fat = 3.0, np.maximum(rng.uniform(10, 30) * (1 + 0.3 * f.field(rng, 150)), 5.0)
+    inner = smooth_union(np.maximum(trunk, -140 - z), *limbs, k=25) + skin + fat            # muscle compartment
     paint("skin", body)
     paint("fat", body + skin)
     paint("muscle", inner)
 
-    bowel = np.maximum(ellipsoid(p, (0, -15, 55), (105, 70, 55)), inner + 12)
-    rectum = smooth_union(capsule(p, (0, 62, 40), (0, 62, -25), 15), capsule(p, (0, 62, -25), (0, 38, -75), 13), k=8)
+    bowel = np.maximum(ellipsoid(f, (0, -15, 55), (105, 70, 55)), inner + 12)
+    rectum = smooth_union(capsule(f, (0, 62, 40), (0, 62, -25), 15), capsule(f, (0, 62, -25), (0, 38, -75), 13), k=8)
     paint("bowel", np.minimum(bowel, rectum))
-    paint("bladder", ellipsoid(p, (0, -48, -38), np.array([42, 32, 30]) * rng.uniform(0.7, 1.25)))
+    paint("bladder", ellipsoid(f, (0, -48, -38), np.array([42, 32, 30]) * rng.uniform(0.7, 1.25)))
 
     # iliac wings: part of an ellipsoidal bowl, thin in the fossa, thick at the crest and above the acetabulum
-    bowl = ellipsoid(p, (0, 15, 60), (125, 85, 100))
+    bowl = ellipsoid(f, (0, 15, 60), (125, 85, 100))
     wing_t = 5 + 7 * np.clip((z - 40) / 20, 0, 1) + 20 * np.clip((10 - z) / 30, 0, 1)
     y_front, y_back = np.interp(z, [-25, 65], [-25, -65]), np.interp(z, [-25, 65], [25, 90])
     wing = np.maximum.reduce([np.abs(bowl) - wing_t / 2, z - 65, -25 - z, y_front - y, y - y_back, 38 - np.abs(x)])
     for s in (-1, 1):
-        mirror = (s * x, y, z)                                                              # this side is +x
-        paint("gluteus_medius", np.maximum(ellipsoid(mirror, (130, 25, 25), (32, 55, 42)), np.maximum(-bowl, inner)))
-        paint("gluteus_minimus", np.maximum(ellipsoid(mirror, (112, 15, 0), (20, 40, 30)), np.maximum(-bowl, inner)))
+        paint("gluteus_medius", np.maximum(ellipsoid(f, _side(s, (122, 25, 25)), (30, 58, 45), (0, s * 15, 0)),
+                                           np.maximum(-bowl, inner)))
+        paint("gluteus_minimus", np.maximum(ellipsoid(f, _side(s, (112, 15, 0)), (20, 40, 30)),
+                                            np.maximum(-bowl, inner)))
         paint("iliopsoas", np.maximum(smooth_union(
-            capsule(mirror, (30, 28, 110), (55, 0, 10), (18, 22)),
-            capsule(mirror, (55, 0, 10), (75, -35, -35), (22, 15)),
-            capsule(mirror, (75, -35, -35), (108, 12, -105), (15, 10)),
-            np.maximum(ellipsoid(mirror, (82, 5, 25), (22, 45, 40)), bowl + wing_t / 2), k=10), inner))
+            capsule(f, _side(s, (30, 28, 110)), _side(s, (55, 0, 10)), (18, 22)),
+            capsule(f, _side(s, (55, 0, 10)), _side(s, (75, -35, -35)), (22, 15)),
+            capsule(f, _side(s, (75, -35, -35)), _side(s, (108, 12, -105)), (15, 10)),
+            np.maximum(ellipsoid(f, _side(s, (82, 5, 25)), (22, 45, 40)), bowl + wing_t / 2), k=10), inner))
 
     hips, femurs = [wing], []
     for s in (-1, 1):
-        mirror = (s * x, y, z)
-        head_r = rng.uniform(21, 25)
-        head = (92, 0, -42)
-        socket = ellipsoid(mirror, head, (head_r + 2.5,) * 3)
-        acetabulum = np.maximum(ellipsoid(mirror, head, (head_r + 14,) * 3),
-                                -(-0.5 * (mirror[0] - head[0]) + 0.85 * (z - head[2])) - 8)
+        head_r, head = rng.uniform(21, 25), _side(s, (92, 0, -42))
+        socket = ellipsoid(f, head, (head_r + 2.5,) * 3)
+        acetabulum = np.maximum(ellipsoid(f, head, (head_r + 14,) * 3),
+                                0.5 * s * (x - head[0]) - 0.85 * (z - head[2]) - 8)   # open inferolaterally
         hips.append(np.maximum(smooth_union(
             acetabulum,
-            capsule(mirror, (70, -25, -40), (8, -70, -68), 11),                                # superior pubic ramus
-            capsule(mirror, (8, -68, -80), (55, 10, -102), 9),                                 # ischiopubic ramus
-            capsule(mirror, (75, 20, -50), (58, 18, -102), 14), k=8), -socket))                # ischium
+            capsule(f, _side(s, (70, -25, -40)), _side(s, (8, -70, -68)), 11),                # superior pubic ramus
+            capsule(f, _side(s, (8, -68, -80)), _side(s, (55, 10, -102)), 9),                 # ischiopubic ramus
+            capsule(f, _side(s, (75, 20, -50)), _side(s, (58, 18, -102)), 14), k=8), -socket))  # ischium
         femurs.append(smooth_union(
-            ellipsoid(mirror, head, (head_r,) * 3),
-            capsule(mirror, head, (135, 8, -72), 14),                                          # neck
-            ellipsoid(mirror, (140, 12, -75), (16, 20, 26)),                                   # greater trochanter
-            capsule(mirror, (132, 10, -85), (112, 16, -420), 15),                              # shaft
-            ellipsoid(mirror, (110, 18, -105), (10, 10, 12)), k=6))                            # lesser trochanter
-    spine = [ellipsoid(p, (0, 48 + 5 * i, 28 - 20 * i), a, (-25, 0, 0)) for i, a in enumerate(
-        [(48, 24, 16), (40, 20, 13), (30, 16, 11), (22, 12, 9), (15, 10, 8), (8, 8, 8)])]     # sacrum, coccyx
-    for zk in (62, 95):                                                                       # L5, L4
-        spine += [ellipsoid(p, (0, 28, zk), (26, 19, 13)),
-                  capsule(p, (-14, 40, zk), (0, 58, zk), 5), capsule(p, (14, 40, zk), (0, 58, zk), 5),
-                  capsule(p, (0, 58, zk), (0, 76, zk - 4), 6),
-                  capsule(p, (-15, 40, zk), (-46, 42, zk + 3), 5), capsule(p, (15, 40, zk), (46, 42, zk + 3), 5)]
+            ellipsoid(f, head, (head_r,) * 3),
+            capsule(f, head, _side(s, (135, 8, -72)), 14),                                    # neck
+            ellipsoid(f, _side(s, (140, 12, -75)), (16, 20, 26)),                             # greater trochanter
+            capsule(f, _side(s, (132, 10, -85)), _side(s, (112, 16, -420)), 15),              # shaft
+            ellipsoid(f, _side(s, (110, 18, -105)), (10, 10, 12)), k=6))                      # lesser trochanter
+    t = np.linspace(0, 1, 12)[:, None]                                                        # sacrum, coccyx
+    curve = np.c_[0 * t, 40 + 80 * t - 50 * t ** 2, 34 - 102 * t]                             # concave forwards
+    spine = [ellipsoid(f, c, r, (-20 - 30 * ti, 0, 0)) for c, r, ti in zip(
+        curve, np.c_[48 - 40 * t, 18 - 11 * t, 14 - 6 * t], t[:, 0])]
+    for yk, zk in ((30, 62), (27, 95)):                                                       # L5, L4
+        spine += [ellipsoid(f, (0, yk, zk), (26, 19, 13)),
+                  capsule(f, (-14, 40, zk), (0, 58, zk), 5), capsule(f, (14, 40, zk), (0, 58, zk), 5),
+                  capsule(f, (0, 58, zk), (0, 76, zk - 4), 6),
+                  capsule(f, (-15, 40, zk), (-46, 42, zk + 3), 5), capsule(f, (15, 40, zk), (46, 42, zk + 3), 5)]
     cortex = rng.uniform(2.0, 3.0)
     paint.bone(smooth_union(*hips, k=6), cortex, "pelvis_marrow")
     paint.bone(smooth_union(*spine, k=5), cortex, "spine_marrow")
     paint.bone(np.minimum(*femurs), cortex + 3.0 * np.clip((-z - 70) / 60, 0, 1), "femur_marrow")
-    paint("csf", capsule(p, (0, 45, 130), (0, 62, 10), 8))                                  # spinal canal
+    paint("csf", capsule(f, (0, 45, 130), (0, 62, 10), 8))                                  # spinal canal
 
     gas = paint.labels == paint.ids["bowel"]
     for _ in range(int(rng.integers(3, 8))):
         center = np.array([0, -15, 55]) + rng.uniform(-1, 1, 3) * [90, 55, 40]
-        paint("bowel_gas", ellipsoid(p, center, rng.uniform(6, 18, 3)), gas)
+        paint("bowel_gas", ellipsoid(f, center, rng.uniform(6, 18, 3)), gas)
     if rng.random() < 0.7:
-        paint("bowel_gas", ellipsoid(p, (0, 62, rng.uniform(-20, 30)), rng.uniform(6, 11, 3)), gas)
+        paint("bowel_gas", ellipsoid(f, (0, 62, rng.uniform(-20, 30)), rng.uniform(6, 11, 3)), gas)
 
 
 class _Anatomy(NamedTuple):
-    build: Callable[[Coords, np.random.Generator, _Painter], None]
+    build: Callable[[Frame, np.random.Generator, _Painter], None]
     names: dict[int, str]
-    extent: tuple[float, float, float]        # mm box (x, y, z) that must fit in the field of view
+    extent: tuple[float, float, float]        # mm box (x, y, z) that must fit in the field of view, with
+                                              # room for the largest subject (size factor up to 1.11)
     center: tuple[float, float, float]        # its centre in anatomical coordinates
     reference: str                            # tissue that normalises the MR noise level
 
 
 _ANATOMIES = {
-    "head": _Anatomy(_head, HEAD_LABELS, (170.0, 220.0, 210.0), (0.0, -2.0, 4.0), "white_matter"),
-    "pelvis": _Anatomy(_pelvis, PELVIS_LABELS, (350.0, 240.0, 240.0), (0.0, 3.0, -15.0), "muscle"),
+    "head": _Anatomy(_head, HEAD_LABELS, (170.0, 240.0, 230.0), (0.0, -5.0, 2.0), "white_matter"),
+    "pelvis": _Anatomy(_pelvis, PELVIS_LABELS, (400.0, 250.0, 240.0), (0.0, 3.0, -40.0), "muscle"),
 }
 
 
 # ------------------------------------------------------------------------------------------------------ synthesis
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _check_seed(seed: object) -> int:
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def _check_geometry(shape: Sequence[int], spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n >= 8 for n in shape):
+    if len(shape) != 3 or not all(_is_int(n) and n >= 8 for n in shape):
         raise ValueError(f"shape must be three voxel counts (x, y, z), each an integer >= 8, got {shape!r}")
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+    try:
+        sizes = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        sizes = ()
+    if len(sizes) != 3 or not all(np.isfinite(s) and s > 0 for s in sizes):
         raise ValueError(f"spacing must be three positive voxel sizes in mm (x, y, z), got {spacing!r}")
-    return tuple(int(n) for n in shape), tuple(float(s) for s in spacing)
+    return tuple(int(n) for n in shape), sizes
 
 
 def make_phantom(kind: str, seed: int, shape: tuple[int, int, int] = (64, 64, 48),
                  spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)) -> Phantom:
-    """One subject of ``kind`` ("head" or "pelvis") drawn from ``seed``; shape and spacing are (x, y, z)."""
+    """One subject of ``kind`` ("head" or "pelvis") drawn from ``seed``; shape (voxels) and spacing (mm) are (x, y, z).
+
+    Per subject: size (x0.93-1.07, aspect +-4 %), pose (nod +-6, roll and turn +-3 degrees, shift up to 2/5/5 mm),
+    anatomy parameters, tissue means (TISSUES sd), smooth texture, an MR bias field exp(a g) with a in [0.08, 0.2],
+    CT noise sd 10-20 HU and Rician MR noise sd 1-3 % of the reference tissue (white matter or muscle).
+    """
     if kind not in _ANATOMIES:
         raise ValueError(f"unknown phantom kind {kind!r}; choose one of {PHANTOM_KINDS}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = _check_seed(seed)
     shape, spacing = _check_geometry(shape, spacing)
     anatomy, rng = _ANATOMIES[kind], np.random.default_rng(seed)
 
-    # voxel centres (world, mm) -> anatomical frame: p = R^T (w - t) / (fit * size) + centre
+    # anatomical frame: p = R^T (w - shift) / (fit * size) + centre for the world position w of each voxel centre
     fov = np.array(shape) * np.array(spacing)
     fit = min(1.0, float(np.min(fov / np.array(anatomy.extent))))
-    size = rng.uniform(0.93, 1.07) * rng.uniform(0.96, 1.04, 3)
-    rotation = _rotation(rng.uniform(-6, 6, 3))
-    shift = rng.uniform(-5, 5, 3) * fit
-    axes = [((np.arange(n) - (n - 1) / 2) * s - t).astype(np.float32) for n, s, t in zip(shape, spacing, shift)]
-    world = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")[::-1]                    # x, y, z; arrays (z, y, x)
-    p = tuple((rotation[0, i] * world[0] + rotation[1, i] * world[1] + rotation[2, i] * world[2])
-              / np.float32(fit * size[i]) + np.float32(anatomy.center[i]) for i in range(3))
+    size = fit * rng.uniform(0.93, 1.07) * rng.uniform(0.96, 1.04, 3)
+    rotation = _rotation(rng.uniform(-1, 1, 3) * [6, 3, 3])                                 # nod, roll, turn
+    shift = rng.uniform(-1, 1, 3) * [2, 5, 5] * fit
+    origin = -(np.array(shape) // 2) * np.array(spacing)                                    # middle voxel at 0
+    to_anatomy = rotation.T / size[:, None]
+    frame = Frame(shape, to_anatomy * np.array(spacing), to_anatomy @ (origin - shift) + np.array(anatomy.center))
 
     paint = _Painter(shape[::-1], anatomy.names)
-    anatomy.build(p, rng, paint)
+    anatomy.build(frame, rng, paint)
     labels = paint.labels
 
     # per-subject tissue values (index 0 = air outside the body), smooth variation, bias field, noise
@@ -405,24 +437,22 @@ def make_phantom(kind: str, seed: int, shape: tuple[int, int, int] = (64, 64, 48
     table = np.array([(AIR_CT, 0, 0, AIR_MR, 0, 0)] + [TISSUES[n] for n in names[1:]], np.float64)
     ct_mean = table[:, 0] + table[:, 1] * rng.standard_normal(len(names))
     mr_mean = np.maximum(table[:, 3] + table[:, 4] * rng.standard_normal(len(names)), 0.0)
-    ct = ct_mean[labels] + table[labels, 2] * smooth_field(p, rng, 40)
-    mr = mr_mean[labels] * (1 + table[labels, 5] * smooth_field(p, rng, 40))
-    mr *= np.exp(rng.uniform(0.08, 0.2) * smooth_field(p, rng, 250, waves=4))               # bias field
+    ct = ct_mean[labels] + table[labels, 2] * frame.field(rng, 40)
+    mr = mr_mean[labels] * (1 + table[labels, 5] * frame.field(rng, 40))
+    mr *= np.exp(rng.uniform(0.08, 0.2) * frame.field(rng, 250, waves=4))               # bias field
     ct += rng.uniform(10, 20) * rng.standard_normal(labels.shape)
     sigma = rng.uniform(0.01, 0.03) * mr_mean[names.index(anatomy.reference)]
     mr = np.hypot(mr + sigma * rng.standard_normal(labels.shape), sigma * rng.standard_normal(labels.shape))  # Rician
 
-    origin = tuple(-(n - 1) / 2 * s for n, s in zip(shape, spacing))
-
     def image(array: np.ndarray) -> sitk.Image:
         result = sitk.GetImageFromArray(array)
         result.SetSpacing(spacing)
-        result.SetOrigin(origin)
+        result.SetOrigin(tuple(origin))
         return result
 
     return Phantom(mr=image(np.maximum(mr, 0).astype(np.float32)),
                    ct=image(np.clip(ct, *CT_RANGE).astype(np.float32)),
-                   labels=image(labels), label_names=dict(anatomy.names), kind=kind, seed=int(seed))
+                   labels=image(labels), label_names=dict(anatomy.names), kind=kind, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------------- writing
@@ -455,12 +485,10 @@ def write_phantom_dataset(folder: os.PathLike, kind: str, n_subjects: int, seed:
                           shape: tuple[int, int, int] = (64, 64, 48),
                           spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)) -> list[dict[str, Path]]:
     """Subjects <kind>_000, <kind>_001, ... written by ``write_phantom``; their seeds come from ``seed``."""
-    if not isinstance(n_subjects, (int, np.integer)) or isinstance(n_subjects, bool) or n_subjects < 1:
+    if not _is_int(n_subjects) or n_subjects < 1:
         raise ValueError(f"n_subjects must be a positive integer, got {n_subjects!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return [write_phantom(make_phantom(kind, s, shape, spacing), folder, f"{kind}_{i:03d}")
-            for i, s in enumerate(subject_seeds(seed, n_subjects))]
+            for i, s in enumerate(subject_seeds(_check_seed(seed), n_subjects))]
 
 
 # ------------------------------------------------------------------------------------------------------- preview
@@ -468,43 +496,42 @@ def save_preview_png(phantom: Phantom, path: os.PathLike, dpi: int = 80) -> Path
     """MR | CT | labels (columns) for the middle sagittal, coronal and axial slices (rows), superior up.
 
     Sagittal: anterior left; coronal and axial: patient right on the left (radiological); axial: anterior up.
+    Drawn on a matplotlib Figure with the Agg canvas, leaving pyplot and the host's backend alone.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     mr, ct, labels = (sitk.GetArrayFromImage(getattr(phantom, k)) for k in ("mr", "ct", "labels"))
     nz, ny, nx = labels.shape
-    sx, sy, sz = phantom.labels.GetSpacing()
-    ox, oy, oz = phantom.labels.GetOrigin()
-    ex = (ox - sx / 2, ox + (nx - 0.5) * sx)
-    ey = (oy - sy / 2, oy + (ny - 0.5) * sy)
-    ez = (oz - sz / 2, oz + (nz - 0.5) * sz)
+    (sx, sy, sz), (ox, oy, oz) = phantom.labels.GetSpacing(), phantom.labels.GetOrigin()
+    ex, ey, ez = ((o - s / 2, o + (n - 0.5) * s) for o, s, n in ((ox, sx, nx), (oy, sy, ny), (oz, sz, nz)))
     views = [("sagittal", lambda a: a[:, :, nx // 2], (*ey, *ez), "lower"),
              ("coronal", lambda a: a[:, ny // 2, :], (*ex, *ez), "lower"),
              ("axial", lambda a: a[nz // 2], (ex[0], ex[1], ey[1], ey[0]), "upper")]
-    n_labels = max(phantom.label_names)
-    colors = plt.get_cmap("tab20")(np.arange(n_labels) % 20)
-    label_cmap = ListedColormap(np.vstack([[0, 0, 0, 1], colors]))
-    mr_top = float(np.percentile(mr, 99.5))
+    ids = sorted(phantom.label_names)
+    colors = colormaps["tab20"](np.arange(max(ids)) % 20)
+    columns = [("MR (T1-like)", mr, dict(cmap="gray", vmin=0, vmax=float(np.percentile(mr, 99.5)))),
+               ("CT [-1000, 2000] HU", ct, dict(cmap="gray", vmin=-1000, vmax=2000)),
+               ("labels", labels, dict(cmap=ListedColormap(np.vstack([[0, 0, 0, 1], colors])), vmin=-0.5,
+                                       vmax=max(ids) + 0.5, interpolation="nearest"))]
 
-    fig, axes = plt.subplots(3, 3, figsize=(9.5, 8.8), facecolor="black")
+    fig = Figure(figsize=(9.5, 8.8), facecolor="black")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, 3)
     for row, (view, cut, extent, origin) in enumerate(views):
-        for col, (array, kwargs) in enumerate([
-                (mr, dict(cmap="gray", vmin=0, vmax=mr_top)),
-                (ct, dict(cmap="gray", vmin=-1000, vmax=2000)),
-                (labels, dict(cmap=label_cmap, vmin=-0.5, vmax=n_labels + 0.5, interpolation="nearest"))]):
+        for col, (title, array, kwargs) in enumerate(columns):
             ax = axes[row, col]
             ax.imshow(cut(array), extent=extent, origin=origin, **kwargs)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(["MR (T1-like)", "CT [-1000, 2000] HU", "labels"][col], color="white", fontsize=10)
+                ax.set_title(title, color="white", fontsize=10)
             if col == 0:
                 ax.set_ylabel(view, color="white", fontsize=10)
-    handles = [Patch(color=colors[i - 1], label=f"{i} {n}") for i, n in sorted(phantom.label_names.items())]
+    handles = [Patch(color=colors[i - 1], label=f"{i} {phantom.label_names[i]}") for i in ids]
     fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7, frameon=False,
                labelcolor="white")
     fig.suptitle(f"{phantom.kind} phantom, seed {phantom.seed}", color="white", fontsize=11)
@@ -512,5 +539,4 @@ def save_preview_png(phantom: Phantom, path: os.PathLike, dpi: int = 80) -> Path
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi, facecolor="black")
-    plt.close(fig)
     return out

@@ -1,0 +1,166 @@
+"""Benchmarks that print a table and write CSV + JSON (never unit tests with time limits).
+
+* ``train``: seconds per training iteration at 256x256, batch 1, paper-size networks (ngf 64, 9 blocks), for the
+  cyclegan, yang2018 and hiasa2018 presets, and the share of the iteration spent in the MIND structure term and in
+  the gradient-consistency term (each timed forward + backward on the iteration's own tensors).
+* ``synthesis``: wall time and peak resident memory of synthesizing a 512x512x300 MR, each case in a fresh process.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import losses as L
+from .config import preset
+
+
+def _time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``fn`` over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return float(np.median(times))
+
+
+def bench_train(size: int = 256, repeats: int = 3, ngf: int = 64, n_blocks: int = 9) -> list[dict]:
+    rows = []
+    for name in ("cyclegan", "yang2018", "hiasa2018"):
+        config = preset(name, image_size=(size, size), augment_pad=None, ngf=ngf, n_blocks=n_blocks, iterations=10)
+        trainer = _bare_trainer(config)
+        mr, ct = torch.rand(1, 1, size, size) * 2 - 1, torch.rand(1, 1, size, size) * 2 - 1
+        step = _time(lambda: trainer.train_step(mr, ct), repeats)
+        fake = torch.rand(1, 1, size, size, requires_grad=True)
+
+        def term(loss_fn):
+            def run():
+                fake.grad = None
+                (loss_fn(mr, fake) + loss_fn(ct, fake)).backward()
+            return run
+        mind = _time(term(lambda a, b: L.structure_loss(a, b, config.mind_region, config.mind_patch,
+                                                        config.mind_sigma)), repeats) if config.lambda_structure else 0
+        gc = _time(term(L.gradient_consistency_loss), repeats) if config.lambda_gc else 0.0
+        rows.append({"preset": name, "size": size, "ngf": ngf, "n_blocks": n_blocks,
+                     "seconds_per_iteration": round(step, 3), "mind_seconds": round(mind, 4),
+                     "mind_share_percent": round(100 * mind / step, 2), "gc_seconds": round(gc, 4),
+                     "gc_share_percent": round(100 * gc / step, 2)})
+        print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+def _bare_trainer(config):
+    """A CycleGANTrainer on a stand-in dataset (the benchmark feeds tensors to train_step directly)."""
+    from .train import CycleGANTrainer
+
+    class NoData:
+        mr = ct = [np.zeros((1, 8, 8), np.float32)]
+        paired = False
+    return CycleGANTrainer(config, NoData(), Path("/tmp/mrtoct-bench"), torch.device("cpu"), show_progress=False)
+
+
+def bench_synthesis(model: str, shape: Sequence[int], label: str) -> dict:
+    """One case, run in this process: synthesize a synthetic MR of ``shape`` (x, y, z) and report time and peak RSS."""
+    import SimpleITK as sitk
+
+    from .synthesis import synthesize
+
+    rng = np.random.default_rng(0)
+    x, y, z = shape
+    zz, yy, xx = np.ogrid[:z, :y, :x]
+    head = ((xx - x / 2) / (0.4 * x)) ** 2 + ((yy - y / 2) / (0.45 * y)) ** 2 + ((zz - z / 2) / (0.45 * z)) ** 2 < 1
+    array = (head * 800 + rng.normal(0, 20, size=(z, y, x))).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 0.5, 0.8))
+    del array, head
+    before = _peak_rss_mb()
+    began = time.perf_counter()
+    synthesize(image, model, device="cpu", batch_size=8)
+    seconds = time.perf_counter() - began
+    return {"case": label, "shape": "x".join(map(str, shape)), "seconds": round(seconds, 1),
+            "peak_rss_mb": round(_peak_rss_mb(), 0), "rss_before_mb": round(before, 0),
+            "input_float32_mb": round(4 * x * y * z / 2**20, 0)}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def _paper_size_model(path: Path) -> Path:
+    """A randomly initialised Yang-size model (ngf 64, 9 blocks, 384x256): same cost as a trained one."""
+    from .modelfile import save_model
+    from .networks import ResnetGenerator
+    from .preprocessing import Normalization, normalization_metadata
+
+    spec = {"architecture": "resnet_generator", "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": 64,
+                                                            "n_blocks": 9}}
+    metadata = {"name": "paper-size-random", "description": "benchmark only: random weights", "license": "CC0",
+                "intended_use": "benchmark", "networks": {"G_CT": spec}, "preset": "yang2018", "loss_weights": {},
+                **normalization_metadata(Normalization.from_config(preset("yang2018"))), "training": {},
+                "validation_metrics": {}}
+    return save_model(path, metadata, {"G_CT": ResnetGenerator(1, 1, 64, 9)})
+
+
+def _format_row(row: dict) -> str:
+    return "  ".join(f"{k}={v}" for k, v in row.items())
+
+
+def _write(rows: list[dict], out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version()}
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    with open(out / f"{name}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+    print("\n" + " | ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
+    print(f"\nwritten: {out / name}.csv, {out / name}.json ({machine})")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["train", "synthesis"])
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the CSV and JSON")
+    parser.add_argument("--size", type=int, default=256, help="train: image size (default 256)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300), help="synthesis: MR size x y z")
+    parser.add_argument("--case", nargs=2, metavar=("MODEL", "LABEL"), help=argparse.SUPPRESS)  # child process
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.what == "train":
+        _write(bench_train(args.size, args.repeats), out, "train_seconds_per_iteration")
+        return 0
+    if args.case:
+        print(json.dumps(bench_synthesis(args.case[0], args.shape, args.case[1])))
+        return 0
+    paper = _paper_size_model(out / "paper-size-random.mrtoct.safetensors")
+    rows = []
+    for model, label in (("phantom-head-demo", "demo model (ngf 24, 6 blocks, 3 mm)"),
+                         (str(paper), "paper size (ngf 64, 9 blocks, 384x256)")):
+        command = [sys.executable, "-m", "MRtoCTSynthesisLib.cli", "bench", "synthesis", "--case", model, label,
+                   "--shape", *map(str, args.shape)]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(_format_row(rows[-1]), flush=True)
+    paper.unlink()
+    _write(rows, out, "synthesis_memory_time")
+    return 0
