@@ -77,6 +77,7 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "float32"], default="auto", help="auto: half precision on CUDA")
     p.add_argument("--quality-map", action="store_true", help="also write cycle-residual and structure maps")
     p.add_argument("--dicom-out", help="also write each sCT as a DICOM CT series into this folder")
+    p.add_argument("--png", action="store_true", help="also write <name>_sct.png: MR | sCT (| quality maps)")
     p.add_argument("--progress-json", action="store_true",
                    help="print progress and the results as JSON lines on stdout (for the Slicer module)")
 
@@ -102,8 +103,13 @@ def _synthesize(args: argparse.Namespace) -> int:
     results = synthesize_files(args.inputs, args.out, args.model, args.device, args.quality_map, args.dicom_out,
                                progress, batch_size=args.batch_size, precision=args.precision)
     bar.close()
+    if args.png:
+        for r in results:
+            if r.error is None:
+                r.extra_outputs.append(_save_sct_png(r))
     records = [{"input": str(r.input), "output": r.output and str(r.output), "error": r.error,
-                "seconds": round(r.seconds, 2), "extra_outputs": [str(p) for p in r.extra_outputs]} for r in results]
+                "seconds": round(r.seconds, 2), "extra_outputs": [str(p) for p in r.extra_outputs],
+                "device": r.device, "model_name": r.model_name} for r in results]
     if args.progress_json:
         print(json.dumps({"result": records}), flush=True)
     else:
@@ -111,6 +117,17 @@ def _synthesize(args: argparse.Namespace) -> int:
             print(f"{'ok    ' if r.error is None else 'FAILED'} {r.input} -> {r.output or r.error} ({r.seconds:.1f} s)")
         print(f"{sum(r.error is None for r in results)} of {len(results)} inputs synthesized into {args.out}")
     return 0 if all(r.error is None for r in results) else 1
+
+
+def _save_sct_png(result) -> Path:
+    from .figures import CT_WINDOW, Column, save_volume_comparison
+    from .volumes import read_volume
+
+    columns = [Column("MR", read_volume(result.input)), Column("sCT (HU)", read_volume(result.output), *CT_WINDOW)]
+    columns += [Column(p.name.split("_sct_")[-1].split(".")[0].replace("_", " "), read_volume(p), cmap="magma")
+                for p in result.extra_outputs if str(p).endswith(".nii.gz")]
+    return save_volume_comparison(columns, result.output.with_name(result.output.name.replace(".nii.gz", ".png")),
+                                  suptitle=f"{result.input.name}: synthetic CT")
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -200,6 +217,43 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
     return run_bench(args)
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+# (the MRtoCTSegmentLib package: Hiasa 2018 sec. 3.2; arguments and runs live in MRtoCTSegmentLib.commands)
+
+def _add_train_seg(p: argparse.ArgumentParser) -> None:
+    from MRtoCTSegmentLib.commands import add_train_seg
+    add_train_seg(p)
+
+
+@command("train-seg", "train a 2D U-Net segmentation model on labelled CT (+ its synthetic MR)")(_add_train_seg)
+def _train_seg(args: argparse.Namespace) -> int:
+    from MRtoCTSegmentLib.commands import run_train_seg
+    return run_train_seg(args)
+
+
+def _add_segment(p: argparse.ArgumentParser) -> None:
+    from MRtoCTSegmentLib.commands import add_segment
+    add_segment(p)
+
+
+@command("segment", "segment MR volumes (+ their synthetic CT) with a trained U-Net")(_add_segment)
+def _segment(args: argparse.Namespace) -> int:
+    from MRtoCTSegmentLib.commands import run_segment
+    return run_segment(args)
+
+
+def _add_evaluate_seg(p: argparse.ArgumentParser) -> None:
+    from MRtoCTSegmentLib.commands import add_evaluate_seg
+    add_evaluate_seg(p)
+
+
+@command("evaluate-seg", "Dice and mean surface distance per structure of a label map against a reference")(
+    _add_evaluate_seg)
+def _evaluate_seg(args: argparse.Namespace) -> int:
+    from MRtoCTSegmentLib.commands import run_evaluate_seg
+    return run_evaluate_seg(args)
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import volumes as V
-from .figures import CT_WINDOW, orthogonal_panels, save_panel_grid
+from .figures import CT_WINDOW, Column, save_volume_comparison
 from .metrics import evaluate, mutual_information
 from .phantom import make_phantom
 from .synthesis import synthesize
@@ -38,13 +38,10 @@ def run_demo(out_dir: os.PathLike, model: str = DEMO_MODEL, device: str = "auto"
                "mi_mr_sct": mutual_information(mr, sct, mask), "mi_mr_ct": mutual_information(mr, ct, mask),
                "model": result.model_name, "device": result.device, "seconds": round(result.seconds, 2)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    spacing = phantom.mr.GetSpacing()
-    rows = [orthogonal_panels(mr, spacing, "MR", 0, float(np.percentile(mr, 99.5))),
-            orthogonal_panels(sct, spacing, "sCT", *CT_WINDOW),
-            orthogonal_panels(ct, spacing, "reference CT", *CT_WINDOW),
-            orthogonal_panels(np.abs(sct - ct), spacing, "|sCT - CT| (HU)", 0, 500, cmap="magma")]
-    columns = [list(panels) for panels in zip(*rows)]  # one row per plane: MR | sCT | CT | error
-    save_panel_grid(columns, out / "demo.png",
-                    suptitle=f"demo: {result.model_name} on an unseen phantom - MAE {metrics['mae']:.0f} HU, "
+    error = V.image_like(np.abs(sct - ct), phantom.ct)
+    save_volume_comparison([Column("MR", phantom.mr), Column("sCT", result.sct, *CT_WINDOW),
+                            Column("reference CT", phantom.ct, *CT_WINDOW),
+                            Column("|sCT - CT| (HU)", error, 0, 500, "magma")], out / "demo.png",
+                           suptitle=f"demo: {result.model_name} on an unseen phantom - MAE {metrics['mae']:.0f} HU, "
                              f"SSIM {metrics['ssim']:.3f} (demonstration model, not for clinical use)")
     return metrics

@@ -288,18 +288,23 @@ def _regularise(layout: SeriesLayout, slice_spacing: Optional[float], fill_value
     if fill_value is None:
         fill_value = CT_FILL_VALUE if layout.modality == "CT" else float(min(s.min() for s in slices))
 
-    # Every acquired slice resampled (bilinear) onto the output in-plane lattice, with its footprint.
-    resampled = np.empty((len(slices), nv, nu), dtype=np.float32)
-    footprints = []
-    for k, pixels in enumerate(slices):
-        a, a_in = _sample_coordinates(u_grid, layout.u[k], dx, columns)
-        b, b_in = _sample_coordinates(v_grid, layout.v[k], dy, rows)
-        if np.allclose(a, np.round(a), atol=_EDGE_EPS) and np.allclose(b, np.round(b), atol=_EDGE_EPS):
-            resampled[k] = pixels[np.round(b).astype(int)[:, None], np.round(a).astype(int)[None, :]]
-        else:
-            bb, aa = np.meshgrid(b, a, indexing="ij")
-            resampled[k] = ndimage.map_coordinates(pixels, [bb, aa], order=1, mode="nearest")
-        footprints.append((b_in, a_in))
+    # Each acquired slice resampled (bilinear) onto the output in-plane lattice when first needed, with its
+    # footprint; output planes advance monotonically, so only the two bracketing slices are kept.
+    cache: dict = {}
+
+    def on_lattice(k: int) -> Tuple[np.ndarray, np.ndarray]:
+        if k not in cache:
+            a, a_in = _sample_coordinates(u_grid, layout.u[k], dx, columns)
+            b, b_in = _sample_coordinates(v_grid, layout.v[k], dy, rows)
+            if np.allclose(a, np.round(a), atol=_EDGE_EPS) and np.allclose(b, np.round(b), atol=_EDGE_EPS):
+                values = slices[k][np.round(b).astype(int)[:, None], np.round(a).astype(int)[None, :]]
+            else:
+                bb, aa = np.meshgrid(b, a, indexing="ij")
+                values = ndimage.map_coordinates(slices[k], [bb, aa], order=1, mode="nearest")
+            for old in [j for j in cache if j < k - 1]:
+                del cache[old]
+            cache[k] = (values, b_in[:, None] & a_in[None, :])
+        return cache[k]
 
     # Linear interpolation along the normal between the two bracketing slices.
     out = np.empty((nw, nv, nu), dtype=np.float32)
@@ -309,13 +314,11 @@ def _regularise(layout: SeriesLayout, slice_spacing: Optional[float], fill_value
         k = int(np.clip(np.searchsorted(w_rel, w, side="right") - 1, 0, len(slices) - 2))
         t = (w - w_rel[k]) / (w_rel[k + 1] - w_rel[k])
         t = 0.0 if t < _EDGE_EPS else 1.0 if t > 1 - _EDGE_EPS else t
-        inside = np.ones((nv, nu), dtype=bool)
-        for j, weight in ((k, 1 - t), (k + 1, t)):
-            if weight > 0:
-                b_in, a_in = footprints[j]
-                inside &= b_in[:, None] & a_in[None, :]
-        value = resampled[k] if t == 0 else resampled[k + 1] if t == 1 else \
-            (1 - t) * resampled[k] + t * resampled[k + 1]
+        if t == 0.0 or t == 1.0:
+            value, inside = on_lattice(k if t == 0.0 else k + 1)
+        else:
+            (below, inside_below), (above, inside_above) = on_lattice(k), on_lattice(k + 1)
+            value, inside = (1 - t) * below + t * above, inside_below & inside_above
         out[p] = np.where(inside, value, np.float32(fill_value))
 
     image = sitk.GetImageFromArray(out)

@@ -54,16 +54,22 @@ class EventWriter:
         return event
 
 
-def parse_event(line: str) -> Optional[dict]:
-    """One line -> event dict, or None for blank/foreign lines (a process may print other text too)."""
+def parse_json_line(line: str) -> Optional[dict]:
+    """One line of a child process's output -> a JSON object, or None for blank or other text."""
     line = line.strip()
     if not line.startswith("{"):
         return None
     try:
-        event = json.loads(line)
+        record = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return event if isinstance(event, dict) and event.get("event") in EVENT_KINDS else None
+    return record if isinstance(record, dict) else None
+
+
+def parse_event(line: str) -> Optional[dict]:
+    """One line -> event dict, or None for blank/foreign lines (a process may print other text too)."""
+    event = parse_json_line(line)
+    return event if event is not None and event.get("event") in EVENT_KINDS else None
 
 
 def read_new_events(path: os.PathLike, offset: int = 0) -> tuple[list[dict], int]:

@@ -89,3 +89,32 @@ def save_loss_curves(rows: Sequence[dict], path: os.PathLike, title: str = "trai
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+@dataclass
+class Column:
+    """One volume of a comparison figure and how to display it."""
+
+    title: str
+    image: "object"  # SimpleITK.Image
+    vmin: Optional[float] = None
+    vmax: Optional[float] = None
+    cmap: str = "gray"
+
+
+def save_volume_comparison(columns: Sequence[Column], path: os.PathLike, suptitle: str = "") -> Path:
+    """Middle sagittal, coronal and axial slices (rows) of several volumes on one grid (columns), any orientation.
+
+    Volumes are shown in LPS voxel order (permuted/flipped only, never resampled); a column without a display range
+    uses the 0.5-99.5th percentiles of its volume.
+    """
+    from .volumes import array_of, to_canonical
+
+    per_column = []
+    for column in columns:
+        canonical, _ = to_canonical(column.image, oblique="nearest")
+        array = array_of(canonical)
+        low, high = (column.vmin, column.vmax) if column.vmin is not None else np.percentile(array, [0.5, 99.5])
+        per_column.append(orthogonal_panels(array, canonical.GetSpacing(), column.title, low, high, column.cmap))
+    rows = [list(plane) for plane in zip(*per_column)]
+    return save_panel_grid(rows, path, suptitle=suptitle)

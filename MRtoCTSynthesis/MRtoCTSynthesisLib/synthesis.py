@@ -54,6 +54,8 @@ class FileResult:
     error: Optional[str] = None
     seconds: float = 0.0
     extra_outputs: list = field(default_factory=list)
+    device: str = ""
+    model_name: str = ""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -164,7 +166,8 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
                 folder = Path(dicom_out) / volume_stem(source)
                 write_ct_series(result.sct, folder, reference_dicom=source if source.is_dir() else None)
                 written.append(folder)
-            results.append(FileResult(source, sct_path, None, time.time() - began, written[1:]))
+            results.append(FileResult(source, sct_path, None, time.time() - began, written[1:], result.device,
+                                      result.model_name))
         except SynthesisCancelled:
             _remove(written)
             raise

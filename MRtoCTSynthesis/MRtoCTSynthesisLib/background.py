@@ -1,0 +1,318 @@
+"""Run ``mrtoct synthesize`` in a child process that a GUI can follow without freezing (pure Python, no Slicer, no Qt).
+
+The Slicer panel polls a ``BackgroundSynthesis`` from a timer::
+
+    job = BackgroundSynthesis([mr_path], out_dir, model="phantom-head-demo", device="auto").start()
+    # every 200 ms:
+    for update in job.poll():          # new {"progress": 0.42, "message": "...", "eta_seconds": 12.0}
+        show(update)
+    if job.finished: ...               # job.returncode, job.results (one dict per input), job.error
+    job.cancel()                       # kills the whole process tree; no output is left behind
+
+The child prints one JSON line per progress update and, at the end, ``{"result": [{"input", "output", "error",
+"seconds", "extra_outputs"}]}`` (``--progress-json``). Everything else it prints (logging, warnings) is kept in
+``job.log`` for error reports.
+
+Nothing half-written ever reaches ``out_dir`` (or ``dicom_out``): the child writes into a private staging folder
+inside ``out_dir``, and only the outputs of a finished run are moved into place; a cancelled or crashed run has its
+staging folder removed. Result paths are reported at their final location.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+from .events import parse_json_line
+
+PathLike = Union[str, os.PathLike]
+CLI_MODULE = "MRtoCTSynthesisLib.cli"
+LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the MRtoCTSynthesisLib package
+STAGING_PREFIX = ".mrtoct-partial-"
+LOG_LINES = 400  # lines of the child's other output kept for error reports
+
+
+class BackgroundSynthesis:
+    """One ``mrtoct synthesize`` run in a child process; ``poll()`` never blocks."""
+
+    def __init__(self, inputs: Sequence[PathLike], out_dir: PathLike, model: PathLike, device: str = "auto",
+                 quality_map: bool = False, dicom_out: Optional[PathLike] = None, precision: str = "auto",
+                 batch_size: Optional[int] = None, python: Optional[PathLike] = None, module: str = CLI_MODULE,
+                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
+        """``python``: the interpreter to run (default: this one; in Slicer pass ``PythonSlicer``).
+        ``module``: the module run as ``python -m <module>`` would run it (tests may point it at a stand-in).
+        The folder holding ``MRtoCTSynthesisLib`` (and ``extra_pythonpath``) is put first on the child's ``sys.path``
+        by a one-line bootstrap, so the engine need not be installed in the child's interpreter and no launcher's
+        PYTHONPATH handling can hide it."""
+        self.inputs = [Path(p) for p in inputs]
+        if not self.inputs:
+            raise ValueError("no input volumes given")
+        self.out_dir = Path(out_dir)
+        self.dicom_out = Path(dicom_out) if dicom_out is not None else None
+        if self.dicom_out is not None and self.dicom_out.is_dir() and any(self.dicom_out.iterdir()):
+            raise ValueError(f"DICOM output folder {self.dicom_out} is not empty; choose an empty or new folder")
+        self.model, self.device, self.quality_map = str(model), str(device), bool(quality_map)
+        self.precision, self.batch_size = precision, batch_size
+        self.python = str(python or sys.executable)
+        self.module = module
+        self.pythonpath = [str(LIBRARY_ROOT)] + [str(p) for p in extra_pythonpath]
+        self.env = env
+        self.staging = self.out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+
+        self.progress = 0.0
+        self.message = ""
+        self.eta_seconds: Optional[float] = None
+        self.results: Optional[list[dict]] = None
+        self.returncode: Optional[int] = None
+        self.cancelled = False
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
+        self.started_at: Optional[float] = None
+        self.finished_at: Optional[float] = None
+        self._process: Optional[subprocess.Popen] = None
+        self._lines: queue.Queue = queue.Queue()
+        self._readers: list[threading.Thread] = []
+        self._finalized = False
+
+    # ----------------------------------------------------------------------------------------------- command
+
+    def command(self) -> list[str]:
+        """The child's command line."""
+        bootstrap = (f"import runpy, sys; sys.path[:0] = {self.pythonpath!r}; "
+                     f"runpy.run_module({self.module!r}, run_name='__main__', alter_sys=True)")
+        command = [self.python, "-c", bootstrap, "synthesize", *map(str, self.inputs),
+                   "--model", self.model, "--out", str(self.staging), "--device", self.device, "--progress-json"]
+        if self.quality_map:
+            command.append("--quality-map")
+        if self.precision != "auto":
+            command += ["--precision", self.precision]
+        if self.batch_size is not None:
+            command += ["--batch-size", str(int(self.batch_size))]
+        if self.dicom_out is not None:
+            command += ["--dicom-out", str(self.staging / "dicom")]
+        return command
+
+    def _environment(self) -> dict:
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONUNBUFFERED"] = "1"   # progress lines must arrive as they are printed
+        env["PYTHONIOENCODING"] = "utf-8"
+        return env
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> "BackgroundSynthesis":
+        if self._process is not None:
+            raise RuntimeError("this job was already started")
+        self.staging.mkdir(parents=True)
+        kwargs: dict = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True  # its own process group: cancel() kills grandchildren too
+        self.started_at = time.time()
+        try:
+            self._process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, env=self._environment(), cwd=str(self.out_dir),
+                                             encoding="utf-8", errors="replace", **kwargs)
+        except OSError:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+        for stream, kind in ((self._process.stdout, "out"), (self._process.stderr, "err")):
+            reader = threading.Thread(target=self._read, args=(stream, kind), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+        return self
+
+    def _read(self, stream, kind: str) -> None:
+        for line in iter(stream.readline, ""):
+            self._lines.put((kind, line.rstrip("\r\n")))
+        stream.close()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and not self.finished
+
+    @property
+    def finished(self) -> bool:
+        return self._finalized
+
+    @property
+    def succeeded(self) -> bool:
+        """Finished, not cancelled, and every input synthesized."""
+        return (self.finished and not self.cancelled and self.results is not None
+                and all(r.get("error") is None for r in self.results))
+
+    @property
+    def error(self) -> Optional[str]:
+        """What went wrong, for a message box (None while running or after a full success)."""
+        if not self.finished or self.succeeded:
+            return None
+        if self.cancelled:
+            return "cancelled"
+        failed = [r for r in (self.results or []) if r.get("error")]
+        if failed:
+            return "\n".join(f"{Path(r['input']).name}: {r['error']}" for r in failed)
+        detail = "\n".join(list(self.log)[-20:]).strip()
+        return f"the synthesis process exited with code {self.returncode}" + (f":\n{detail}" if detail else "")
+
+    def poll(self) -> list[dict]:
+        """Progress updates received since the last call (never blocks); finishes the job once the child exited."""
+        if self._process is None:
+            raise RuntimeError("call start() first")
+        updates = self._drain()
+        if not self._finalized and self._process.poll() is not None:
+            for reader in self._readers:
+                reader.join(timeout=5)
+            updates += self._drain()
+            self.returncode = self._process.returncode
+            self._finalize()
+        return updates
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> list[dict]:
+        """Block until the child exits (or ``timeout`` s pass); returns all updates received meanwhile."""
+        deadline = None if timeout is None else time.time() + timeout
+        updates = self.poll()
+        while not self.finished and (deadline is None or time.time() < deadline):
+            time.sleep(interval)
+            updates += self.poll()
+        return updates
+
+    def cancel(self) -> None:
+        """Kill the child and everything it started; remove its partial outputs. Safe to call at any time."""
+        if self._process is None or self._finalized:
+            return
+        self.cancelled = True
+        _kill_tree(self._process)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - the kill failed; still do not block the GUI
+            pass
+        for reader in self._readers:
+            reader.join(timeout=2)
+        self._drain()
+        self.returncode = self._process.returncode
+        self._finalize()
+
+    def __enter__(self) -> "BackgroundSynthesis":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+    # ----------------------------------------------------------------------------------------------- parsing
+
+    def _drain(self) -> list[dict]:
+        updates = []
+        while True:
+            try:
+                kind, line = self._lines.get_nowait()
+            except queue.Empty:
+                return updates
+            record = parse_json_line(line) if kind == "out" else None
+            if record is None:
+                if line.strip():
+                    self.log.append(line)
+            elif "result" in record and isinstance(record["result"], list):
+                self.results = record["result"]
+            elif "progress" in record:
+                updates.append(self._progress_update(record))
+            else:
+                self.log.append(line)
+
+    def _progress_update(self, record: dict) -> dict:
+        progress = min(1.0, max(0.0, float(record.get("progress") or 0.0)))
+        eta = record.get("eta_seconds")
+        if eta is None and progress >= 0.05 and self.started_at is not None:  # extrapolate from the elapsed time
+            eta = (time.time() - self.started_at) * (1.0 - progress) / progress
+        self.progress, self.message = progress, str(record.get("message", ""))
+        self.eta_seconds = None if eta is None else max(0.0, float(eta))
+        return {"progress": self.progress, "message": self.message, "eta_seconds": self.eta_seconds}
+
+    # ----------------------------------------------------------------------------------------------- outputs
+
+    def _finalize(self) -> None:
+        """Move a finished run's outputs from staging into place (or drop them if cancelled), once."""
+        if self._finalized:
+            return
+        self._finalized = True
+        self.finished_at = time.time()
+        try:
+            if not self.cancelled and self.results is not None:
+                self._publish()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _publish(self) -> None:
+        moved: dict[Path, Path] = {}
+        dicom_staging = self.staging / "dicom"
+        for entry in sorted(self.staging.iterdir()):
+            if entry == dicom_staging:
+                continue
+            if entry.name.startswith("."):  # a temporary file of an interrupted write
+                continue
+            target = self.out_dir / entry.name
+            if target.is_dir() and entry.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+            moved[entry] = target
+        if self.dicom_out is not None and dicom_staging.is_dir():
+            self.dicom_out.parent.mkdir(parents=True, exist_ok=True)
+            if self.dicom_out.is_dir():  # empty (checked at construction): replace it
+                self.dicom_out.rmdir()
+            shutil.move(str(dicom_staging), str(self.dicom_out))
+            moved[dicom_staging] = self.dicom_out
+        self.results = [self._relocate(record, moved) for record in self.results]
+
+    def _relocate(self, record: dict, moved: dict[Path, Path]) -> dict:
+        def final(path: Optional[str]) -> Optional[str]:
+            if not path:
+                return path
+            p = Path(path) if Path(path).is_absolute() else self.out_dir / path
+            for old, new in moved.items():
+                if p == old or old in p.parents:
+                    return str(new / p.relative_to(old))
+            return str(p)
+
+        record = dict(record)
+        record["output"] = final(record.get("output"))
+        record["extra_outputs"] = [final(p) for p in record.get("extra_outputs") or []]
+        return record
+
+
+def quality_outputs(record: dict) -> dict[str, Path]:
+    """Quality-map files of one result record, by map name: ``<stem>_sct.nii.gz`` has ``<stem>_<name>.nii.gz``."""
+    output = record.get("output")
+    if not output:
+        return {}
+    name = Path(output).name
+    stem = name[: name.rfind("_sct")] if "_sct" in name else name.split(".")[0]
+    maps = {}
+    for extra in record.get("extra_outputs") or []:
+        extra_name = Path(extra).name
+        if extra_name.startswith(stem + "_") and not Path(extra).is_dir():
+            key = extra_name[len(stem) + 1:].split(".")[0]
+            maps[key] = Path(extra)
+    return maps
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """Kill a child started by ``BackgroundSynthesis.start`` and all its descendants."""
+    if process.poll() is not None and os.name == "nt":
+        return
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the child leads its own session: its group is the whole tree
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,71 @@
+"""The MR to CT Synthesis panel inside the running Slicer application (registered with ctest by CMake).
+
+The headless pytest suite (Testing/slicer_module in the repository) cannot drive the panel, because it needs Slicer's
+Qt (PythonQt); this test does: it clicks "Synthesize CT", follows the background process until the sCT appears,
+and checks that "Cancel" leaves the scene as it was.
+"""
+import tempfile
+import time
+import unittest
+
+import slicer
+
+
+class MRtoCTSynthesisPanelTest(unittest.TestCase):
+    TIMEOUT_SECONDS = 300
+
+    def setUp(self):
+        import MRtoCTSynthesis
+        from MRtoCTSynthesisLib.phantom import make_phantom
+
+        slicer.mrmlScene.Clear()
+        slicer.util.selectModule("MRtoCTSynthesis")
+        self.widget = slicer.util.getModuleWidget("MRtoCTSynthesis")
+        self.assertTrue(self.widget.logic.setupPythonRequirements(askConfirmation=False))
+        self.folder = tempfile.TemporaryDirectory()
+        model = MRtoCTSynthesis.MRtoCTSynthesisTest()._smallestModel(self.folder.name)
+        phantom = make_phantom("head", 1, shape=(40, 40, 24), spacing=(5.0, 5.0, 6.0))
+        self.mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "panel MR")
+        MRtoCTSynthesis.updateVolumeNodeFromSitkImage(self.mrNode, phantom.mr)
+        self.mrNode.CreateDefaultDisplayNodes()
+        parameters = self.widget.logic.getParameterNode()
+        parameters.SetNodeReferenceID("InputVolume", self.mrNode.GetID())
+        parameters.SetNodeReferenceID("OutputVolume", None)
+        parameters.SetParameter("Model", model)
+        parameters.SetParameter("Device", "cpu")
+        parameters.SetParameter("QualityMap", "true")
+        parameters.SetParameter("DicomExport", "false")
+
+    def tearDown(self):
+        self.widget.cancelJob()
+        self.folder.cleanup()
+
+    def _waitUntilIdle(self):
+        deadline = time.time() + self.TIMEOUT_SECONDS
+        while self.widget._job is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        self.assertIsNone(self.widget._job, "the background synthesis did not finish in time")
+
+    def test_background_synthesis_creates_the_sct(self):
+        self.widget.onApplyButton()
+        self.assertIsNotNone(self.widget._job)
+        self.assertEqual(self.widget.ui.applyButton.text, "Cancel")
+        self._waitUntilIdle()
+        self.assertEqual(self.widget.ui.applyButton.text, "Synthesize CT")
+        sctNode = slicer.mrmlScene.GetFirstNodeByName("panel MR sCT")
+        self.assertIsNotNone(sctNode)
+        self.assertEqual(sctNode.GetImageData().GetDimensions(), self.mrNode.GetImageData().GetDimensions())
+        self.assertEqual(self.widget.logic.getParameterNode().GetNodeReference("OutputVolume"), sctNode)
+        self.assertTrue(self.widget.ui.showQualityMapButton.enabled)
+
+    def test_cancel_leaves_the_scene_unchanged(self):
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        self.widget.onApplyButton()
+        self.assertIsNotNone(self.widget._job)
+        workDir = self.widget._job.workDir
+        self.widget.onApplyButton()  # the button reads "Cancel" now
+        self.assertIsNone(self.widget._job)
+        self.assertEqual(self.widget.ui.applyButton.text, "Synthesize CT")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertFalse(workDir.exists())

@@ -1,0 +1,179 @@
+"""Headless Slicer for the MR to CT Synthesis module's tests.
+
+Real: the MRML scene, node classes, application/colour/volumes/subject-hierarchy logics and ``slicer.util`` from
+PyPI ``slicer-core``; the engine; Qt (PySide6) for the .ui panel tests.
+Stand-ins (this file): empty ``qt`` and ``ctk`` modules (the Logic must not touch Qt, so any Qt use in it fails
+loudly) and ``slicer.ScriptedLoadableModule`` base classes whose ``getParameterNode`` behaves like Slicer's
+(a singleton ``vtkMRMLScriptedModuleNode`` tagged with the module name). See README.md in this folder.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import types
+import unittest
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "MRtoCTSynthesis"
+MODULE_FILE = MODULE_DIR / "MRtoCTSynthesis.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MRtoCTSynthesis.ui"
+SLICER_CORE_PIN = "slicer-core==5.13.31053.0"
+
+
+def _import_slicer_core():
+    """The ``slicer`` package of slicer-core, or pytest.skip with the reason."""
+    try:
+        import slicer
+    except ImportError as error:
+        pytest.skip(f"slicer-core is not installed ({error}); pip install {SLICER_CORE_PIN}")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip(f"the 'slicer' package found is not slicer-core (the unrelated PyPI 'slicer' shadows it); "
+                    f"pip uninstall slicer && pip install {SLICER_CORE_PIN}")
+    return slicer
+
+
+# ------------------------------------------------------------------------------------------------ stand-ins
+
+
+def _scripted_loadable_module(slicer) -> types.ModuleType:
+    """``slicer.ScriptedLoadableModule`` as far as a module's Logic and Test classes need it headless."""
+    stand_in = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+            self.moduleName = self.__class__.__name__
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+            self.moduleName = self.__class__.__name__.removesuffix("Widget")
+
+    class ScriptedLoadableModuleLogic:
+        """Slicer's getParameterNode: one vtkMRMLScriptedModuleNode per scene, singleton-tagged by module name."""
+
+        def __init__(self, parent=None):
+            self.moduleName = self.__class__.__name__.removesuffix("Logic")
+            self.isSingletonParameterNode = True
+
+        def getParameterNode(self):
+            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+            if node:
+                return node
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(self.moduleName)
+            node.SetAttribute("ModuleName", self.moduleName)
+            node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
+            return slicer.mrmlScene.AddNode(node)
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, requestedDelay=None, msec=None):
+            logging.info(message)
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest):
+        cls.__module__ = stand_in.__name__
+        setattr(stand_in, cls.__name__, cls)
+    stand_in.__all__ = [cls.__name__ for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget,
+                                                  ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest)]
+    return stand_in
+
+
+@pytest.fixture(scope="session")
+def slicer_core():
+    return _import_slicer_core()
+
+
+@pytest.fixture(scope="session")
+def module(slicer_core, model_cache):
+    """The MRtoCTSynthesis.py module file, imported headless with the stand-ins in sys.modules."""
+    for name in ("qt", "ctk"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    stand_in = _scripted_loadable_module(slicer_core)
+    sys.modules["slicer.ScriptedLoadableModule"] = stand_in
+    slicer_core.ScriptedLoadableModule = stand_in
+    spec = importlib.util.spec_from_file_location("MRtoCTSynthesis", MODULE_FILE)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules["MRtoCTSynthesis"] = loaded
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+@pytest.fixture
+def scene(slicer_core):
+    """A fresh MRML scene with the logics registered the way the Slicer application registers them."""
+    slicer = slicer_core
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.GetColorLogic().SetMRMLScene(scene)
+    app.GetColorLogic().AddDefaultColorNodes()
+    logics = [("Colors", slicer.vtkMRMLColorLogic()), ("Volumes", slicer.vtkSlicerVolumesLogic()),
+              ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic())]
+    for name, logic in logics:
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(name, logic)
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    scene._keep_alive = (app, logics)  # the logics must live as long as the scene
+    yield scene
+    slicer.mrmlScene = previous
+
+
+@pytest.fixture
+def logic(module, scene):
+    return module.MRtoCTSynthesisLogic()
+
+
+# ------------------------------------------------------------------------------------------------ engine data
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """Keep the engine's model cache (local model registry, downloads) out of the user's home."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    previous = os.environ.get("MRTOCT_MODEL_CACHE")
+    os.environ["MRTOCT_MODEL_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MRTOCT_MODEL_CACHE", None)
+    else:
+        os.environ["MRTOCT_MODEL_CACHE"] = previous
+
+
+TINY_NETWORK = {"architecture": "resnet_generator", "kwargs": {"ngf": 4, "n_blocks": 1}}
+TINY_METADATA = {
+    "name": "tiny-test", "description": "untrained 4-filter generator for tests", "license": "Apache-2.0",
+    "intended_use": "tests only", "preset": "yang2018", "networks": {"G_CT": TINY_NETWORK, "G_MR": TINY_NETWORK},
+    "loss_weights": {}, "mr_window": [0, 3500], "ct_window": [-1000, 3500],
+    "mr_normalization": {"percentile": 99.5, "value": 3000, "n4": False}, "plane": "sagittal",
+    "image_size": [32, 32], "pixel_spacing_mm": None, "training": {}, "validation_metrics": {},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, model_cache) -> Path:
+    """A tiny random model file (both generators, so quality maps work): fast on CPU, deterministic."""
+    import torch
+    from MRtoCTSynthesisLib.modelfile import save_model
+    from MRtoCTSynthesisLib.networks import build_network
+
+    torch.manual_seed(0)
+    networks = {name: build_network(spec["architecture"], **spec["kwargs"])
+                for name, spec in TINY_METADATA["networks"].items()}
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-test.mrtoct.safetensors", TINY_METADATA, networks)
+
+
+@pytest.fixture(scope="session")
+def phantom_mr():
+    """A small head phantom MR (sitk image, 24 x 28 x 16 voxels)."""
+    from MRtoCTSynthesisLib.phantom import make_phantom
+
+    return make_phantom("head", 3, shape=(24, 28, 16), spacing=(8.0, 8.0, 10.0)).mr
