@@ -4,6 +4,7 @@
   cyclegan, yang2018 and hiasa2018 presets, and the share of the iteration spent in the MIND structure term and in
   the gradient-consistency term (each timed forward + backward on the iteration's own tensors).
 * ``synthesis``: wall time and peak resident memory of synthesizing a 512x512x300 MR, each case in a fresh process.
+* ``quality``: the papers' image-quality comparison of the five variants on phantoms (``quality_benchmark``).
 """
 from __future__ import annotations
 
@@ -117,7 +118,18 @@ def _format_row(row: dict) -> str:
     return "  ".join(f"{k}={v}" for k, v in row.items())
 
 
-def _write(rows: list[dict], out: Path, name: str) -> None:
+def format_table(rows: list[dict]) -> str:
+    """Rows (dicts with the same keys) as an aligned plain-text table."""
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+    lines = [" | ".join(k.ljust(w) for k, w in zip(keys, widths)), "-|-".join("-" * w for w in widths)]
+    lines += [" | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def write_table(rows: list[dict], out: Path, name: str, echo: bool = True) -> Path:
+    """Write ``<out>/<name>.csv`` and ``<name>.json`` (with the machine); print the table when ``echo``."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     machine = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version()}
@@ -126,26 +138,33 @@ def _write(rows: list[dict], out: Path, name: str) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    keys = list(rows[0])
-    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-    print("\n" + " | ".join(k.ljust(w) for k, w in zip(keys, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
-    print(f"\nwritten: {out / name}.csv, {out / name}.json ({machine})")
+    if echo:
+        print("\n" + format_table(rows))
+        print(f"\nwritten: {out / name}.csv, {out / name}.json ({machine})")
+    return out / f"{name}.csv"
+
+
+_write = write_table  # the train and synthesis benchmarks' name for it
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["train", "synthesis"])
-    parser.add_argument("--out", default="benchmarks/results", help="folder for the CSV and JSON")
+    from .quality_benchmark import add_quality_arguments
+
+    parser.add_argument("what", choices=["train", "synthesis", "quality"])
+    parser.add_argument("--out", help="folder for the CSV and JSON (default benchmarks/results; quality: "
+                                      "benchmarks/quality, with runs, figures and RESULTS.md)")
     parser.add_argument("--size", type=int, default=256, help="train: image size (default 256)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300), help="synthesis: MR size x y z")
     parser.add_argument("--case", nargs=2, metavar=("MODEL", "LABEL"), help=argparse.SUPPRESS)  # child process
+    add_quality_arguments(parser)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    if args.what == "quality":
+        from .quality_benchmark import run_quality_from_args
+        return run_quality_from_args(args)
+    out = Path(args.out or "benchmarks/results")
     if args.what == "train":
         _write(bench_train(args.size, args.repeats), out, "train_seconds_per_iteration")
         return 0

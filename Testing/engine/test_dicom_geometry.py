@@ -89,8 +89,8 @@ def write_series(folder: Path, positions, row=(1, 0, 0), column=(0, 1, 0), spaci
 def axial_positions(offsets_z, shear_y_per_mm=0.0):
     """In-plane origin chosen so the ball sits inside every slice; y shifted by shear * z (gantry tilt)."""
     z0 = BALL_CENTRE[2] - (offsets_z[-1] - offsets_z[0]) / 2
-    return [(BALL_CENTRE[0] - COLUMNS * DX / 2, BALL_CENTRE[1] - ROWS * DY / 2 + shear_y_per_mm * (dz - offsets_z[-1] / 2),
-             z0 + dz) for dz in offsets_z]
+    x0, y0 = BALL_CENTRE[0] - COLUMNS * DX / 2, BALL_CENTRE[1] - ROWS * DY / 2
+    return [(x0, y0 + shear_y_per_mm * (dz - offsets_z[-1] / 2), z0 + dz) for dz in offsets_z]
 
 
 def physical_points(image: sitk.Image) -> np.ndarray:
