@@ -4,7 +4,7 @@
   cyclegan, yang2018 and hiasa2018 presets, and the share of the iteration spent in the MIND structure term and in
   the gradient-consistency term (each timed forward + backward on the iteration's own tensors).
 * ``synthesis``: wall time and peak resident memory of synthesizing a 512x512x300 MR, each case in a fresh process.
-* ``quality``: the papers' image-quality comparison of the five variants on phantoms (``quality_benchmark``).
+* ``quality``: the papers' image-quality comparison of the five variants on phantoms (``quality``).
 """
 from __future__ import annotations
 
@@ -72,27 +72,35 @@ def _bare_trainer(config):
     return CycleGANTrainer(config, NoData(), Path("/tmp/mrtoct-bench"), torch.device("cpu"), show_progress=False)
 
 
-def bench_synthesis(model: str, shape: Sequence[int], label: str) -> dict:
-    """One case, run in this process: synthesize a synthetic MR of ``shape`` (x, y, z) and report time and peak RSS."""
+def write_test_mr(path: Path, shape: Sequence[int]) -> Path:
+    """A head-sized ellipsoid with noise, (x, y, z) voxels at 0.5 x 0.5 x 0.8 mm, written uncompressed."""
     import SimpleITK as sitk
 
-    from .synthesis import synthesize
-
-    rng = np.random.default_rng(0)
     x, y, z = shape
     zz, yy, xx = np.ogrid[:z, :y, :x]
     head = ((xx - x / 2) / (0.4 * x)) ** 2 + ((yy - y / 2) / (0.45 * y)) ** 2 + ((zz - z / 2) / (0.45 * z)) ** 2 < 1
-    array = (head * 800 + rng.normal(0, 20, size=(z, y, x))).astype(np.float32)
-    image = sitk.GetImageFromArray(array)
+    array = (head * np.float32(800)) + np.random.default_rng(0).normal(0, 20, size=(z, y, x)).astype(np.float32)
+    image = sitk.GetImageFromArray(array.astype(np.float32))
     image.SetSpacing((0.5, 0.5, 0.8))
-    del array, head
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), False)
+    return path
+
+
+def bench_synthesis(model: str, mr_path: Path, label: str) -> dict:
+    """One case, run in a fresh process: read the MR file and synthesize it, as a user would; time and peak RSS."""
+    from .synthesis import synthesize
+    from .volumes import read_volume
+
     before = _peak_rss_mb()
     began = time.perf_counter()
+    image = read_volume(mr_path)
     synthesize(image, model, device="cpu", batch_size=8)
     seconds = time.perf_counter() - began
-    return {"case": label, "shape": "x".join(map(str, shape)), "seconds": round(seconds, 1),
-            "peak_rss_mb": round(_peak_rss_mb(), 0), "rss_before_mb": round(before, 0),
-            "input_float32_mb": round(4 * x * y * z / 2**20, 0)}
+    x, y, z = image.GetSize()
+    return {"case": label, "shape": f"{x}x{y}x{z}", "seconds": round(seconds, 1),
+            "peak_rss_mb": round(_peak_rss_mb(), 0), "rss_at_start_mb": round(before, 0),
+            "input_float32_mb": round(4 * x * y * z / 2**20, 0), "threads": torch.get_num_threads()}
 
 
 def _peak_rss_mb() -> float:
@@ -144,11 +152,10 @@ def write_table(rows: list[dict], out: Path, name: str, echo: bool = True) -> Pa
     return out / f"{name}.csv"
 
 
-_write = write_table  # the train and synthesis benchmarks' name for it
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .quality_benchmark import add_quality_arguments
+    from .quality import add_quality_arguments
 
     parser.add_argument("what", choices=["train", "synthesis", "quality"])
     parser.add_argument("--out", help="folder for the CSV and JSON (default benchmarks/results; quality: "
@@ -156,30 +163,32 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=256, help="train: image size (default 256)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300), help="synthesis: MR size x y z")
-    parser.add_argument("--case", nargs=2, metavar=("MODEL", "LABEL"), help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--case", nargs=3, metavar=("MODEL", "LABEL", "MR"), help=argparse.SUPPRESS)  # child process
     add_quality_arguments(parser)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.what == "quality":
-        from .quality_benchmark import run_quality_from_args
+        from .quality import run_quality_from_args
         return run_quality_from_args(args)
     out = Path(args.out or "benchmarks/results")
     if args.what == "train":
-        _write(bench_train(args.size, args.repeats), out, "train_seconds_per_iteration")
+        write_table(bench_train(args.size, args.repeats), out, "train_seconds_per_iteration")
         return 0
     if args.case:
-        print(json.dumps(bench_synthesis(args.case[0], args.shape, args.case[1])))
+        print(json.dumps(bench_synthesis(args.case[0], Path(args.case[2]), args.case[1])))
         return 0
     paper = _paper_size_model(out / "paper-size-random.mrtoct.safetensors")
+    mr_path = write_test_mr(out / "bench_mr.mha", args.shape)
     rows = []
     for model, label in (("phantom-head-demo", "demo model (ngf 24, 6 blocks, 3 mm)"),
                          (str(paper), "paper size (ngf 64, 9 blocks, 384x256)")):
         command = [sys.executable, "-m", "MRtoCTSynthesisLib.cli", "bench", "synthesis", "--case", model, label,
-                   "--shape", *map(str, args.shape)]
+                   str(mr_path)]
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(_format_row(rows[-1]), flush=True)
     paper.unlink()
-    _write(rows, out, "synthesis_memory_time")
+    mr_path.unlink()
+    write_table(rows, out, "synthesis_memory_time")
     return 0

@@ -81,8 +81,13 @@ def load_bundle(model: ModelLike) -> ModelBundle:
 
 def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: int = 8,
                precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
-               cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample") -> SynthesisResult:
-    """Synthesize a CT (HU) from one MR volume; the input image is never modified."""
+               cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample",
+               mask_background: bool = True) -> SynthesisResult:
+    """Synthesize a CT (HU) from one MR volume; the input image is never modified.
+
+    With ``mask_background`` the sCT is air (-1000 HU) outside the MR's body mask dilated by 5 mm: a
+    2D generator can invent tissue in slices that hold only background noise, and nothing outside the body is anatomy.
+    """
     began = time.time()
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -122,12 +127,23 @@ def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_
         eta = (time.time() - started) / done * (1 - done)
         report(0.05 + 0.85 * done, f"slices {stop}/{count}, about {eta:.0f} s left")
     report(0.95, "writing the sCT on the input grid")
-    result = SynthesisResult(restore_volume(sct, prepared, norm.plane, CT_BACKGROUND_HU),
+    sct_image = restore_volume(sct, prepared, norm.plane, CT_BACKGROUND_HU)
+    if mask_background:
+        sct_image = air_outside_body(sct_image, image)
+    result = SynthesisResult(sct_image,
                              {name: restore_volume(array, prepared, norm.plane, 0.0) for name, array in maps.items()},
                              bundle.metadata["name"], str(torch_device), 0.0)
     result.seconds = time.time() - began
     report(1.0, f"done in {result.seconds:.1f} s on {torch_device}")
     return result
+
+
+def air_outside_body(sct: sitk.Image, mr: sitk.Image, margin_mm: float = 5.0) -> sitk.Image:
+    """sCT with -1000 HU outside the MR's body mask (Otsu, largest component, holes filled) dilated by ``margin_mm``."""
+    body = V.body_mask(mr)
+    radius = [max(1, int(round(margin_mm / s))) for s in mr.GetSpacing()]
+    body = sitk.BinaryDilate(body, radius)
+    return sitk.Mask(sct, body, outsideValue=CT_BACKGROUND_HU)
 
 
 def output_path(out_dir: os.PathLike, source: os.PathLike, suffix: str = "_sct") -> Path:

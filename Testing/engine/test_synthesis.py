@@ -55,11 +55,26 @@ def test_every_step_is_undone_exactly(tmp_path, monkeypatch, plane):
     spacing = [2.0, 2.0]
     bundle = load_model(tiny_model(tmp_path / "m.mrtoct.safetensors", plane, (32, 32), spacing))
     monkeypatch.setattr(S, "load_bundle", lambda model: IdentityBundle(bundle))
-    sct = V.array_of(S.synthesize(mr, "ignored", device="cpu", batch_size=5).sct)
+    sct = V.array_of(S.synthesize(mr, "ignored", device="cpu", batch_size=5, mask_background=False).sct)
     array = V.array_of(mr)
     scaled = array * (3000 / np.percentile(array[foreground_of(array)], 99.5))
     expected = V.IntensityWindow(-1000, 3500).from_network(V.IntensityWindow(0, 3500).to_network(scaled))
     np.testing.assert_allclose(sct, expected, atol=0.05)
+
+
+def test_background_outside_the_body_is_air(models):
+    mr = make_volume(size=(24, 24, 12), spacing=(2.0, 2.0, 2.0), direction=np.eye(3), high=5)  # noise background
+    array = V.array_of(mr)
+    array[3:9, 6:18, 6:18] += 1000  # the "body": a bright block
+    mr = V.image_like(array, mr)
+    masked = V.array_of(S.synthesize(mr, models["sagittal"], device="cpu").sct)
+    unmasked = V.array_of(S.synthesize(mr, models["sagittal"], device="cpu", mask_background=False).sct)
+    far = np.zeros(array.shape, bool)
+    far[:, :, :2] = True  # 8 mm from the block: outside the 5 mm margin
+    assert np.all(masked[far] == -1000) and not np.all(unmasked[far] == -1000)
+    inside = np.zeros(array.shape, bool)
+    inside[3:9, 6:18, 6:18] = True
+    np.testing.assert_array_equal(masked[inside], unmasked[inside])
 
 
 def test_model_files_are_checked_before_anything_runs(tmp_path):

@@ -1,0 +1,101 @@
+"""The arguments of ``mrtoct bench quality`` and the options they make."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from .run import run_quality
+from .settings import ANATOMIES, DEFAULT_REAL_DATA, NETWORKS, REAL_SCANS, VARIANTS, Network, Options
+
+
+def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``mrtoct bench quality`` (added to the bench parser; --out is the bench's)."""
+    group = parser.add_argument_group("quality (mrtoct bench quality)")
+    group.add_argument("--budget-minutes", type=float, default=60.0,
+                       help="quality: total time budget of the first invocation; iterations are chosen to fit it "
+                            "(default 60)")
+    group.add_argument("--iterations", type=int, help="quality: iterations per run (overrides the budget)")
+    group.add_argument("--seeds", type=int, nargs="+", default=[0], help="quality: training seeds (default 0)")
+    group.add_argument("--anatomy", choices=["head", "pelvis", "both"], default="head",
+                       help="quality: head (Yang's sagittal setting), pelvis (Hiasa's coronal setting) or both")
+    group.add_argument("--paper-scale", action="store_true",
+                       help="quality: the papers' sizes (384x256 head canvas at 1 mm, ngf 64, 9 blocks, 2e5 "
+                            "iterations) for a GPU")
+    group.add_argument("--real-data", default=str(DEFAULT_REAL_DATA),
+                       help="quality: folder of real head MR scans (read only; 'none' to skip)")
+    group.add_argument("--real-scans", nargs="+", default=list(REAL_SCANS),
+                       help="quality: file names in --real-data to synthesize")
+    group.add_argument("--report", help="quality: Markdown report path (default <out>/RESULTS.md)")
+    group.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                       help="quality: variants to compare (default all five)")
+    group.add_argument("--train-subjects", type=int, help="quality: training phantoms (default 30)")
+    group.add_argument("--test-subjects", type=int, help="quality: test phantoms (default 15)")
+    group.add_argument("--ngf", type=int, help="quality: generator width (default 16; paper 64)")
+    group.add_argument("--ndf", type=int, help="quality: discriminator width (default 32; paper 64)")
+    group.add_argument("--n-blocks", type=int, help="quality: residual blocks (default 6; paper 9)")
+    group.add_argument("--device", default="auto", help="quality: auto (CUDA, then CPU), cpu, cuda")
+    group.add_argument("--threads", type=int,
+                       help="quality: torch CPU threads (default: torch's choice, one per core). On a machine shared "
+                            "with other jobs, 1 can be much faster: busy OpenMP threads wait for each other")
+    group.add_argument("--no-progress", action="store_true", help="quality: no progress bars")
+    group.add_argument("--plan-only", action="store_true",
+                       help="quality: write the data, measure and print the plan with its estimated time, then stop")
+    group.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests only
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    if args.paper_scale and args.tiny:
+        raise ValueError("--paper-scale and --tiny exclude each other")
+    scale = "paper" if args.paper_scale else ("tiny" if args.tiny else "default")
+    base = NETWORKS[scale]
+    network = Network(args.ngf or base.ngf, args.ndf or base.ndf, args.n_blocks or base.n_blocks)
+    if args.iterations is not None and args.iterations < 1:
+        raise ValueError("--iterations must be >= 1")
+    for name in ("train_subjects", "test_subjects"):
+        value = getattr(args, name)
+        if value is not None and value < 2:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 2")
+    real = None if str(args.real_data).lower() == "none" else Path(args.real_data)
+    if real is not None and args.out and Path(args.out).resolve().is_relative_to(real.resolve()):
+        raise ValueError("--out must not be inside --real-data (the real-data folder is never written)")
+    out = Path(args.out or "benchmarks/quality")
+    command = ["mrtoct", "bench", "quality", "--out", str(out)]
+    if args.iterations is not None:
+        command += ["--iterations", str(args.iterations)]
+    else:
+        command += ["--budget-minutes", f"{args.budget_minutes:g}"]
+    command += ["--anatomy", args.anatomy, "--seeds", *map(str, args.seeds)]
+    if args.paper_scale:
+        command.append("--paper-scale")
+    if args.tiny:
+        command.append("--tiny")
+    if list(args.variants) != list(VARIANTS):
+        command += ["--variants", *args.variants]
+    for flag in ("train_subjects", "test_subjects", "ngf", "ndf", "n_blocks"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    command += ["--real-data", str(args.real_data)]
+    if list(args.real_scans) != list(REAL_SCANS):
+        command += ["--real-scans", *args.real_scans]
+    if args.report:
+        command += ["--report", args.report]
+    if args.device != "auto":
+        command += ["--device", args.device]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        command += ["--threads", str(args.threads)]
+    return Options(out=out, budget_minutes=args.budget_minutes, iterations=args.iterations, seeds=tuple(args.seeds),
+                   anatomies=ANATOMIES if args.anatomy == "both" else (args.anatomy,),
+                   variants=tuple(v for v in VARIANTS if v in args.variants), scale=scale, network=network,
+                   train_subjects=args.train_subjects, test_subjects=args.test_subjects, real_data=real,
+                   real_scans=tuple(args.real_scans), report=Path(args.report) if args.report else None,
+                   device=args.device, progress=not args.no_progress, command=shlex.join(command),
+                   timing_steps=(1, 2) if args.tiny else (3, 5), plan_only=args.plan_only, threads=args.threads)
+
+
+def run_quality_from_args(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    run_quality(options)
+    return 0

@@ -1,0 +1,171 @@
+"""The whole benchmark: data, plan, training, evaluation, tables, figures, real scans and report."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .data import test_phantoms, write_data
+from .evaluation import evaluate_run, score_subject
+from .plots import box_plots, representative_figure
+from .formatting import _fmt
+from .machine import machine_description
+from .output import _say
+from .plan import job_dir, job_status, make_plan, print_plan
+from .real_scans import apply_to_real, real_scan_paths
+from .report import write_report
+from .settings import METRICS, VARIANTS, Options, Setting, training_config
+from .statistics import summary_rows, ttest_rows
+
+
+def run_quality(options: Options) -> dict:
+    """The whole benchmark; returns paths and tables (also written to disk)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    try:
+        return _run_quality(options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_quality(options: Options) -> dict:
+    import torch
+
+    from ..bench import write_table
+    from ..modelfile import read_metadata
+    from ..train import MODEL, build_trainer
+
+    began = time.time()
+    if options.device == "auto":
+        options.device = "cuda" if torch.cuda.is_available() else "cpu"
+    options.out.mkdir(parents=True, exist_ok=True)
+    unknown = [v for v in options.variants if v not in VARIANTS]
+    if unknown or not options.variants:
+        raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS}")
+    if len(set(options.seeds)) != len(options.seeds):
+        raise ValueError("--seeds must be distinct")
+    machine_start = machine_description(options.device)
+    _say(f"out: {options.out}; anatomies {', '.join(options.anatomies)}; variants {', '.join(options.variants)}; "
+         f"seeds {list(options.seeds)}; scale {options.scale}; machine {machine_start['cpu']}, "
+         f"{machine_start['torch_threads']} torch threads, load {machine_start.get('load_average_1_5_15min')}")
+    load = machine_start.get("load_average_1_5_15min", [0.0])[0]
+    if options.device == "cpu" and torch.get_num_threads() > 1 and load >= (os.cpu_count() or 1):
+        _say(f"warning: load average {load} with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs: "
+             "other jobs share the machine, and busy OpenMP threads can make each step many times slower; "
+             "--threads 1 is steadier on a shared machine (timings then differ from an idle machine's)")
+    data_roots = {s.anatomy: write_data(options.out, s) for s in options.settings()}
+    plan = make_plan(options, data_roots, began)
+    iterations = plan["iterations"]
+    print_plan(plan, options)
+    if options.plan_only:
+        _say("--plan-only: stopping before training (the plan was not stored)")
+        return {"plan": plan}
+    if iterations < 1000 and options.scale != "tiny":
+        _say(f"note: {iterations} iterations is far below the papers' 2e5; unpaired variants may stay saturated "
+             "at -1000 HU at this budget (seen before with yang2018 at a small CPU budget)")
+
+    # ---------------------------------------------------------------- training
+    net, todo = options.net(), [j for j in plan["jobs"] if job_status(options, j) != "trained"]
+    for index, job in enumerate(plan["jobs"]):
+        setting = next(s for s in options.settings() if s.anatomy == job["anatomy"])
+        config = training_config(job["variant"], setting, net, iterations, job["seed"])
+        folder = job_dir(options, job["anatomy"], job["variant"], job["seed"])
+        status = job_status(options, job)
+        recorded = folder / "config.json"
+        if recorded.exists() and json.loads(recorded.read_text()) != config.to_dict():
+            raise ValueError(f"{folder} holds a run with another configuration; remove it or choose another --out")
+        label = f"{job['anatomy']}/{job['variant']} seed {job['seed']} ({index + 1}/{len(plan['jobs'])})"
+        if status == "trained":
+            _say(f"skip {label}: model exists ({folder / MODEL})")
+            continue
+        if status == "to train" and folder.exists():
+            shutil.rmtree(folder)  # a run killed before its first checkpoint: start it again
+        _say(f"train {label}: {iterations} iterations, about "
+             f"{job['seconds_per_iteration'] * iterations * 1.05 / 60:.1f} min"
+             + (" (resuming from its checkpoint)" if status == "resume" else ""))
+        root = data_roots[job["anatomy"]]
+        trainer = build_trainer(config, root / "train" / "mr", root / "train" / "ct", folder, options.device,
+                                cache_dir=options.out / "cache" / job["anatomy"], resume=status == "resume",
+                                show_progress=options.progress)
+        trainer.run()
+        del trainer
+    if todo:
+        _say(f"training done ({len(todo)} runs this invocation)")
+
+    # ---------------------------------------------------------------- evaluation
+    per_subject, train_seconds, figures, all_tests, all_summary = [], {}, {}, [], []
+    phantoms = {}
+    for setting in options.settings():
+        phantoms[setting.anatomy] = test_phantoms(setting)
+        for variant in options.variants:
+            for seed in options.seeds:
+                model = job_dir(options, setting.anatomy, variant, seed) / MODEL
+                meta = read_metadata(model)
+                train_seconds[(setting.anatomy, variant, seed)] = float(meta["training"].get("seconds", 0.0))
+                _say(f"evaluate {setting.anatomy}/{variant} seed {seed} on {len(phantoms[setting.anatomy])} test "
+                     "subjects")
+                for row in evaluate_run(model, setting, phantoms[setting.anatomy], options.device):
+                    per_subject.append({"anatomy": setting.anatomy, "variant": variant, "seed": seed, **row})
+        tests = ttest_rows(per_subject, setting.anatomy, options.variants)
+        summary = summary_rows(per_subject, setting.anatomy, options.variants, options.seeds, train_seconds)
+        all_tests += tests
+        all_summary += summary
+        figures[setting.anatomy] = {
+            "boxplots": box_plots(per_subject, setting.anatomy, options.variants, tests,
+                                  options.out / "figures" / f"boxplots_{setting.anatomy}.png",
+                                  f"{setting.anatomy} phantoms, {setting.paper} setting, {iterations} iterations, "
+                                  f"n = {setting.test_subjects} test subjects"),
+            "slices": _representative(options, setting, phantoms[setting.anatomy][0], per_subject),
+        }
+    tables = options.out / "tables"
+    write_table(per_subject, tables, "quality_per_subject", echo=False)
+    write_table(all_summary, tables, "quality_summary", echo=False)
+    write_table(all_tests, tables, "quality_ttests", echo=False)
+    _print_summary(all_summary)
+
+    # ---------------------------------------------------------------- real scans
+    scans, real_message = real_scan_paths(options)
+    _say(real_message)
+    real_rows, real_figure = [], None
+    if "head" in options.anatomies:
+        seed = options.seeds[0]
+        models = {v: (seed, job_dir(options, "head", v, seed) / MODEL) for v in options.variants}
+        real_rows, real_figure = apply_to_real(options, models, scans)
+        if real_rows:
+            write_table(real_rows, tables, "quality_real_scans", echo=False)
+    else:
+        real_message += " (no head anatomy in this run: the real scans are head MR)"
+
+    machine_end = machine_description(options.device)
+    report = write_report(options, plan, per_subject, all_summary, all_tests, figures, real_rows, real_figure,
+                          real_message, train_seconds, machine_start, machine_end, time.time() - began)
+    _say(f"report: {report}")
+    return {"report": report, "summary": all_summary, "ttests": all_tests, "per_subject": per_subject,
+            "real": real_rows, "figures": figures, "real_figure": real_figure, "plan": plan, "tables": tables}
+
+
+def _representative(options: Options, setting: Setting, phantom, per_subject: list[dict]) -> Path:
+    from ..modelfile import load_model
+    from ..train import MODEL
+
+    seed = options.seeds[0]
+    scts, metrics = {}, {}
+    for variant in options.variants:
+        bundle = load_model(job_dir(options, setting.anatomy, variant, seed) / MODEL)
+        metrics[variant], scts[variant] = score_subject(bundle, phantom, options.device)
+    return representative_figure(phantom, scts, metrics, setting,
+                                 options.out / "figures" / f"slices_{setting.anatomy}.png", 0)
+
+
+def _print_summary(summary: list[dict]) -> None:
+    from ..bench import format_table
+
+    rows = [{"anatomy": r["anatomy"], "variant": r["variant"],
+             **{label: f"{_fmt(r[f'{k}_mean'], d)} ± {_fmt(r[f'{k}_sd'], d)}" for k, label, _, d in METRICS},
+             "sat. %": _fmt(r["saturated_pct_mean"], 1)} for r in summary]
+    print("\n" + format_table(rows) + "\n", flush=True)
