@@ -46,7 +46,7 @@ def _preview(args: argparse.Namespace) -> int:
         modality = args.modality if args.modality != "auto" else ("ct" if array_of(image).min() < -500 else "mr")
         prepared = prepare_volume(image, modality, norm)
         array = slices_to_volume(prepared.slices, norm.plane)
-        rows.append(orthogonal_panels(array, prepared.canonical.GetSpacing(), f"{Path(path).name} ({modality})",
+        rows.append(orthogonal_panels(array, prepared.canonical.spacing, f"{Path(path).name} ({modality})",
                                       -1.0, 1.0))
     save_panel_grid(rows, args.out, suptitle=f"normalised for preset {args.preset} ([-1, 1] = window)")
     print(f"wrote {args.out}")

@@ -64,7 +64,7 @@ class PreparedVolume:
 
     slices: np.ndarray                 # (N, H, W) float32 in [-1, 1]
     pixel_spacing: tuple               # in-plane (row, column) mm
-    canonical: sitk.Image              # the canonical grid (no pixel data is needed from it afterwards)
+    canonical: V.Geometry              # the canonical grid (its geometry only: no second copy of the voxels)
     reorientation: V.Reorientation
     mr_scale: float = 1.0              # MR robust-scaling factor applied (1 for CT)
 
@@ -75,15 +75,18 @@ def prepare_volume(image: sitk.Image, modality: str, norm: Normalization, obliqu
     if modality == "mr" and norm.n4:
         image = V.n4_bias_correction(image)
     background = 0.0 if modality == "mr" else CT_BACKGROUND_HU
-    canonical, how = V.to_canonical(sitk.Cast(image, sitk.sitkFloat32), oblique=oblique, default_value=background)
-    array = V.array_of(canonical)
+    canonical, how = V.to_canonical(image, oblique=oblique, default_value=background)
+    grid = V.Geometry.of(canonical)
+    array = V.array_of(canonical)  # our own float32 copy: normalised in place from here on
+    del canonical
     scale = 1.0
     if modality == "mr" and norm.mr_percentile is not None:
-        array, scale = V.robust_scale(array, foreground_of(array), norm.mr_percentile, norm.mr_percentile_value)
-    normalised = norm.window(modality).to_network(array).astype(np.float32, copy=False)
-    slices = np.ascontiguousarray(V.volume_to_slices(normalised, norm.plane))
-    spacing = V.slice_spacing(canonical.GetSpacing(), norm.plane)
-    return PreparedVolume(slices, spacing, canonical, how, scale)
+        scale = V.robust_scale_factor(array, foreground_of(array), norm.mr_percentile, norm.mr_percentile_value)
+        array *= np.float32(scale)
+    norm.window(modality).to_network(array, in_place=True)
+    slices = np.ascontiguousarray(V.volume_to_slices(array, norm.plane))
+    del array
+    return PreparedVolume(slices, V.slice_spacing(grid.spacing, norm.plane), grid, how, scale)
 
 
 def restore_volume(slices_hu: np.ndarray, prepared: PreparedVolume, plane: str,

@@ -126,6 +126,7 @@ def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_
         done = stop / count
         eta = (time.time() - started) / done * (1 - done)
         report(0.05 + 0.85 * done, f"slices {stop}/{count}, about {eta:.0f} s left")
+    prepared.slices = None  # the normalised MR is no longer needed: free it before the output volume is built
     report(0.95, "writing the sCT on the input grid")
     sct_image = restore_volume(sct, prepared, norm.plane, CT_BACKGROUND_HU)
     if mask_background:
@@ -138,11 +139,17 @@ def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_
     return result
 
 
-def air_outside_body(sct: sitk.Image, mr: sitk.Image, margin_mm: float = 5.0) -> sitk.Image:
-    """sCT with -1000 HU outside the MR's body mask (Otsu, largest component, holes filled) dilated by ``margin_mm``."""
-    body = V.body_mask(mr)
-    radius = [max(1, int(round(margin_mm / s))) for s in mr.GetSpacing()]
-    body = sitk.BinaryDilate(body, radius)
+def air_outside_body(sct: sitk.Image, mr: sitk.Image, margin_mm: float = 5.0, mask_spacing_mm: float = 2.0) -> sitk.Image:
+    """sCT with -1000 HU outside the MR's body mask (Otsu, largest component, holes filled) dilated by ``margin_mm``.
+
+    The mask is computed on the MR shrunk to about ``mask_spacing_mm`` voxels (a body outline needs no more) and
+    brought to the sCT grid by nearest neighbour, which keeps its memory small for large volumes.
+    """
+    factors = [max(1, int(mask_spacing_mm // s)) for s in mr.GetSpacing()]
+    small = sitk.BinShrink(mr, factors) if max(factors) > 1 else mr
+    radius = [max(1, int(round(margin_mm / s))) for s in small.GetSpacing()]
+    body = sitk.BinaryDilate(V.body_mask(small), radius)
+    body = sitk.Resample(body, sct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.Mask(sct, body, outsideValue=CT_BACKGROUND_HU)
 
 

@@ -169,7 +169,7 @@ def _resample_to_lps(image: sitk.Image, geometry: Geometry, interpolator: int, d
     size = np.ceil((upper - lower) / spacing - 1e-6).astype(int) + 1
     return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, lower.tolist(),
                          spacing.tolist(), np.eye(3).flatten().tolist(), float(default_value),
-                         image.GetPixelID())
+                         sitk.sitkFloat32)  # interpolated values are not rounded to the input's integer type
 
 
 def from_canonical(canonical: sitk.Image, reorientation: Reorientation, interpolator: int = sitk.sitkLinear,
@@ -292,9 +292,16 @@ class IntensityWindow:
         if not self.high > self.low:
             raise ValueError(f"intensity window [{self.low}, {self.high}] must have high > low")
 
-    def to_network(self, x):
-        """x -> 2 (clip(x, low, high) - low) / (high - low) - 1; numpy or torch, never in place."""
-        return (x.clip(self.low, self.high) - self.low) * (2.0 / (self.high - self.low)) - 1.0
+    def to_network(self, x, in_place: bool = False):
+        """x -> 2 (clip(x, low, high) - low) / (high - low) - 1; numpy or torch. ``in_place`` (numpy) overwrites x
+        instead of allocating temporaries, for whole volumes."""
+        if not in_place:
+            return (x.clip(self.low, self.high) - self.low) * (2.0 / (self.high - self.low)) - 1.0
+        np.clip(x, self.low, self.high, out=x)
+        x -= self.low
+        x *= 2.0 / (self.high - self.low)
+        x -= 1.0
+        return x
 
     def from_network(self, y):
         """Inverse of ``to_network`` inside the window: y -> low + (y + 1) (high - low) / 2."""
@@ -312,14 +319,25 @@ def robust_scale(array: np.ndarray, mask: Optional[np.ndarray] = None, percentil
     MR intensities have no standard unit; a percentile is robust to a few bright voxels (vessels, fat, artefacts).
     Zero stays zero, so the background stays at the bottom of the window.
     """
-    voxels = array[mask] if mask is not None else array[array > 0]
+    factor = robust_scale_factor(array, mask, percentile, value)
+    return (array * np.float32(factor)).astype(np.float32, copy=False), factor
+
+
+def robust_scale_factor(array: np.ndarray, mask: Optional[np.ndarray] = None, percentile: float = 99.5,
+                        value: float = 1000.0) -> float:
+    """The factor of ``robust_scale``: ``value`` / (the ``percentile`` of the voxels in the mask, or of those > 0).
+
+    Large volumes use a regular subsample of at most ~4 M voxels: the percentile barely moves, the memory does.
+    """
+    step = max(1, array.size // 4_000_000)
+    flat = array.reshape(-1)[::step]
+    voxels = flat[mask.reshape(-1)[::step]] if mask is not None else flat[flat > 0]
     if voxels.size == 0:
         raise VolumeError("the MR has no foreground voxels to normalise (all zero or an empty mask)")
     reference = float(np.percentile(voxels, percentile))
     if reference <= 0:
         raise VolumeError(f"the MR's {percentile}th percentile is {reference} <= 0; is this an MR magnitude image?")
-    factor = value / reference
-    return (array * np.float32(factor)).astype(np.float32, copy=False), factor
+    return value / reference
 
 
 def n4_bias_correction(image: sitk.Image, mask: Optional[sitk.Image] = None, shrink: int = 4,
@@ -363,8 +381,10 @@ def array_of(image: sitk.Image, dtype=np.float32) -> np.ndarray:
     return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
 
 
-def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """A new image holding ``array`` with the geometry of ``reference``."""
+def image_like(array: np.ndarray, reference: Union[sitk.Image, Geometry]) -> sitk.Image:
+    """A new image holding ``array`` with the geometry of ``reference`` (an image, or just its Geometry)."""
     image = sitk.GetImageFromArray(array)
+    if isinstance(reference, Geometry):
+        return reference.apply_to(image)
     image.CopyInformation(reference)
     return image
