@@ -216,8 +216,8 @@ def render_panel(path: Path) -> Path:
     models.addItems(["phantom-head-demo", "pelvis-2024 (trained locally)"])
     models.insertSeparator(models.count())
     models.addItem("Load from file...")
-    find("modelInfoLabel").setText("CycleGAN (Yang 2018 preset) trained on digital head phantoms; "
-                                   "not for clinical use.")
+    find("modelInfoLabel").setText("Demonstration model trained on digital head phantoms (paired preset + "
+                                   "supervised L1); not for clinical use.")
     find("deviceComboBox").addItems(["Automatic (GPU if available)", "CPU", "GPU 0: NVIDIA H100"])
     find("precisionComboBox").addItems(["Automatic (half precision on GPU)", "Full precision (float32)"])
     find("windowPresetComboBox").addItems(["CT wide (W 2000 / L 400)", "Bone (W 1000 / L 400)",
