@@ -992,22 +992,10 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
 
 
 def _installFailureMessage(what, error):
-    online = _online()
-    hint = ("This computer seems to be offline: connect it to the internet and try again, or install the packages "
-            "from a local wheel folder in Slicer's Python console with slicer.util.pip_install('--no-index "
-            "--find-links /path/to/wheels <package>')." if not online else
-            "See the Python console for pip's output.")
-    return f"Could not install {what}: {error}.\n{hint}"
-
-
-def _online(host="pypi.org", port=443, timeout=3.0):
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    """pip's own output is in the Python console; the usual causes are no internet access or a proxy."""
+    return (f"Could not install {what}: {error}.\nSee the Python console for pip's output. If this computer is "
+            "offline or behind a proxy, install the packages from a local wheel folder in Slicer's Python console with "
+            "slicer.util.pip_install('--no-index --find-links /path/to/wheels <package>').")
 
 
 def _versionTuple(version):
