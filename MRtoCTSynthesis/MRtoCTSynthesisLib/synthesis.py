@@ -40,7 +40,7 @@ class SynthesisCancelled(RuntimeError):
 
 @dataclass
 class SynthesisResult:
-    sct: sitk.Image                                    # float32 HU on the input's grid
+    sct: sitk.Image                                    # float32 on the input's grid: the sCT in HU (for CT -> MR: the sMR)
     quality: dict = field(default_factory=dict)        # name -> float32 image on the input's grid
     model_name: str = ""
     device: str = "cpu"
@@ -74,21 +74,26 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def load_bundle(model: ModelLike) -> ModelBundle:
     """A loaded bundle from a bundle, a file path or a catalog / locally registered model name."""
-    if isinstance(model, ModelBundle):
+    if hasattr(model, "metadata") and hasattr(model, "build"):  # a ModelBundle (or a stand-in with its interface)
         return model
     return load_model(Catalog().resolve(model))
 
 
-def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: int = 8,
-               precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
-               cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample",
-               mask_background: bool = True) -> SynthesisResult:
-    """Synthesize a CT (HU) from one MR volume; the input image is never modified.
+GENERATORS = {"mr": ("G_CT", "ct"), "ct": ("G_MR", "mr")}   # source modality -> (generator, target modality)
+BACKGROUND = {"ct": CT_BACKGROUND_HU, "mr": 0.0}
 
-    With ``mask_background`` the sCT is air (-1000 HU) outside the MR's body mask dilated by 5 mm: a
-    2D generator can invent tissue in slices that hold only background noise, and nothing outside the body is anatomy.
+
+def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: str = "auto", batch_size: int = 8,
+              precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
+              cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample") -> SynthesisResult:
+    """Translate a whole volume with the model's generator for ``source`` (MR -> CT in HU with G_CT, or CT -> MR in
+    the model's MR units with G_MR), slice-wise, on exactly the input's grid; the input is never modified.
+
+    The quality maps use the reverse generator: the cycle residual is in the source window's units.
     """
     began = time.time()
+    if source not in GENERATORS:
+        raise ValueError(f"source must be one of {sorted(GENERATORS)}, not {source!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     if precision not in ("auto", "float32"):
@@ -97,45 +102,58 @@ def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_
     norm = normalization_from_metadata(bundle.metadata)
     torch_device = pick_device(device)
     half = precision == "auto" and torch_device.type == "cuda"
+    forward_name, target = GENERATORS[source]
     report = progress or (lambda fraction, message: None)
-    report(0.0, "preparing the MR")
-    prepared = prepare_volume(image, "mr", norm, oblique=oblique)
-    g_ct = bundle.build("G_CT", torch_device)
-    g_mr = bundle.build("G_MR", torch_device) if quality_map else None
+    report(0.0, f"preparing the {source.upper()}")
+    forward = bundle.build(forward_name, torch_device)
+    backward = bundle.build(GENERATORS[target][0], torch_device) if quality_map else None
+    prepared = prepare_volume(image, source, norm, oblique=oblique)
     fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm)
-    ct_window, mr_window = norm.window("ct"), norm.window("mr")
+    source_window, target_window = norm.window(source), norm.window(target)
     count = prepared.slices.shape[0]
-    sct = np.empty(prepared.slices.shape, np.float32)
+    out = np.empty(prepared.slices.shape, np.float32)
     maps = {name: np.empty(prepared.slices.shape, np.float32) for name in QUALITY_MAPS} if quality_map else {}
     started = time.time()
     for start in range(0, count, batch_size):
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
         stop = min(count, start + batch_size)
-        mr = torch.from_numpy(prepared.slices[start:stop, None]).to(torch_device)
+        x = torch.from_numpy(prepared.slices[start:stop, None]).to(torch_device)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
-            canvas = V.fit_slices(mr, fit, pad_value=-1.0)
-            fake = g_ct(canvas).float()
-            sct[start:stop] = ct_window.from_network(V.unfit_slices(fake, fit)[:, 0]).cpu().numpy()
+            canvas = V.fit_slices(x, fit, pad_value=-1.0)
+            fake = forward(canvas).float()
+            out[start:stop] = target_window.from_network(V.unfit_slices(fake, fit)[:, 0]).cpu().numpy()
             if quality_map:
-                rec = V.unfit_slices(g_mr(fake).float(), fit)
-                half_range = (mr_window.high - mr_window.low) / 2
-                maps["cycle_residual"][start:stop] = ((rec - mr).abs()[:, 0] * half_range).cpu().numpy()
+                rec = V.unfit_slices(backward(fake).float(), fit)
+                half_range = (source_window.high - source_window.low) / 2
+                maps["cycle_residual"][start:stop] = ((rec - x).abs()[:, 0] * half_range).cpu().numpy()
                 discrepancy = (mind_descriptor(canvas.float()) - mind_descriptor(fake)).abs().mean(dim=1, keepdim=True)
                 maps["structure_discrepancy"][start:stop] = V.unfit_slices(discrepancy, fit)[:, 0].cpu().numpy()
         done = stop / count
         eta = (time.time() - started) / done * (1 - done)
         report(0.05 + 0.85 * done, f"slices {stop}/{count}, about {eta:.0f} s left")
-    prepared.slices = None  # the normalised MR is no longer needed: free it before the output volume is built
-    report(0.95, "writing the sCT on the input grid")
-    sct_image = restore_volume(sct, prepared, norm.plane, CT_BACKGROUND_HU)
-    if mask_background:
-        sct_image = air_outside_body(sct_image, image)
-    result = SynthesisResult(sct_image,
+    prepared.slices = None  # the normalised input is no longer needed: free it before the output volume is built
+    report(0.95, "writing the result on the input grid")
+    result = SynthesisResult(restore_volume(out, prepared, norm.plane, BACKGROUND[target]),
                              {name: restore_volume(array, prepared, norm.plane, 0.0) for name, array in maps.items()},
                              bundle.metadata["name"], str(torch_device), 0.0)
     result.seconds = time.time() - began
     report(1.0, f"done in {result.seconds:.1f} s on {torch_device}")
+    return result
+
+
+def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: int = 8,
+               precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
+               cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample",
+               mask_background: bool = True) -> SynthesisResult:
+    """Synthesize a CT (HU) from one MR volume (``translate`` from MR); the input image is never modified.
+
+    With ``mask_background`` the sCT is air (-1000 HU) outside the MR's body mask dilated by 5 mm: a 2D generator
+    can invent tissue in slices that hold only background noise, and nothing outside the body is anatomy.
+    """
+    result = translate(image, model, "mr", device, batch_size, precision, quality_map, progress, cancel, oblique)
+    if mask_background:
+        result.sct = air_outside_body(result.sct, image)
     return result
 
 
