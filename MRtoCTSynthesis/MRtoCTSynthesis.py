@@ -660,7 +660,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             except importlib.metadata.PackageNotFoundError:
                 pass
         handle, path = tempfile.mkstemp(prefix="MRtoCTSynthesis-constraints-", suffix=".txt")
-        with os.fdopen(handle, "w") as f:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         return Path(path)
 

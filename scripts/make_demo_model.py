@@ -69,11 +69,11 @@ def finalize(work: Path) -> None:
     target = MODELS / f"{NAME}{SUFFIX}"
     save_model(target, meta, bundle.state_dicts)
     catalog_path = MODELS / "catalog.json"
-    catalog = json.loads(catalog_path.read_text())
+    catalog = json.loads(catalog_path.read_text(encoding="utf-8"))
     entry = {"name": NAME, "description": meta["description"], "file": target.name, "sha256": sha256_of(target),
              "size_bytes": target.stat().st_size, "license": meta["license"], "metrics": metrics}
     catalog["models"] = [m for m in catalog["models"] if m["name"] != NAME] + [entry]
-    catalog_path.write_text(json.dumps(catalog, indent=2) + "\n")
+    catalog_path.write_text(json.dumps(catalog, indent=2) + "\n", encoding="utf-8")
     for picture in ("loss_curves.png", "preview.png"):
         shutil.copy(work / NAME / picture, REPO / "docs" / "images" / f"demo_model_{picture}")
     print(json.dumps(entry, indent=2))

@@ -120,9 +120,9 @@ def run_evaluate_seg(args: argparse.Namespace) -> int:
               f"{(sum(msds) / len(msds)) if msds else float('nan'):9.3f}")
     if args.json:
         clean = {n: {k: (v if math.isfinite(v) else None) for k, v in r.items()} for n, r in result.items()}
-        Path(args.json).write_text(json.dumps(clean, indent=2))
+        Path(args.json).write_text(json.dumps(clean, indent=2), encoding="utf-8")
     if args.csv:
         lines = ["structure,dice,msd_mm,hd95_mm"] + [f"{n},{r['dice']},{r['msd_mm']},{r['hd95_mm']}"
                                                      for n, r in result.items()]
-        Path(args.csv).write_text("\n".join(lines) + "\n")
+        Path(args.csv).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0

@@ -156,7 +156,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
 
 def write_results(out: Path, rows: list, table, figure: dict, args: argparse.Namespace, timings: dict,
                   synthesis: Path) -> dict:
-    with open(out / "results.csv", "w", newline="") as handle:
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -175,7 +175,7 @@ def write_results(out: Path, rows: list, table, figure: dict, args: argparse.Nam
         msd = [r["msd_mm"] for r in mine if r["structure"] in HIASA_STRUCTURES and np.isfinite(r["msd_mm"])]
         entry["msd_hiasa4_mm"] = round(float(np.mean(msd)), 3) if msd else float("nan")
         summary.append(entry)
-    with open(out / "summary.csv", "w", newline="") as handle:
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
@@ -210,8 +210,8 @@ def write_results(out: Path, rows: list, table, figure: dict, args: argparse.Nam
     for entry in summary:
         lines.append(f"| {entry['mode']} | {entry['test_input']} | " +
                      " | ".join(f"{entry[n]:.3f}" for n in structures) + f" | {entry['mean_all']:.3f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
     if figure:
         _figure(out / "figure.png", figure, table)
     print("\n".join(lines))

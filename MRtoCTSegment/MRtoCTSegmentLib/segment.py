@@ -212,7 +212,7 @@ def write_outputs(result: SegmentationResult, out_dir: os.PathLike, stem: str, m
     rows = structure_volumes(result.labels, result.table)
 
     def write_csv(temp: Path) -> None:
-        with open(temp, "w", newline="") as handle:
+        with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

@@ -242,7 +242,7 @@ class SegTrainer:
     def _append_losses(self, row: dict) -> None:
         path = self.run_dir / "losses.csv"
         new = not path.exists()
-        with open(path, "a", newline="") as handle:
+        with open(path, "a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
             if new:
                 writer.writeheader()
@@ -341,14 +341,14 @@ class SegTrainer:
 def _truncate_losses(path: Path, iteration: int) -> None:
     if not path.exists():
         return
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     kept = [r for r in rows if int(r["iteration"]) <= iteration]
     if len(kept) == len(rows):
         return
 
     def write(temp: Path) -> None:
-        with open(temp, "w", newline="") as handle:
+        with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(kept)
@@ -394,7 +394,7 @@ def build_seg_trainer(config: SegTrainConfig, ct_folder, labels_folder, synthesi
     if resume:
         if not (run_dir / CHECKPOINT).exists():
             raise ValueError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
-        config = SegTrainConfig.from_dict(json.loads(recorded.read_text()))
+        config = SegTrainConfig.from_dict(json.loads(recorded.read_text(encoding="utf-8")))
     elif (run_dir / CHECKPOINT).exists() or (run_dir / MODEL).exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     torch_device = pick_device(device)
@@ -443,7 +443,7 @@ def build_seg_trainer(config: SegTrainConfig, ct_folder, labels_folder, synthesi
         stale.unlink()
     if not resume:
         text = json.dumps(config.to_dict(), indent=2)
-        write_atomically(recorded, lambda temp: temp.write_text(text))
+        write_atomically(recorded, lambda temp: temp.write_text(text, encoding="utf-8"))
     synthesis_info = None
     if bundle is not None:
         synthesis_info = {"name": bundle.metadata["name"],

@@ -106,7 +106,7 @@ def bench_synthesis(model: str, mr_path: Path, label: str) -> dict:
 def _peak_rss_mb() -> float:
     """This process's peak resident memory (MB): VmHWM, which starts anew at exec (ru_maxrss keeps the parent's)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -148,8 +148,8 @@ def write_table(rows: list[dict], out: Path, name: str, echo: bool = True) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     machine = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version()}
-    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    with open(out / f"{name}.csv", "w", newline="") as handle:
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2), encoding="utf-8")
+    with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

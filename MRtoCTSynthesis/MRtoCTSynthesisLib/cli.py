@@ -158,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name, value in metrics.items():
         print(f"{name:<{width}}  {value:10.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        Path(args.json).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return 0
 
 

@@ -37,7 +37,7 @@ def run_demo(out_dir: os.PathLike, model: str = DEMO_MODEL, device: str = "auto"
     metrics = {**evaluate(sct, ct, mask, 4500.0, spacing=phantom.ct.GetSpacing()[::-1]),
                "mi_mr_sct": mutual_information(mr, sct, mask), "mi_mr_ct": mutual_information(mr, ct, mask),
                "model": result.model_name, "device": result.device, "seconds": round(result.seconds, 2)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     error = V.image_like(np.abs(sct - ct), phantom.ct)
     save_volume_comparison([Column("MR", phantom.mr), Column("sCT", result.sct, *CT_WINDOW),
                             Column("reference CT", phantom.ct, *CT_WINDOW),

@@ -463,7 +463,7 @@ def write_phantom(phantom: Phantom, folder: os.PathLike, name: str) -> dict[str,
     root = Path(folder)
     names_path = root / "labels.json"
     names = {str(k): v for k, v in sorted(phantom.label_names.items())}
-    if names_path.exists() and json.loads(names_path.read_text()) != names:
+    if names_path.exists() and json.loads(names_path.read_text(encoding="utf-8")) != names:
         raise ValueError(f"{names_path} lists other labels (another phantom kind?); write {phantom.kind} phantoms "
                          "to a separate folder")
     paths = {}
@@ -471,7 +471,7 @@ def write_phantom(phantom: Phantom, folder: os.PathLike, name: str) -> dict[str,
         paths[key] = root / key / f"{name}.nii.gz"
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(getattr(phantom, key), str(paths[key]), useCompression=True)
-    names_path.write_text(json.dumps(names, indent=1) + "\n")
+    names_path.write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
     paths["label_names"] = names_path
     return paths
 

@@ -299,7 +299,7 @@ class CycleGANTrainer:
             return
         path = self.run_dir / "losses.csv"
         new = not path.exists()
-        with open(path, "a", newline="") as handle:
+        with open(path, "a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
             if new:
                 writer.writeheader()
@@ -366,7 +366,7 @@ class CycleGANTrainer:
     def _trace(self, pairs: Sequence[SlicePair]) -> None:
         """Per-rank record of the slices drawn and a checksum of the weights (to check DDP keeps ranks in sync)."""
         checksum = float(sum(p.double().sum() for p in self.generators.parameters()))
-        with open(self.run_dir / f"trace_rank{self.world.rank}.jsonl", "a") as handle:
+        with open(self.run_dir / f"trace_rank{self.world.rank}.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"iteration": self.iteration, "pairs": [list(map(int, p)) for p in pairs],
                                      "checksum": checksum}) + "\n")
 
@@ -445,7 +445,7 @@ class _RateMeter:
 def _read_csv(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -457,7 +457,7 @@ def _truncate_losses(path: Path, iteration: int) -> None:
         return
 
     def write(temp: Path) -> None:
-        with open(temp, "w", newline="") as handle:
+        with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(kept)
@@ -485,7 +485,7 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
     if resume:
         if not (run_dir / CHECKPOINT).exists():
             raise ValueError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
-        config = TrainConfig.from_dict(json.loads(recorded.read_text()))
+        config = TrainConfig.from_dict(json.loads(recorded.read_text(encoding="utf-8")))
     elif (run_dir / CHECKPOINT).exists() or (run_dir / MODEL).exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     probe = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -515,7 +515,7 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
         for stale in run_dir.glob(".*.part"):  # temporary files of a killed write; the real files are intact
             stale.unlink()
         if not resume:
-            write_atomically(recorded, lambda temp: temp.write_text(json.dumps(config.to_dict(), indent=2)))
+            write_atomically(recorded, lambda temp: temp.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
     summary = {"mr_volumes": len(mr_train), "ct_volumes": len(ct_train), "mr_validation_volumes": len(mr_val),
                "ct_validation_volumes": len(ct_val), "mr_slices": sum(len(v) for v in data.mr),
                "ct_slices": sum(len(v) for v in data.ct)}

@@ -195,7 +195,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     assert sorted(out.iterdir()) == second
     assert {pydicom.dcmread(f).SeriesInstanceUID for f in second}.isdisjoint(uids)
     assert [p.name for p in tmp_path.iterdir()] == ["sct"]  # no staging or backup folder left behind
-    (out / "notes.txt").write_text("not DICOM")
+    (out / "notes.txt").write_text("not DICOM", encoding="utf-8")
     with pytest.raises(FileExistsError, match="notes.txt"):
         write_ct_series(hu_volume(OBLIQUE), out, overwrite=True)
 

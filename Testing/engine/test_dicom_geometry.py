@@ -281,7 +281,7 @@ def test_files_without_geometry_are_refused(tmp_path):
     ds.save_as(files[1])
     with pytest.raises(ValueError, match="lacks ImagePositionPatient"):
         read_dicom_series(files)
-    (tmp_path / "notes.txt").write_text("not dicom")
+    (tmp_path / "notes.txt").write_text("not dicom", encoding="utf-8")
     with pytest.raises(ValueError, match="not a readable DICOM file"):
         read_dicom_series([files[0], str(tmp_path / "notes.txt")])
 

@@ -103,7 +103,7 @@ def test_truncated_file(saved, keep):
 
 def test_not_a_model_file(tmp_path):
     text = tmp_path / "notes.mrtoct.safetensors"
-    text.write_text("hello, I am not a model")
+    text.write_text("hello, I am not a model", encoding="utf-8")
     with pytest.raises(ModelFileError, match="not a safetensors"):
         load_model(text)
     with pytest.raises(ModelFileError, match="not found"):
@@ -114,7 +114,7 @@ def test_not_a_model_file(tmp_path):
 
 
 class _Payload:
-    """Unpickling this calls open(marker, 'w'): proof that a loader executed the pickle."""
+    """Unpickling this calls open(marker, 'w', encoding="utf-8"): proof that a loader executed the pickle."""
 
     def __init__(self, marker):
         self.marker = str(marker)
@@ -203,7 +203,7 @@ def test_atomic_save_leaves_no_temp_files(tmp_path, monkeypatch, saved):
 
 def write_catalog(folder, models):
     path = folder / "catalog.json"
-    path.write_text(json.dumps({"version": 1, "models": models}))
+    path.write_text(json.dumps({"version": 1, "models": models}), encoding="utf-8")
     return path
 
 
@@ -290,9 +290,9 @@ def test_local_models_registry(tmp_path, saved, cache):
 def test_bad_catalog(tmp_path):
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps({"version": 1, "models": [{"name": "x", "description": "d", "license": "l",
-                                                           "sha256": "abc", "size_bytes": 1, "file": "x"}]}))
+                                                           "sha256": "abc", "size_bytes": 1, "file": "x"}]}), encoding="utf-8")
     with pytest.raises(ModelFileError, match="'sha256' must be 64"):
         Catalog(path)
-    path.write_text(json.dumps({"version": 2, "models": []}))
+    path.write_text(json.dumps({"version": 2, "models": []}), encoding="utf-8")
     with pytest.raises(ModelFileError, match="version 2"):
         Catalog(path)

@@ -157,7 +157,7 @@ def test_write_phantom_round_trip(tmp_path, phantom):
     assert paths["mr"] == tmp_path / "mr" / "subject.nii.gz"
     assert paths["ct"] == tmp_path / "ct" / "subject.nii.gz"
     assert paths["labels"] == tmp_path / "labels" / "subject.nii.gz"
-    names = json.loads((tmp_path / "labels.json").read_text())
+    names = json.loads((tmp_path / "labels.json").read_text(encoding="utf-8"))
     assert {int(k): v for k, v in names.items()} == phantom.label_names
     for key in ("mr", "ct", "labels"):
         original, read = getattr(phantom, key), sitk.ReadImage(str(paths[key]))

@@ -41,7 +41,7 @@ def benchmark(tmp_path_factory, real_folder):
 
 
 def read_csv(path):
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -55,7 +55,7 @@ def test_outputs_exist(benchmark):
         run = out / "runs" / "head" / f"{variant}-seed0"
         assert (run / "model.mrtoct.safetensors").is_file()
         assert (run / "losses.csv").is_file() and (run / "config.json").is_file()
-        assert json.loads((run / "config.json").read_text())["iterations"] == 3
+        assert json.loads((run / "config.json").read_text(encoding="utf-8"))["iterations"] == 3
     assert not (out / "_timing").exists()  # the timing runs are cleaned up
 
 
@@ -94,7 +94,7 @@ def test_paired_ttests_against_cyclegan_are_computed(benchmark):
 
 def test_report_is_generated_from_the_run(benchmark):
     out, _, _ = benchmark
-    text = (out / "RESULTS.md").read_text()
+    text = (out / "RESULTS.md").read_text(encoding="utf-8")
     for part in ("mrtoct bench quality", "## Machine", "torch", "## Budget and plan", "figures/boxplots_head.png",
                  "figures/slices_head.png", "figures/real_scans_head.png", "Reading (generated from the numbers)",
                  "Interpretation (written by a person after the run)", "Yang's main claim", "absent.mha"):

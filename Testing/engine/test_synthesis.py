@@ -130,5 +130,5 @@ def test_cli_synthesize_and_evaluate(models, tmp_path, capsys):
     sct = records[0]["output"]
     assert cli_main(["evaluate", "--pred", sct, "--ref", sct, "--mask", str(mr), "--json",
                      str(tmp_path / "m.json")]) == 0
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert metrics["mae"] == 0 and metrics["ssim"] == pytest.approx(1.0)

@@ -40,7 +40,7 @@ def train(phantoms, out, *extra, cache=None):
 
 
 def read_losses(run):
-    with open(run / "losses.csv") as handle:
+    with open(run / "losses.csv", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -56,7 +56,7 @@ def test_cycle_loss_falls(phantoms, cache, tmp_path):
 def test_preset_runs_and_records_its_settings(phantoms, cache, tmp_path, name):
     run = train(phantoms, tmp_path / name, "--preset", name, "--iterations", "3", "--lambda-identity", "0.5",
                 cache=cache)
-    recorded = json.loads((run / "config.json").read_text())
+    recorded = json.loads((run / "config.json").read_text(encoding="utf-8"))
     expected = preset(name, lambda_identity=0.5, image_size=(32, 32), augment_pad=(36, 36), ngf=4, n_blocks=1,
                       ndf=4, log_every=1, preview_every=1000, validate_every=1000, iterations=3)
     assert recorded == expected.to_dict()
@@ -146,7 +146,7 @@ def test_torchrun_two_gloo_processes_stay_in_sync(phantoms, cache, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    traces = [[json.loads(line) for line in open(run / f"trace_rank{r}.jsonl")] for r in (0, 1)]
+    traces = [[json.loads(line) for line in open(run / f"trace_rank{r}.jsonl", encoding="utf-8")] for r in (0, 1)]
     assert [t["iteration"] for t in traces[0]] == [t["iteration"] for t in traces[1]] == [1, 2, 3, 4]
     for step0, step1 in zip(*traces):
         assert step0["checksum"] == pytest.approx(step1["checksum"], rel=1e-9, abs=1e-9)

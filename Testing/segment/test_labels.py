@@ -39,7 +39,7 @@ def test_terminology_entry_and_color_table(tmp_path):
     femur = table.by_name("femur")
     assert femur.terminology_entry() == ("Segmentation category and type - DICOM master list~SCT^91723000^Anatomical "
                                          "Structure~SCT^71341001^Femur~^^~Anatomic codes - DICOM master list~^^~^^")
-    lines = table.write_color_table(tmp_path / "pelvis.ctbl").read_text().splitlines()
+    lines = table.write_color_table(tmp_path / "pelvis.ctbl").read_text(encoding="utf-8").splitlines()
     assert "2 femur 250 180 90 255" in lines and lines[1].startswith("0 background")
 
 
@@ -48,7 +48,7 @@ def test_round_trip_and_lookup(tmp_path):
     path = table.save(tmp_path / "t.json")
     again = load_label_table(path)
     assert again.to_json() == table.to_json()
-    assert load_label_table(json.loads(path.read_text())).names == table.names
+    assert load_label_table(json.loads(path.read_text(encoding="utf-8"))).names == table.names
     assert table.by_value(5).name == "brain" and table.by_name("skull").value == 4
     with pytest.raises(LabelTableError, match="no structure"):
         table.by_name("liver")
@@ -117,5 +117,5 @@ def test_unmapped_or_undeclared_source_labels_are_refused(tmp_path):
         table.map_source_labels(np.full((2, 2, 2), 7), {1: "fat"})
     with pytest.raises(LabelTableError, match="does not define"):
         table.check_label_values(np.array([0, 13]))
-    (tmp_path / "labels.json").write_text(json.dumps({"1": "fat", "2": "skin"}))
+    (tmp_path / "labels.json").write_text(json.dumps({"1": "fat", "2": "skin"}), encoding="utf-8")
     assert read_source_names(tmp_path / "labels.json") == {1: "fat", 2: "skin"}

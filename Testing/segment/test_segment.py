@@ -50,7 +50,7 @@ def world(tmp_path_factory):
 
 
 def _losses(run):
-    with open(run / "losses.csv") as handle:
+    with open(run / "losses.csv", encoding="utf-8") as handle:
         return [float(r["loss"]) for r in csv.DictReader(handle)]
 
 
@@ -59,7 +59,7 @@ def _losses(run):
 def test_tiny_training_run_lowers_the_loss_and_reports_events(world):
     losses = _losses(world["root"] / "run")
     assert len(losses) == 40 and np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
-    events = [json.loads(line) for line in (world["root"] / "run" / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (world["root"] / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "finished" and "checkpoint" in kinds and "preview" in kinds
     validation = [e for e in events if e["event"] == "validation"][-1]["metrics"]
@@ -88,7 +88,7 @@ def test_killed_run_resumes_exactly(world, tmp_path):
     broken.train_step = dies_after_three
     with pytest.raises(RuntimeError, match="killed"):
         broken.run()
-    assert json.loads((tmp_path / "b" / "events.jsonl").read_text().splitlines()[-1])["event"] == "error"
+    assert json.loads((tmp_path / "b" / "events.jsonl").read_text(encoding="utf-8").splitlines()[-1])["event"] == "error"
     with pytest.raises(ValueError, match="already holds a run"):
         build_seg_trainer(config, *args, tmp_path / "b", "cpu", cache_dir=world["cache"], show_progress=False)
     resumed = build_seg_trainer(config, *args, tmp_path / "b", "cpu", cache_dir=world["cache"], resume=True,
@@ -226,7 +226,7 @@ def test_outputs_take_names_colours_and_codes_from_the_label_table(world, tmp_pa
         np.testing.assert_allclose(color, structure.color_float, atol=1e-5)
         assert f"SCT^{structure.type.value}^{structure.type.meaning}" in seg.GetMetaData(key + "Tags")
         assert (tmp_path / f"p0_{structure.name}.nii.gz").exists()
-    with open(tmp_path / "p0_volumes.csv") as handle:
+    with open(tmp_path / "p0_volumes.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["name"] for r in rows] == table.names
     labels = sitk.GetArrayFromImage(result.labels)
@@ -294,7 +294,7 @@ def test_cli_train_segment_evaluate(world, tmp_path, capsys):
                      "--ref-names", str(root / "ph" / "labels.json"), "--json", str(tmp_path / "e.json")])
     printed = capsys.readouterr().out
     assert code == 0 and "femur" in printed and "MSD (mm)" in printed
-    scores = json.loads((tmp_path / "e.json").read_text())
+    scores = json.loads((tmp_path / "e.json").read_text(encoding="utf-8"))
     assert set(scores) == set(load_label_table("pelvis").names)
     assert all(s["dice"] is None or 0 <= s["dice"] <= 1 for s in scores.values())
     bad = cli_main(["segment", str(mr), "--model", str(world["synthesis"]), "--out", str(tmp_path / "x")])
@@ -312,8 +312,8 @@ def test_experiment_runs_end_to_end_at_toy_size(world, tmp_path):
     result = run_experiment(args)
     assert [(s["mode"], s["test_input"]) for s in result["summary"]] == [
         ("sct", "MR + sCT"), ("mr", "MR"), ("sct", "MR + real CT (no synthesis error)")]
-    text = (out / "results.md").read_text()
+    text = (out / "results.md").read_text(encoding="utf-8")
     assert "| channels | test input | pelvis | femur | gluteus_medius | gluteus_minimus |" in text
-    with open(out / "summary.csv") as handle:
+    with open(out / "summary.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3 and "femur" in rows[0] and (out / "figure.png").exists()

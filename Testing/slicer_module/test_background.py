@@ -35,7 +35,7 @@ FAKE_CLI = textwrap.dedent('''
             print(json.dumps({"progress": 0.1, "message": "warming up"}), flush=True)
             (out / "partial_sct.nii.gz").write_bytes(b"half")
             grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-            Path(args.inputs[0]).with_name("grandchild.pid").write_text(str(grandchild.pid))
+            Path(args.inputs[0]).with_name("grandchild.pid").write_text(str(grandchild.pid), encoding="utf-8")
             time.sleep(120)
             return 0
         print("a line that is not JSON", flush=True)
@@ -70,7 +70,7 @@ FAKE_CLI = textwrap.dedent('''
 def fake_cli(tmp_path) -> dict:
     folder = tmp_path / "fake"
     folder.mkdir()
-    (folder / "fake_mrtoct_cli.py").write_text(FAKE_CLI)
+    (folder / "fake_mrtoct_cli.py").write_text(FAKE_CLI, encoding="utf-8")
     return {"module": "fake_mrtoct_cli", "extra_pythonpath": [folder]}
 
 
@@ -87,7 +87,7 @@ def alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
     if stat.exists():
         try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            return stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] != "Z"
         except (OSError, IndexError):
             return False
     try:
@@ -147,7 +147,7 @@ def test_cancel_kills_the_process_tree_and_leaves_no_output(tmp_path, fake_cli, 
     assert job.poll() == [] and time.time() - started < 0.5  # poll never waits for the child
     pid_file = mr_file.with_name("grandchild.pid")
     assert wait_for(pid_file.exists)
-    grandchild = int(pid_file.read_text())
+    grandchild = int(pid_file.read_text(encoding="utf-8"))
     assert alive(grandchild)
 
     job.cancel()

@@ -211,7 +211,7 @@ def test_synthesize_files_reports_the_bad_file_and_finishes_the_others(logic, ph
 
 def test_expand_inputs(logic, tmp_path):
     (tmp_path / "x.nii.gz").write_bytes(b"")
-    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "notes.txt").write_text("", encoding="utf-8")
     assert logic.expandInputs(tmp_path) == [tmp_path / "x.nii.gz"]
     dicom = tmp_path / "series"
     dicom.mkdir()
@@ -338,7 +338,7 @@ def test_only_missing_packages_are_installed_without_upgrading_slicer_packages(m
     calls = []
 
     def pip_install(args, **options):
-        constraints = Path(args[args.index("-c") + 1]).read_text()
+        constraints = Path(args[args.index("-c") + 1]).read_text(encoding="utf-8")
         calls.append((args[:args.index("-c")], constraints))
         monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)  # "installed"
 

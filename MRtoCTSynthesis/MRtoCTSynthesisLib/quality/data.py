@@ -30,7 +30,7 @@ def write_data(out: Path, setting: Setting) -> Path:
     record = {"kind": setting.anatomy, "shape": setting.shape, "spacing": setting.spacing,
               "train_subject_seeds": train_seeds, "test_subject_seeds": test_seeds,
               "train_dataset_seed": TRAIN_DATA_SEED, "test_dataset_seed": TEST_DATA_SEED}
-    if marker.exists() and json.loads(marker.read_text()) == _jsonable(record):
+    if marker.exists() and json.loads(marker.read_text(encoding="utf-8")) == _jsonable(record):
         return root
     if root.exists():
         shutil.rmtree(root)

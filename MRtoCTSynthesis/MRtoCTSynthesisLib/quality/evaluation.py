@@ -36,7 +36,7 @@ def evaluate_run(model_path: Path, setting: Setting, phantoms: list, device: str
            "subjects": [int(p.seed) for p in phantoms], "shape": list(setting.shape), "spacing": list(setting.spacing)}
     cache = model_path.parent / TEST_METRICS
     if cache.exists():
-        stored = json.loads(cache.read_text())
+        stored = json.loads(cache.read_text(encoding="utf-8"))
         if stored.get("key") == key:
             return stored["rows"]
     bundle = load_model(model_path)

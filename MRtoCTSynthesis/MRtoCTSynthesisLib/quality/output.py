@@ -14,7 +14,7 @@ def _say(message: str) -> None:
 def _dump(path: Path, data) -> Path:
     from ..atomic import write_atomically
 
-    return write_atomically(path, lambda temp: temp.write_text(json.dumps(data, indent=2, default=_plain)))
+    return write_atomically(path, lambda temp: temp.write_text(json.dumps(data, indent=2, default=_plain), encoding="utf-8"))
 
 
 def _plain(value):

@@ -141,7 +141,7 @@ def make_plan(options: Options, data_roots: dict, setup_began: float) -> dict:
     stored_path = options.out / PLAN
     key = plan_key(options)
     if stored_path.exists():
-        stored = json.loads(stored_path.read_text())
+        stored = json.loads(stored_path.read_text(encoding="utf-8"))
         if stored["key"] != key:
             raise ValueError(f"{options.out} holds a quality benchmark with other settings ({stored_path}); choose "
                              "another --out, or the same options as before to continue it")

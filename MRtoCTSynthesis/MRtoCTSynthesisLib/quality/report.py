@@ -186,5 +186,5 @@ def write_report(options: Options, plan: dict, per_subject: list[dict], summary:
            f"- Figures: [{_rel(options.out / 'figures', report)}]({_rel(options.out / 'figures', report)})", ""]
     from ..atomic import write_atomically
 
-    write_atomically(report, lambda temp: temp.write_text("\n".join(md)))
+    write_atomically(report, lambda temp: temp.write_text("\n".join(md), encoding="utf-8"))
     return report

@@ -77,7 +77,7 @@ def _run_quality(options: Options) -> dict:
         folder = job_dir(options, job["anatomy"], job["variant"], job["seed"])
         status = job_status(options, job)
         recorded = folder / "config.json"
-        if recorded.exists() and json.loads(recorded.read_text()) != config.to_dict():
+        if recorded.exists() and json.loads(recorded.read_text(encoding="utf-8")) != config.to_dict():
             raise ValueError(f"{folder} holds a run with another configuration; remove it or choose another --out")
         label = f"{job['anatomy']}/{job['variant']} seed {job['seed']} ({index + 1}/{len(plan['jobs'])})"
         if status == "trained":
