@@ -2,6 +2,7 @@
 
     python scripts/make_demo_model.py train   --work /tmp/demo      # phantoms + training (about 10 min on 2 cores)
     python scripts/make_demo_model.py finalize --work /tmp/demo     # evaluate, write the card, bundle, catalog
+    python scripts/make_demo_model.py finalize --model RUN/model.mrtoct.safetensors --note "..."   # any trained model
 
 Finalize evaluates the model on phantom subjects never used in training, writes the card (what it was trained on,
 its measured metrics, that it is a demonstration model, not for clinical use) into the model's metadata, copies it
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from MRtoCTSynthesisLib import volumes as V
+from MRtoCTSynthesisLib.demo import DEMO_SEED, DEMO_SHAPE, DEMO_SPACING
 from MRtoCTSynthesisLib.metrics import evaluate, mutual_information
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
 from MRtoCTSynthesisLib.phantom import make_phantom, write_phantom_dataset
@@ -31,8 +33,11 @@ NAME = "phantom-head-demo"
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "MRtoCTSynthesis" / "Resources" / "Models"
 SUBJECTS, SEED = 16, 0
-TEST_SEEDS = (90_001, 90_002, 90_003, 90_004)  # unseen subjects (the demo shows the first)
-SHAPE, SPACING = (64, 64, 48), (3.0, 3.0, 3.0)
+TEST_SEEDS = tuple(DEMO_SEED + k for k in range(4))  # unseen subjects (the demo shows the first)
+SHAPE, SPACING = DEMO_SHAPE, DEMO_SPACING
+PAIRED_NOTE = (f"Supervised: the 'paired' preset plus the supervised L1 switch (lambda 10) on {SUBJECTS} registered "
+               f"phantom MR/CT pairs (seeds from {SEED}); an unpaired yang2018 run at this budget stayed at -1000 HU "
+               "for 1000+ iterations.")
 TRAIN_ARGS = ["--preset", "paired", "--lambda-supervised", "10", "--iterations", "2500", "--pixel-spacing-mm", "3", "3",
               "--image-size", "64", "64", "--augment-pad", "72", "72", "--ngf", "24", "--n-blocks", "6",
               "--validation-fraction", "0.125", "--checkpoint-every", "250", "--preview-every", "250",
@@ -45,8 +50,8 @@ def train(work: Path) -> None:
                 "--out", str(work / NAME), *TRAIN_ARGS])
 
 
-def finalize(work: Path) -> None:
-    bundle = load_model(work / NAME / ("model" + SUFFIX))
+def finalize(model: Path, note: str) -> None:
+    bundle = load_model(model)
     per_subject = []
     for seed in TEST_SEEDS:
         phantom = make_phantom("head", seed, SHAPE, SPACING)
@@ -59,10 +64,10 @@ def finalize(work: Path) -> None:
     meta = dict(bundle.metadata)
     meta.update(
         name=NAME, license="CC-BY-4.0",
-        description=("Demonstration model: MR-to-CT for the project's digital head phantoms (sagittal, 3 mm pixels). "
-                     "Trained with the project's trainer, preset 'paired' plus the supervised L1 switch (lambda 10) on "
-                     f"{SUBJECTS} registered phantom MR/CT pairs (seeds from {SEED}); the unpaired presets did not "
-                     "converge within the CPU budget (the sCT stayed at -1000 HU for 1000+ iterations)."),
+        description=(f"Demonstration model: MR-to-CT for the project's digital head phantoms ({meta['plane']}, "
+                     f"{meta['pixel_spacing_mm']} mm pixels), trained by the project's trainer, preset "
+                     f"'{meta['preset']}' (loss weights {meta['loss_weights']}), {meta['training'].get('iterations')} "
+                     f"iterations. {note}"),
         intended_use=("Demonstration and testing of the software only. NOT for clinical use, diagnosis or treatment "
                       "planning; on real MR scans its output is not a valid CT."),
         validation_metrics={"unseen_phantoms": metrics, "during_training": bundle.metadata["validation_metrics"]})
@@ -75,13 +80,19 @@ def finalize(work: Path) -> None:
     catalog["models"] = [m for m in catalog["models"] if m["name"] != NAME] + [entry]
     catalog_path.write_text(json.dumps(catalog, indent=2) + "\n", encoding="utf-8")
     for picture in ("loss_curves.png", "preview.png"):
-        shutil.copy(work / NAME / picture, REPO / "docs" / "images" / f"demo_model_{picture}")
+        if (model.parent / picture).exists():
+            shutil.copy(model.parent / picture, REPO / "docs" / "images" / f"demo_model_{picture}")
     print(json.dumps(entry, indent=2))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=["train", "finalize"])
-    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--work", type=Path, help="train: working folder; finalize: its model is used by default")
+    parser.add_argument("--model", type=Path, help="finalize: the trained model file to bundle")
+    parser.add_argument("--note", default=PAIRED_NOTE, help="finalize: how it was trained, for the card")
     args = parser.parse_args()
-    (train if args.stage == "train" else finalize)(args.work)
+    if args.stage == "train":
+        train(args.work)
+    else:
+        finalize(args.model or args.work / NAME / ("model" + SUFFIX), args.note)
