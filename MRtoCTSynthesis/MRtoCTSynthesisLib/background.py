@@ -1,6 +1,11 @@
-"""Run ``mrtoct synthesize`` in a child process that a GUI can follow without freezing (pure Python, no Slicer, no Qt).
+"""Run an engine command in a child process that a GUI can follow without freezing (pure Python, no Slicer, no Qt).
 
-The Slicer panel polls a ``BackgroundSynthesis`` from a timer::
+``BackgroundProcess`` is the process runner shared by the Slicer modules: the child runs in its own process group
+(session), its stdout and stderr are read by threads into a queue so ``poll()`` never blocks, and ``cancel()`` kills
+the whole process tree (grandchildren included, e.g. torchrun's workers). Subclasses say what to run (``command``)
+and what a line of output means (``_handle_line``); ``training_process.TrainingProcess`` is the trainer's.
+
+``BackgroundSynthesis`` runs ``mrtoct synthesize``; the Slicer panel polls it from a timer::
 
     job = BackgroundSynthesis([mr_path], out_dir, model="phantom-head-demo", device="auto").start()
     # every 200 ms:
@@ -19,7 +24,6 @@ staging folder removed. Result paths are reported at their final location.
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -42,37 +46,28 @@ STAGING_PREFIX = ".mrtoct-partial-"
 LOG_LINES = 400  # lines of the child's other output kept for error reports
 
 
-class BackgroundSynthesis:
-    """One ``mrtoct synthesize`` run in a child process; ``poll()`` never blocks."""
+class BackgroundProcess:
+    """One engine command in a child process of its own process group; ``poll()`` never blocks.
 
-    def __init__(self, inputs: Sequence[PathLike], out_dir: PathLike, model: PathLike, device: str = "auto",
-                 quality_map: bool = False, dicom_out: Optional[PathLike] = None, precision: str = "auto",
-                 batch_size: Optional[int] = None, python: Optional[PathLike] = None, module: str = CLI_MODULE,
-                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
+    Subclasses implement ``command()`` and may override ``_handle_line`` (what a line of output means: return the
+    updates it makes, a list), ``_prepare`` (before the child starts), ``_start_failed`` and ``_on_exit`` (once, when
+    the child has exited or was cancelled).
+    """
+
+    def __init__(self, python: Optional[PathLike] = None, module: str = CLI_MODULE,
+                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None,
+                 cwd: Optional[PathLike] = None) -> None:
         """``python``: the interpreter to run (default: this one; in Slicer pass ``PythonSlicer``).
         ``module``: the module run as ``python -m <module>`` would run it (tests may point it at a stand-in).
         The folder holding ``MRtoCTSynthesisLib`` (and ``extra_pythonpath``) is put first on the child's ``sys.path``
         by a one-line bootstrap, so the engine need not be installed in the child's interpreter and no launcher's
         PYTHONPATH handling can hide it."""
-        self.inputs = [Path(p) for p in inputs]
-        if not self.inputs:
-            raise ValueError("no input volumes given")
-        self.out_dir = Path(out_dir)
-        self.dicom_out = Path(dicom_out) if dicom_out is not None else None
-        if self.dicom_out is not None and self.dicom_out.is_dir() and any(self.dicom_out.iterdir()):
-            raise ValueError(f"DICOM output folder {self.dicom_out} is not empty; choose an empty or new folder")
-        self.model, self.device, self.quality_map = str(model), str(device), bool(quality_map)
-        self.precision, self.batch_size = precision, batch_size
         self.python = str(python or sys.executable)
         self.module = module
         self.pythonpath = [str(LIBRARY_ROOT)] + [str(p) for p in extra_pythonpath]
         self.env = env
-        self.staging = self.out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.cwd = None if cwd is None else Path(cwd)
 
-        self.progress = 0.0
-        self.message = ""
-        self.eta_seconds: Optional[float] = None
-        self.results: Optional[list[dict]] = None
         self.returncode: Optional[int] = None
         self.cancelled = False
         self.log: deque[str] = deque(maxlen=LOG_LINES)
@@ -87,19 +82,13 @@ class BackgroundSynthesis:
 
     def command(self) -> list[str]:
         """The child's command line."""
+        raise NotImplementedError
+
+    def python_command(self, *arguments: str, module: Optional[str] = None) -> list[str]:
+        """``python -m <module> arguments...`` with the bootstrap that puts the engine first on ``sys.path``."""
         bootstrap = (f"import runpy, sys; sys.path[:0] = {self.pythonpath!r}; "
-                     f"runpy.run_module({self.module!r}, run_name='__main__', alter_sys=True)")
-        command = [self.python, "-c", bootstrap, "synthesize", *map(str, self.inputs),
-                   "--model", self.model, "--out", str(self.staging), "--device", self.device, "--progress-json"]
-        if self.quality_map:
-            command.append("--quality-map")
-        if self.precision != "auto":
-            command += ["--precision", self.precision]
-        if self.batch_size is not None:
-            command += ["--batch-size", str(int(self.batch_size))]
-        if self.dicom_out is not None:
-            command += ["--dicom-out", str(self.staging / "dicom")]
-        return command
+                     f"runpy.run_module({(module or self.module)!r}, run_name='__main__', alter_sys=True)")
+        return [self.python, "-c", bootstrap, *map(str, arguments)]
 
     def _environment(self) -> dict:
         env = dict(os.environ if self.env is None else self.env)
@@ -109,10 +98,16 @@ class BackgroundSynthesis:
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> "BackgroundSynthesis":
+    def _prepare(self) -> None:
+        """Called by ``start()`` before the child is started (e.g. to create its output folder)."""
+
+    def _start_failed(self) -> None:
+        """Called when the child could not be started (undo ``_prepare``)."""
+
+    def start(self):
         if self._process is not None:
             raise RuntimeError("this job was already started")
-        self.staging.mkdir(parents=True)
+        self._prepare()
         kwargs: dict = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
@@ -121,10 +116,11 @@ class BackgroundSynthesis:
         self.started_at = time.time()
         try:
             self._process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, env=self._environment(), cwd=str(self.out_dir),
+                                             stderr=subprocess.PIPE, env=self._environment(),
+                                             cwd=None if self.cwd is None else str(self.cwd),
                                              encoding="utf-8", errors="replace", **kwargs)
         except OSError:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            self._start_failed()
             raise
         for stream, kind in ((self._process.stdout, "out"), (self._process.stderr, "err")):
             reader = threading.Thread(target=self._read, args=(stream, kind), daemon=True)
@@ -138,12 +134,145 @@ class BackgroundSynthesis:
         stream.close()
 
     @property
+    def pid(self) -> Optional[int]:
+        """The child's process id (also its process group id, on POSIX); None before ``start()``."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and not self.finished
 
     @property
     def finished(self) -> bool:
         return self._finalized
+
+    def poll(self) -> list:
+        """Updates received since the last call (never blocks); finishes the job once the child exited."""
+        if self._process is None:
+            raise RuntimeError("call start() first")
+        updates = self._drain()
+        if not self._finalized and self._process.poll() is not None:
+            for reader in self._readers:
+                reader.join(timeout=5)
+            updates += self._drain()
+            self.returncode = self._process.returncode
+            self._finalize()
+        return updates
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> list:
+        """Block until the child exits (or ``timeout`` s pass); returns all updates received meanwhile."""
+        deadline = None if timeout is None else time.time() + timeout
+        updates = self.poll()
+        while not self.finished and (deadline is None or time.time() < deadline):
+            time.sleep(interval)
+            updates += self.poll()
+        return updates
+
+    def cancel(self) -> None:
+        """Kill the child and everything it started. Safe to call at any time."""
+        if self._process is None or self._finalized:
+            return
+        self.cancelled = True
+        _kill_tree(self._process)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - the kill failed; still do not block the GUI
+            pass
+        for reader in self._readers:
+            reader.join(timeout=2)
+        self._drain()
+        self.returncode = self._process.returncode
+        self._finalize()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+    # ----------------------------------------------------------------------------------------------- output
+
+    def _drain(self) -> list:
+        updates = []
+        while True:
+            try:
+                kind, line = self._lines.get_nowait()
+            except queue.Empty:
+                return updates
+            updates += self._handle_line(kind, line)
+
+    def _handle_line(self, kind: str, line: str) -> list:
+        """One line of the child's stdout (``kind`` "out") or stderr ("err") -> updates; default: keep it in the log."""
+        if line.strip():
+            self.log.append(line)
+        return []
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(list(self.log)[-lines:]).strip()
+
+    def _finalize(self) -> None:
+        if self._finalized:
+            return
+        self._finalized = True
+        self.finished_at = time.time()
+        self._on_exit()
+
+    def _on_exit(self) -> None:
+        """Called once, after the child exited or was cancelled (``returncode`` and ``cancelled`` are set)."""
+
+
+class BackgroundSynthesis(BackgroundProcess):
+    """One ``mrtoct synthesize`` run in a child process; ``poll()`` never blocks."""
+
+    def __init__(self, inputs: Sequence[PathLike], out_dir: PathLike, model: PathLike, device: str = "auto",
+                 quality_map: bool = False, dicom_out: Optional[PathLike] = None, precision: str = "auto",
+                 batch_size: Optional[int] = None, python: Optional[PathLike] = None, module: str = CLI_MODULE,
+                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
+        """``python``, ``module``, ``extra_pythonpath``, ``env``: see ``BackgroundProcess``."""
+        self.inputs = [Path(p) for p in inputs]
+        if not self.inputs:
+            raise ValueError("no input volumes given")
+        out_dir = Path(out_dir)
+        super().__init__(python=python, module=module, extra_pythonpath=extra_pythonpath, env=env, cwd=out_dir)
+        self.out_dir = out_dir
+        self.dicom_out = Path(dicom_out) if dicom_out is not None else None
+        if self.dicom_out is not None and self.dicom_out.is_dir() and any(self.dicom_out.iterdir()):
+            raise ValueError(f"DICOM output folder {self.dicom_out} is not empty; choose an empty or new folder")
+        self.model, self.device, self.quality_map = str(model), str(device), bool(quality_map)
+        self.precision, self.batch_size = precision, batch_size
+        self.staging = self.out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+
+        self.progress = 0.0
+        self.message = ""
+        self.eta_seconds: Optional[float] = None
+        self.results: Optional[list[dict]] = None
+
+    # ----------------------------------------------------------------------------------------------- command
+
+    def command(self) -> list[str]:
+        """The child's command line."""
+        arguments = ["synthesize", *map(str, self.inputs), "--model", self.model, "--out", str(self.staging),
+                     "--device", self.device, "--progress-json"]
+        if self.quality_map:
+            arguments.append("--quality-map")
+        if self.precision != "auto":
+            arguments += ["--precision", self.precision]
+        if self.batch_size is not None:
+            arguments += ["--batch-size", str(int(self.batch_size))]
+        if self.dicom_out is not None:
+            arguments += ["--dicom-out", str(self.staging / "dicom")]
+        return self.python_command(*arguments)
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> "BackgroundSynthesis":
+        return super().start()
+
+    def _prepare(self) -> None:
+        self.staging.mkdir(parents=True)
+
+    def _start_failed(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     @property
     def succeeded(self) -> bool:
@@ -161,72 +290,30 @@ class BackgroundSynthesis:
         failed = [r for r in (self.results or []) if r.get("error")]
         if failed:
             return "\n".join(f"{Path(r['input']).name}: {r['error']}" for r in failed)
-        detail = "\n".join(list(self.log)[-20:]).strip()
+        detail = self.log_tail()
         return f"the synthesis process exited with code {self.returncode}" + (f":\n{detail}" if detail else "")
-
-    def poll(self) -> list[dict]:
-        """Progress updates received since the last call (never blocks); finishes the job once the child exited."""
-        if self._process is None:
-            raise RuntimeError("call start() first")
-        updates = self._drain()
-        if not self._finalized and self._process.poll() is not None:
-            for reader in self._readers:
-                reader.join(timeout=5)
-            updates += self._drain()
-            self.returncode = self._process.returncode
-            self._finalize()
-        return updates
-
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> list[dict]:
-        """Block until the child exits (or ``timeout`` s pass); returns all updates received meanwhile."""
-        deadline = None if timeout is None else time.time() + timeout
-        updates = self.poll()
-        while not self.finished and (deadline is None or time.time() < deadline):
-            time.sleep(interval)
-            updates += self.poll()
-        return updates
 
     def cancel(self) -> None:
         """Kill the child and everything it started; remove its partial outputs. Safe to call at any time."""
-        if self._process is None or self._finalized:
-            return
-        self.cancelled = True
-        _kill_tree(self._process)
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - the kill failed; still do not block the GUI
-            pass
-        for reader in self._readers:
-            reader.join(timeout=2)
-        self._drain()
-        self.returncode = self._process.returncode
-        self._finalize()
+        super().cancel()
 
     def __enter__(self) -> "BackgroundSynthesis":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.cancel()
-
     # ----------------------------------------------------------------------------------------------- parsing
 
-    def _drain(self) -> list[dict]:
-        updates = []
-        while True:
-            try:
-                kind, line = self._lines.get_nowait()
-            except queue.Empty:
-                return updates
-            record = parse_json_line(line) if kind == "out" else None
-            if record is None:
-                if line.strip():
-                    self.log.append(line)
-            elif "result" in record and isinstance(record["result"], list):
-                self.results = record["result"]
-            elif "progress" in record:
-                updates.append(self._progress_update(record))
-            else:
+    def _handle_line(self, kind: str, line: str) -> list[dict]:
+        record = parse_json_line(line) if kind == "out" else None
+        if record is None:
+            if line.strip():
                 self.log.append(line)
+        elif "result" in record and isinstance(record["result"], list):
+            self.results = record["result"]
+        elif "progress" in record:
+            return [self._progress_update(record)]
+        else:
+            self.log.append(line)
+        return []
 
     def _progress_update(self, record: dict) -> dict:
         progress = min(1.0, max(0.0, float(record.get("progress") or 0.0)))
@@ -239,12 +326,8 @@ class BackgroundSynthesis:
 
     # ----------------------------------------------------------------------------------------------- outputs
 
-    def _finalize(self) -> None:
+    def _on_exit(self) -> None:
         """Move a finished run's outputs from staging into place (or drop them if cancelled), once."""
-        if self._finalized:
-            return
-        self._finalized = True
-        self.finished_at = time.time()
         try:
             if not self.cancelled and self.results is not None:
                 self._publish()
@@ -305,14 +388,65 @@ def quality_outputs(record: dict) -> dict[str, Path]:
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
-    """Kill a child started by ``BackgroundSynthesis.start`` and all its descendants."""
+    """Kill a child started by ``BackgroundProcess.start`` and all its descendants.
+
+    The child leads its own process group, but a descendant may lead another one (torchrun starts each worker in a
+    new session), so the descendants are listed first - once their parent is gone they can no longer be found - and
+    each one's group is killed too. The caller's own process group is never signalled.
+    """
     if process.poll() is not None and os.name == "nt":
         return
     if os.name == "nt":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
         return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # the child leads its own session: its group is the whole tree
-    except ProcessLookupError:
-        pass
+    descendants = _descendants(process.pid)
+    own_group = os.getpgrp()
+    groups = {process.pid}
+    for pid in descendants:
+        try:
+            groups.add(os.getpgid(pid))
+        except (ProcessLookupError, PermissionError):
+            pass
+    for group in groups - {own_group}:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in descendants:  # one that joined a group it does not lead
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids of all descendants of ``pid`` (POSIX: /proc where there is one, else ``ps``)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    else:
+        try:
+            listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True,
+                                     timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ""
+        for line in listing.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found

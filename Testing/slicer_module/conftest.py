@@ -21,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "MRtoCTSynthesis"
 MODULE_FILE = MODULE_DIR / "MRtoCTSynthesis.py"
+TRAINING_MODULE_FILE = MODULE_DIR / "MRtoCTTraining.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MRtoCTSynthesis.ui"
 SLICER_CORE_PIN = "slicer-core==5.13.31053.0"
 
@@ -90,19 +91,41 @@ def slicer_core():
     return _import_slicer_core()
 
 
+def load_module_file(slicer, path: Path) -> types.ModuleType:
+    """A Slicer module file (MRtoCTSynthesis.py, MRtoCTTraining.py), imported headless with the stand-ins in
+    sys.modules (installed once); registered in sys.modules under its name, as Slicer does."""
+    for name in ("qt", "ctk"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    if not getattr(sys.modules.get("slicer.ScriptedLoadableModule"), "_mrtoct_stand_in", False):
+        stand_in = _scripted_loadable_module(slicer)
+        stand_in._mrtoct_stand_in = True
+        sys.modules["slicer.ScriptedLoadableModule"] = stand_in
+        slicer.ScriptedLoadableModule = stand_in
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = loaded
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def load_training_module() -> types.ModuleType:
+    """MRtoCTTraining.py imported headless, after the MRtoCTSynthesis.py it imports (also outside pytest)."""
+    slicer = _import_slicer_core()
+    if "MRtoCTSynthesis" not in sys.modules:
+        load_module_file(slicer, MODULE_FILE)
+    return load_module_file(slicer, TRAINING_MODULE_FILE)
+
+
 @pytest.fixture(scope="session")
 def module(slicer_core, model_cache):
     """The MRtoCTSynthesis.py module file, imported headless with the stand-ins in sys.modules."""
-    for name in ("qt", "ctk"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    stand_in = _scripted_loadable_module(slicer_core)
-    sys.modules["slicer.ScriptedLoadableModule"] = stand_in
-    slicer_core.ScriptedLoadableModule = stand_in
-    spec = importlib.util.spec_from_file_location("MRtoCTSynthesis", MODULE_FILE)
-    loaded = importlib.util.module_from_spec(spec)
-    sys.modules["MRtoCTSynthesis"] = loaded
-    spec.loader.exec_module(loaded)
-    return loaded
+    return load_module_file(slicer_core, MODULE_FILE)
+
+
+@pytest.fixture(scope="session")
+def training_module(module):
+    """The MRtoCTTraining.py module file (it imports MRtoCTSynthesis.py), imported headless."""
+    return load_module_file(sys.modules["slicer"], TRAINING_MODULE_FILE)
 
 
 @pytest.fixture

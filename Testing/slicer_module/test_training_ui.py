@@ -1,0 +1,244 @@
+"""The training panel (.ui) loaded with a real Qt (PySide6, offscreen): every widget the module code uses exists with
+the right class, every preset's settings fit its widgets, and the panel renders (screenshot).
+
+Run ``python Testing/slicer_module/test_training_ui.py --screenshot PATH [--run RUN_FOLDER]`` to write the panel
+screenshot; with ``--run``, the panel shows that run folder's state (last iteration event, preview, log) as the
+module's own text helpers write it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+try:
+    from PySide6 import QtCore, QtGui, QtWidgets
+    from PySide6.QtUiTools import QUiLoader
+except ImportError as error:  # pragma: no cover - depends on the environment
+    pytest.skip(f"PySide6 is not installed ({error}); pip install PySide6-Essentials", allow_module_level=True)
+
+from test_synthesis_ui import ctkCollapsibleButton, ctkPathLineEdit, qapp, qMRMLWidget  # noqa: F401  (stand-ins)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+MODULE_FILE = REPO / "MRtoCTSynthesis" / "MRtoCTTraining.py"
+UI_FILE = REPO / "MRtoCTSynthesis" / "Resources" / "UI" / "MRtoCTTraining.ui"
+LIBRARY = REPO / "MRtoCTSynthesis"
+# widget-name suffix (case-insensitive, first match wins) -> the class the module code expects
+NAME_SUFFIX_CLASSES = [("CollapsibleButton", "ctkCollapsibleButton"), ("PathLineEdit", "ctkPathLineEdit"),
+                       ("DoubleSpinBox", "QDoubleSpinBox"), ("SpinBox", "QSpinBox"), ("ComboBox", "QComboBox"),
+                       ("ProgressBar", "QProgressBar"), ("PlainTextEdit", "QPlainTextEdit"),
+                       ("Button", "QPushButton"), ("Label", "QLabel")]
+STAND_INS = (ctkCollapsibleButton, qMRMLWidget, ctkPathLineEdit)
+
+
+def setting_widgets() -> dict[str, tuple[str, ...]]:
+    """SETTING_WIDGETS of the module file (TrainConfig field -> widget names), read from its source."""
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    block = source[source.index("SETTING_WIDGETS = {"):]
+    block = block[: block.index("}")]
+    return {field: tuple(re.findall(r'"(\w+)"', names))
+            for field, names in re.findall(r'"(\w+)":\s*(\([^)]*\)|"\w+")', block)}
+
+
+def used_widget_names() -> set[str]:
+    """Every ``self.ui.<name>`` the module's code uses, and the Advanced settings' widgets it reaches by name."""
+    names = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
+    return names | {name for names in setting_widgets().values() for name in names}
+
+
+def ui_widget_classes() -> dict[str, str]:
+    return {w.get("name"): w.get("class") for w in ET.parse(UI_FILE).iter("widget")}
+
+
+def expected_class(name: str) -> str:
+    return next(cls for suffix, cls in NAME_SUFFIX_CLASSES if name.lower().endswith(suffix.lower()))
+
+
+def load_panel(with_stand_ins: bool) -> QtWidgets.QWidget:
+    loader = QUiLoader()
+    if with_stand_ins:
+        for cls in STAND_INS:
+            loader.registerCustomWidget(cls)
+    ui_file = QtCore.QFile(str(UI_FILE))
+    assert ui_file.open(QtCore.QFile.ReadOnly)
+    try:
+        panel = loader.load(ui_file)
+    finally:
+        ui_file.close()
+    assert panel is not None, loader.errorString()
+    return panel
+
+
+def preset_values() -> dict[str, dict]:
+    """Every preset's TrainConfig values (config.py is plain Python)."""
+    if str(LIBRARY) not in sys.path:
+        sys.path.insert(0, str(LIBRARY))
+    from MRtoCTSynthesisLib.config import PRESET_NAMES, preset
+
+    return {name: preset(name).to_dict() for name in PRESET_NAMES}
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_every_widget_the_code_uses_is_in_the_ui_with_the_right_class():
+    used, classes = used_widget_names(), ui_widget_classes()
+    assert len(setting_widgets()) == 14 and len(used) >= 35  # the regexes really find the widgets
+    missing = sorted(used - set(classes))
+    assert not missing, f"the module uses widgets that the .ui lacks: {missing}"
+    wrong = {name: (classes[name], expected_class(name)) for name in used if classes[name] != expected_class(name)}
+    assert not wrong, f"widgets with an unexpected class (.ui, expected): {wrong}"
+
+
+@pytest.mark.parametrize("with_stand_ins", [False, True], ids=["plain Qt", "stand-ins"])
+def test_qt_loads_the_panel_and_finds_every_used_widget(qapp, with_stand_ins):
+    panel = load_panel(with_stand_ins)
+    for name in sorted(used_widget_names()):
+        widget = panel.findChild(QtWidgets.QWidget, name)
+        assert widget is not None, name
+        if with_stand_ins:
+            assert widget.metaObject().className() == expected_class(name), name
+    for name in ("startButton", "stopButton", "resumeButton", "useModelButton"):
+        assert not panel.findChild(QtWidgets.QPushButton, name).isEnabled(), f"{name} starts disabled"
+    assert panel.findChild(QtWidgets.QPlainTextEdit, "logPlainTextEdit").isReadOnly()
+
+
+def test_folders_are_chosen_as_folders_and_remembered():
+    root = ET.parse(UI_FILE).getroot()
+    for name in ("mrFolderPathLineEdit", "ctFolderPathLineEdit", "runFolderPathLineEdit"):
+        widget = next(w for w in root.iter("widget") if w.get("name") == name)
+        properties = {p.get("name"): p for p in widget.findall("property")}
+        assert "ctkPathLineEdit::Dirs" in properties["filters"].findtext("set"), f"{name}: folders only"
+        assert properties["settingKey"].findtext("string").startswith("MRtoCTTraining/"), f"{name}: history kept"
+
+
+def test_the_collapsible_sections():
+    root = ET.parse(UI_FILE).getroot()
+    collapsed = {w.get("name"): any(p.get("name") == "collapsed" and p.findtext("bool") == "true"
+                                    for p in w.findall("property"))
+                 for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"}
+    assert collapsed == {"dataCollapsibleButton": False, "trainingCollapsibleButton": False,
+                         "advancedCollapsibleButton": True, "liveCollapsibleButton": False,
+                         "logCollapsibleButton": True}
+    advanced = next(w for w in root.iter("widget") if w.get("name") == "advancedCollapsibleButton")
+    inside = {w.get("name") for w in advanced.iter("widget")}
+    assert {name for names in setting_widgets().values() for name in names} <= inside
+    assert {"deviceComboBox", "processesSpinBox"} <= inside
+
+
+def test_every_preset_value_fits_its_widget(qapp):
+    """The ranges and decimals of the Advanced widgets hold each preset's values exactly."""
+    panel = load_panel(with_stand_ins=True)
+    for preset, values in preset_values().items():
+        for field, names in setting_widgets().items():
+            value = values[field]
+            if field == "plane":
+                assert value in ("sagittal", "coronal", "axial")
+                continue
+            for name, part in zip(names, value if isinstance(value, list) else [value]):
+                widget = panel.findChild(QtWidgets.QAbstractSpinBox, name)
+                widget.setValue(part)
+                assert widget.value() == pytest.approx(part, rel=1e-9, abs=1e-12), (preset, field, name)
+
+
+# ------------------------------------------------------------------------------------------------ screenshot
+
+
+def _fill_from_run(panel, find, run: Path) -> None:
+    """The panel's live part as the module shows a run: its progress, losses, preview, log (module text helpers)."""
+    from conftest import load_training_module
+
+    training = load_training_module()
+    from MRtoCTSynthesisLib.events import iter_events
+    from MRtoCTSynthesisLib.training_process import TrainingProcess
+
+    process = TrainingProcess.replay(run)
+    log = find("logPlainTextEdit")
+    for event in iter_events(run / "events.jsonl"):
+        text = training.eventText(event)
+        if text:
+            log.appendPlainText(text)
+    progress = find("progressBar")
+    progress.setRange(0, int(process.iterations))
+    progress.setValue(int(process.iteration))
+    progress.setFormat("%v / %m iterations")
+    find("statusLabel").setText(training.progressText(process))
+    find("lossesLabel").setText(training.lossText(process.losses))
+    preview = run / "preview.png"  # the run folder's own (the events name it where the run was written)
+    if preview.is_file():
+        label = find("previewLabel")
+        label.setPixmap(QtGui.QPixmap(str(preview)).scaledToWidth(400, QtCore.Qt.SmoothTransformation))
+    log.verticalScrollBar().setValue(log.verticalScrollBar().maximum())
+    find("runStateLabel").setText("Training in this folder.")
+
+
+def render_panel(path: Path, run: Path | None = None) -> Path:
+    """The panel while a run trains (stand-ins for the ctk/qMRML widgets), written to ``path``. ``run``: fill the
+    progress, losses, preview and log from that run folder; else from a few illustrative lines."""
+    panel = load_panel(with_stand_ins=True)
+    find = lambda name: panel.findChild(QtWidgets.QWidget, name)  # noqa: E731
+    values = preset_values()["yang2018"]
+    if run is not None:  # the run's own settings
+        values = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    find("mrFolderPathLineEdit").setProperty("currentPath", "~/MRtoCT/phantoms/mr")
+    find("ctFolderPathLineEdit").setProperty("currentPath", "~/MRtoCT/phantoms/ct")
+    find("runFolderPathLineEdit").setProperty("currentPath", f"~/MRtoCT/runs/{run.name if run else 'head-yang2018'}")
+    find("presetComboBox").addItems(list(preset_values()))
+    find("presetComboBox").setCurrentText(values["preset"])
+    find("presetDescriptionLabel").setText(values["description"])
+    find("planeComboBox").addItems(["sagittal", "coronal", "axial"])
+    find("deviceComboBox").addItems(["Automatic (GPU if available)", "CPU"])
+    for field, names in setting_widgets().items():
+        if field != "plane":
+            for name, part in zip(names, values[field] if isinstance(values[field], list) else [values[field]]):
+                find(name).setValue(part)
+    for name in ("dataCollapsibleButton", "trainingCollapsibleButton", "advancedCollapsibleButton"):
+        find(name).setEnabled(False)  # as while training
+    find("stopButton").setEnabled(True)
+    find("showPlotButton").setEnabled(True)
+    if run is not None:
+        _fill_from_run(panel, find, run)
+    else:
+        find("progressBar").setRange(0, 2500)
+        find("progressBar").setValue(1210)
+        find("progressBar").setFormat("%v / %m iterations")
+        find("statusLabel").setText("Iteration 1210 of 2500 · 0.14 s/iteration (about 3 min 00 s left)")
+        find("lossesLabel").setText("G_total 3.06 · cycle 0.0772 · structure 0.151 · G_gan_ct 0.503 · D_ct 0.152")
+        image = QtGui.QImage(400, 110, QtGui.QImage.Format_RGB32)
+        image.fill(QtGui.QColor("black"))
+        find("previewLabel").setPixmap(QtGui.QPixmap.fromImage(image))
+        find("logPlainTextEdit").appendPlainText("Training started at iteration 1 of 2500 on cpu")
+    find("logCollapsibleButton").setCollapsed(False)
+    find("logPlainTextEdit").setFixedHeight(110)
+    for button in panel.findChildren(ctkCollapsibleButton):
+        button.setCollapsed(button.collapsed)
+    panel.adjustSize()
+    panel.resize(440, panel.sizeHint().height())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert panel.grab().save(str(path))
+    return path
+
+
+def test_panel_renders(qapp, tmp_path):
+    path = render_panel(tmp_path / "panel.png")
+    image = QtGui.QImage(str(path))
+    assert image.width() >= 400 and image.height() >= 500
+    colours = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
+    assert len(colours) > 20  # text and widgets were drawn, not a blank rectangle
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="write the training panel screenshot")
+    parser.add_argument("--screenshot", required=True, type=Path)
+    parser.add_argument("--run", type=Path, help="a run folder whose state the panel shows")
+    options = parser.parse_args()
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    print(render_panel(options.screenshot, options.run))
