@@ -24,13 +24,14 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
 MODULE_DIR = Path(__file__).resolve().parent
-if str(MODULE_DIR) not in sys.path:  # the engine package lives next to this file
+if str(MODULE_DIR) not in sys.path:  # the engine package and MRtoCTCommon.py live next to this file
     sys.path.insert(0, str(MODULE_DIR))
+
+import MRtoCTCommon  # noqa: E402  (the Slicer-layer code shared with "Train MR-to-CT model")
+from MRtoCTCommon import SLICER_SHIPPED_DISTRIBUTIONS  # noqa: E402,F401
 
 DEFAULT_MODEL = "phantom-head-demo"
 LOAD_FROM_FILE = "__load_from_file__"
@@ -43,9 +44,6 @@ PYTHON_REQUIREMENTS = {
     "pydicom": "pydicom>=2.3",
     "tqdm": "tqdm>=4.60",
 }
-# distributions that Slicer ships: pinned to their installed version while installing, so nothing upgrades them
-SLICER_SHIPPED_DISTRIBUTIONS = ("numpy", "SimpleITK", "scipy", "pydicom", "requests", "Pillow", "setuptools",
-                                "packaging", "torch")
 # name -> (label, window, level) in HU
 CT_WINDOW_PRESETS = {
     "wide": ("CT wide (W 2000 / L 400)", 2000.0, 400.0),
@@ -167,30 +165,17 @@ def etaText(update):
 #
 
 
-class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MRtoCTSynthesisWidget(MRtoCTCommon.MRtoCTModuleWidget):
+    """The panel; the parameter-node and scene template is ``MRtoCTCommon.MRtoCTModuleWidget``."""
+
     POLL_INTERVAL_MSEC = 200
 
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._updatingGUIFromParameterNode = False
-        self._job = None
-        self._pollTimer = None
+        MRtoCTCommon.MRtoCTModuleWidget.__init__(self, parent)
         self._describedModel = None
 
     def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MRtoCTSynthesis.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = MRtoCTSynthesisLogic()
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(self.POLL_INTERVAL_MSEC)
-        self._pollTimer.connect("timeout()", self.onPollJob)
+        self.setupPanel("UI/MRtoCTSynthesis.ui", MRtoCTSynthesisLogic())
 
         self.populateModelComboBox()
         self.populateDeviceComboBox()
@@ -201,9 +186,6 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, (label, _, _) in CT_WINDOW_PRESETS.items():
             self.ui.windowPresetComboBox.addItem(label, name)
         self.ui.progressBar.setVisible(False)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         # GUI -> parameter node
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
@@ -223,73 +205,40 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
 
-    def cleanup(self):
+    def stopRunningJob(self, reason):
         self.cancelJob()
-        self.removeObservers()
 
     def enter(self):
-        self.initializeParameterNode()
+        MRtoCTCommon.MRtoCTModuleWidget.enter(self)
         self.populateModelComboBox()  # models trained (e.g. in "Train MR-to-CT model") since the panel was built
-
-    def exit(self):
-        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-
-    def onSceneStartClose(self, caller, event):
-        self.cancelJob()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     # ------------------------------------------------------------------------------------------- parameter node
 
     def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
+        MRtoCTCommon.MRtoCTModuleWidget.initializeParameterNode(self)
         if not self._parameterNode.GetNodeReference("InputVolume"):
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.SetNodeReferenceID("InputVolume", firstVolume.GetID())
 
-    def setParameterNode(self, inputParameterNode):
-        if inputParameterNode:
-            self.logic.setDefaultParameters(inputParameterNode)
-        if self._parameterNode is not None:
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode is not None:
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self.updateGUIFromParameterNode()
+    def showParameters(self, p):
+        inputVolume = p.GetNodeReference("InputVolume")
+        self.ui.inputVolumeSelector.setCurrentNode(inputVolume)
+        self.ui.outputVolumeSelector.setCurrentNode(p.GetNodeReference("OutputVolume"))
+        self._selectModel(p.GetParameter("Model"))
+        self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
+        self._selectData(self.ui.precisionComboBox, p.GetParameter("Precision"))
+        self._selectData(self.ui.windowPresetComboBox, p.GetParameter("WindowPreset"))
+        self.ui.qualityMapCheckBox.checked = p.GetParameter("QualityMap") == "true"
+        self.ui.dicomExportCheckBox.checked = p.GetParameter("DicomExport") == "true"
+        self.ui.dicomFolderPathLineEdit.currentPath = p.GetParameter("DicomFolder")
+        self.ui.dicomFolderPathLineEdit.enabled = p.GetParameter("DicomExport") == "true"
+        if inputVolume:
+            self.ui.outputVolumeSelector.baseName = f"{inputVolume.GetName()} sCT"
+        self.ui.showQualityMapButton.enabled = p.GetNodeReference("QualityVolume") is not None
+        self.updateButtonStates()
 
-    def updateGUIFromParameterNode(self, caller=None, event=None):
-        if self._parameterNode is None or self._updatingGUIFromParameterNode:
-            return
-        self._updatingGUIFromParameterNode = True
-        try:
-            p = self._parameterNode
-            inputVolume = p.GetNodeReference("InputVolume")
-            self.ui.inputVolumeSelector.setCurrentNode(inputVolume)
-            self.ui.outputVolumeSelector.setCurrentNode(p.GetNodeReference("OutputVolume"))
-            self._selectModel(p.GetParameter("Model"))
-            self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
-            self._selectData(self.ui.precisionComboBox, p.GetParameter("Precision"))
-            self._selectData(self.ui.windowPresetComboBox, p.GetParameter("WindowPreset"))
-            self.ui.qualityMapCheckBox.checked = p.GetParameter("QualityMap") == "true"
-            self.ui.dicomExportCheckBox.checked = p.GetParameter("DicomExport") == "true"
-            self.ui.dicomFolderPathLineEdit.currentPath = p.GetParameter("DicomFolder")
-            self.ui.dicomFolderPathLineEdit.enabled = p.GetParameter("DicomExport") == "true"
-            if inputVolume:
-                self.ui.outputVolumeSelector.baseName = f"{inputVolume.GetName()} sCT"
-            self.ui.showQualityMapButton.enabled = p.GetNodeReference("QualityVolume") is not None
-            self.updateButtonStates()
-        finally:
-            self._updatingGUIFromParameterNode = False
-
-    def updateParameterNodeFromGUI(self, caller=None, event=None):
-        if self._parameterNode is None or self._updatingGUIFromParameterNode:
-            return
-        p = self._parameterNode
-        wasModified = p.StartModify()
+    def storeParameters(self, p):
         p.SetNodeReferenceID("InputVolume", self.ui.inputVolumeSelector.currentNodeID)
         p.SetNodeReferenceID("OutputVolume", self.ui.outputVolumeSelector.currentNodeID)
         model = self.ui.modelComboBox.currentData
@@ -301,7 +250,6 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.SetParameter("QualityMap", "true" if self.ui.qualityMapCheckBox.checked else "false")
         p.SetParameter("DicomExport", "true" if self.ui.dicomExportCheckBox.checked else "false")
         p.SetParameter("DicomFolder", self.ui.dicomFolderPathLineEdit.currentPath)
-        p.EndModify(wasModified)
 
     def updateButtonStates(self):
         running = self._job is not None
@@ -315,12 +263,6 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
                        self.ui.advancedCollapsibleButton):
             widget.enabled = not running
-
-    @staticmethod
-    def _selectData(comboBox, data):
-        index = comboBox.findData(data)
-        if index >= 0:
-            comboBox.setCurrentIndex(index)
 
     # ------------------------------------------------------------------------------------------- model, device
 
@@ -375,12 +317,7 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateParameterNodeFromGUI()
 
     def populateDeviceComboBox(self):
-        combo = self.ui.deviceComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for device, label in self.logic.availableDevices():
-            combo.addItem(label, device)
-        combo.blockSignals(wasBlocked)
+        self.fillDeviceComboBox(self.logic.availableDevices())
 
     # ------------------------------------------------------------------------------------------- run, cancel
 
@@ -391,15 +328,9 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateParameterNodeFromGUI()
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Failed to start the CT synthesis.", waitCursor=True):
-            self.ui.statusLabel.text = "Checking Python packages..."
-            slicer.app.processEvents()
-            if not self.logic.setupPythonRequirements(askConfirmation=True):
-                self.ui.statusLabel.text = "PyTorch and the required Python packages are needed to synthesize a CT."
+            if not self.checkPythonRequirements(
+                    "PyTorch and the required Python packages are needed to synthesize a CT."):
                 return
-            # the device list needs torch, which may have just been installed
-            if self.ui.deviceComboBox.count <= 2:
-                self.populateDeviceComboBox()
-                self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
             model = self.resolveModel(p.GetParameter("Model"))
             if model is None:
                 return
@@ -582,8 +513,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def missingRequirements():
         """pip requirements of the engine whose package cannot be imported."""
-        return [requirement for module, requirement in PYTHON_REQUIREMENTS.items()
-                if importlib.util.find_spec(module) is None]
+        return MRtoCTCommon.missingRequirements(PYTHON_REQUIREMENTS)
 
     def setupPythonRequirements(self, askConfirmation=True):
         """Install what is missing: torch through the PyTorch extension, then the other engine requirements with pip.
@@ -609,31 +539,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
                 if torch is None:
                     return False
         self._checkTorchVersion()
-        missing = self.missingRequirements()
-        if not missing:
-            return True
-        # Slicer with slicer.packaging (uv-based pip_install) shows the changes and asks by itself
-        slicerAsks = importlib.util.find_spec("slicer.packaging") is not None
-        if askConfirmation and not slicerAsks and not slicer.util.confirmOkCancelDisplay(
-                "MR to CT Synthesis needs these Python packages, which will be downloaded and installed now:\n\n"
-                + "\n".join(missing), "Install Python packages"):
-            return False
-        constraints = self._writeShippedConstraints()
-        try:
-            options = {"interactive": askConfirmation} if slicerAsks else {}
-            slicer.util.pip_install(missing + ["-c", str(constraints)], **options)
-        except Exception as error:
-            if type(error).__name__ == "InstallationAbortedError":  # the user said no in Slicer's own dialog
-                return False
-            raise RuntimeError(_installFailureMessage(", ".join(missing), error)) from error
-        finally:
-            constraints.unlink(missing_ok=True)
-        importlib.invalidate_caches()
-        still = self.missingRequirements()
-        if still:
-            raise RuntimeError(f"these Python packages are still missing after installation: {', '.join(still)}; "
-                               "restart Slicer and try again")
-        return True
+        return MRtoCTCommon.installMissingRequirements(PYTHON_REQUIREMENTS, askConfirmation, "MR to CT Synthesis")
 
     @staticmethod
     def _checkTorchVersion():
@@ -652,18 +558,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _writeShippedConstraints():
         """A pip constraints file pinning the installed version of every package Slicer ships."""
-        import importlib.metadata
-
-        lines = []
-        for name in SLICER_SHIPPED_DISTRIBUTIONS:
-            try:
-                lines.append(f"{name}=={importlib.metadata.version(name)}")
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        handle, path = tempfile.mkstemp(prefix="MRtoCTSynthesis-constraints-", suffix=".txt")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        return Path(path)
+        return MRtoCTCommon.writeShippedConstraints()
 
     # ------------------------------------------------------------------------------------------- models, devices
 
@@ -992,11 +887,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         return path if path and os.path.isfile(path) else None
 
 
-def _installFailureMessage(what, error):
-    """pip's own output is in the Python console; the usual causes are no internet access or a proxy."""
-    return (f"Could not install {what}: {error}.\nSee the Python console for pip's output. If this computer is "
-            "offline or behind a proxy, install the packages from a local wheel folder in Slicer's Python console with "
-            "slicer.util.pip_install('--no-index --find-links /path/to/wheels <package>').")
+_installFailureMessage = MRtoCTCommon.installFailureMessage  # the name the training module used
 
 
 def _versionTuple(version):

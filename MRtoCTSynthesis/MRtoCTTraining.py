@@ -9,7 +9,6 @@ Three layers (see the extension README):
 
 The trained model is registered as a local model, so the "MR to CT Synthesis" module lists it.
 """
-import importlib.util
 import json
 import logging
 import math
@@ -27,14 +26,13 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
 MODULE_DIR = Path(__file__).resolve().parent
 if str(MODULE_DIR) not in sys.path:  # the engine package lives next to this file
     sys.path.insert(0, str(MODULE_DIR))
 
+import MRtoCTCommon  # noqa: E402  (the Slicer-layer code shared with the synthesis module)
 import MRtoCTSynthesis  # noqa: E402  (the synthesis module: dependency set-up, devices, model list, durations)
 
 DEFAULT_PRESET = "yang2018"
@@ -146,31 +144,18 @@ def eventText(event):
 #
 
 
-class MRtoCTTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
+    """The panel; the parameter-node and scene template is ``MRtoCTCommon.MRtoCTModuleWidget``."""
+
     POLL_INTERVAL_MSEC = 500
 
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._updatingGUIFromParameterNode = False
-        self._job = None
-        self._pollTimer = None
+        MRtoCTCommon.MRtoCTModuleWidget.__init__(self, parent)
         self._previewPath = None
         self._shownRun = None
 
     def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MRtoCTTraining.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = MRtoCTTrainingLogic()
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(self.POLL_INTERVAL_MSEC)
-        self._pollTimer.connect("timeout()", self.onPollJob)
+        self.setupPanel("UI/MRtoCTTraining.ui", MRtoCTTrainingLogic())
 
         self.ui.presetComboBox.clear()
         for name in self.logic.presetNames():
@@ -181,8 +166,6 @@ class MRtoCTTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.populateDeviceComboBox()
         self.ui.progressBar.setVisible(False)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
 
         # GUI -> parameter node
@@ -220,61 +203,29 @@ class MRtoCTTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAboutToQuit(self):
         self.stopJob("Slicer is closing")
 
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-
-    def onSceneStartClose(self, caller, event):
-        self.stopJob("the scene was closed")
-        self.setParameterNode(None)
+    def stopRunningJob(self, reason):
+        self.stopJob(reason)
 
     def onSceneEndClose(self, caller, event):
         self._shownRun = None
-        if self.parent.isEntered:
-            self.initializeParameterNode()
+        MRtoCTCommon.MRtoCTModuleWidget.onSceneEndClose(self, caller, event)
 
     # ------------------------------------------------------------------------------------------- parameter node
 
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
+    def showParameters(self, p):
+        self.ui.mrFolderPathLineEdit.currentPath = p.GetParameter("MRFolder")
+        self.ui.ctFolderPathLineEdit.currentPath = p.GetParameter("CTFolder")
+        self.ui.runFolderPathLineEdit.currentPath = p.GetParameter("RunFolder")
+        self._selectData(self.ui.presetComboBox, p.GetParameter("Preset"))
+        self.ui.presetDescriptionLabel.text = self.logic.presetDescription(p.GetParameter("Preset"))
+        self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
+        self.ui.processesSpinBox.value = int(p.GetParameter("Processes") or 1)
+        for field, value in self.logic.settings(p).items():
+            self._showSetting(field, value)
+        self.ui.lambdaSupervisedDoubleSpinBox.enabled = p.GetParameter("Preset") == "paired"
+        self.updateRunState()
 
-    def setParameterNode(self, inputParameterNode):
-        if inputParameterNode:
-            self.logic.setDefaultParameters(inputParameterNode)
-        if self._parameterNode is not None:
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode is not None:
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self.updateGUIFromParameterNode()
-
-    def updateGUIFromParameterNode(self, caller=None, event=None):
-        if self._parameterNode is None or self._updatingGUIFromParameterNode:
-            return
-        self._updatingGUIFromParameterNode = True
-        try:
-            p = self._parameterNode
-            self.ui.mrFolderPathLineEdit.currentPath = p.GetParameter("MRFolder")
-            self.ui.ctFolderPathLineEdit.currentPath = p.GetParameter("CTFolder")
-            self.ui.runFolderPathLineEdit.currentPath = p.GetParameter("RunFolder")
-            self._selectData(self.ui.presetComboBox, p.GetParameter("Preset"))
-            self.ui.presetDescriptionLabel.text = self.logic.presetDescription(p.GetParameter("Preset"))
-            self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
-            self.ui.processesSpinBox.value = int(p.GetParameter("Processes") or 1)
-            for field, value in self.logic.settings(p).items():
-                self._showSetting(field, value)
-            self.ui.lambdaSupervisedDoubleSpinBox.enabled = p.GetParameter("Preset") == "paired"
-            self.updateRunState()
-        finally:
-            self._updatingGUIFromParameterNode = False
-
-    def updateParameterNodeFromGUI(self, caller=None, event=None):
-        if self._parameterNode is None or self._updatingGUIFromParameterNode:
-            return
-        p = self._parameterNode
-        wasModified = p.StartModify()
+    def storeParameters(self, p):
         p.SetParameter("MRFolder", self.ui.mrFolderPathLineEdit.currentPath)
         p.SetParameter("CTFolder", self.ui.ctFolderPathLineEdit.currentPath)
         p.SetParameter("RunFolder", self.ui.runFolderPathLineEdit.currentPath)
@@ -282,7 +233,6 @@ class MRtoCTTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.SetParameter("Processes", str(self.ui.processesSpinBox.value))
         for field in SETTING_WIDGETS:
             self.logic.setSetting(p, field, self._readSetting(field))
-        p.EndModify(wasModified)
 
     def _showSetting(self, field, value):
         names = SETTING_WIDGETS[field]
@@ -301,12 +251,6 @@ class MRtoCTTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         widget = getattr(self.ui, SETTING_WIDGETS[field])
         return float(widget.value) if SETTING_WIDGETS[field].endswith("DoubleSpinBox") else int(widget.value)
 
-    @staticmethod
-    def _selectData(comboBox, data):
-        index = comboBox.findData(data)
-        if index >= 0:
-            comboBox.setCurrentIndex(index)
-
     def onPresetChanged(self, index):
         if self._updatingGUIFromParameterNode or self._parameterNode is None:
             return
@@ -318,12 +262,7 @@ class MRtoCTTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.applyPreset(self._parameterNode, self._parameterNode.GetParameter("Preset"))
 
     def populateDeviceComboBox(self):
-        combo = self.ui.deviceComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for device, label in MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices():
-            combo.addItem(label, device)
-        combo.blockSignals(wasBlocked)
+        self.fillDeviceComboBox(MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices())
         gpus = sum(1 for device, _ in MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices()
                    if device.startswith("cuda"))
         self.ui.processesSpinBox.maximum = max(1, gpus, os.cpu_count() or 1)
@@ -399,14 +338,9 @@ class MRtoCTTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         job = None
         with slicer.util.tryWithErrorDisplay("Failed to start the training.", waitCursor=True):
-            self.ui.statusLabel.text = "Checking Python packages..."
-            slicer.app.processEvents()
-            if not self.logic.setupPythonRequirements(askConfirmation=True):
-                self.ui.statusLabel.text = "PyTorch and the required Python packages are needed to train a model."
+            if not self.checkPythonRequirements(
+                    "PyTorch and the required Python packages are needed to train a model."):
                 return
-            if self.ui.deviceComboBox.count <= 2:  # torch may have just been installed: list the GPUs
-                self.populateDeviceComboBox()
-                self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
             self.ui.statusLabel.text = "Checking the training data (reading every volume)..."
             slicer.app.processEvents()
             job = self.logic.startFromParameterNode(p, resume=resume)
@@ -679,31 +613,7 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
         for the trainer's preview and loss pictures. Returns False if the user declined an installation."""
         if not MRtoCTSynthesis.MRtoCTSynthesisLogic().setupPythonRequirements(askConfirmation=askConfirmation):
             return False
-        missing = [requirement for module, requirement in TRAINING_REQUIREMENTS.items()
-                   if importlib.util.find_spec(module) is None]
-        if not missing:
-            return True
-        slicerAsks = importlib.util.find_spec("slicer.packaging") is not None
-        if askConfirmation and not slicerAsks and not slicer.util.confirmOkCancelDisplay(
-                "Training needs these Python packages, which will be downloaded and installed now:\n\n"
-                + "\n".join(missing), "Install Python packages"):
-            return False
-        constraints = MRtoCTSynthesis.MRtoCTSynthesisLogic._writeShippedConstraints()
-        try:
-            options = {"interactive": askConfirmation} if slicerAsks else {}
-            slicer.util.pip_install(missing + ["-c", str(constraints)], **options)
-        except Exception as error:
-            if type(error).__name__ == "InstallationAbortedError":
-                return False
-            raise RuntimeError(MRtoCTSynthesis._installFailureMessage(", ".join(missing), error)) from error
-        finally:
-            constraints.unlink(missing_ok=True)
-        importlib.invalidate_caches()
-        still = [r for m, r in TRAINING_REQUIREMENTS.items() if importlib.util.find_spec(m) is None]
-        if still:
-            raise RuntimeError(f"these Python packages are still missing after installation: {', '.join(still)}; "
-                               "restart Slicer and try again")
-        return True
+        return MRtoCTCommon.installMissingRequirements(TRAINING_REQUIREMENTS, askConfirmation, "Training")
 
     @staticmethod
     def pythonExecutable():

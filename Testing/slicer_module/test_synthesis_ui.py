@@ -6,7 +6,6 @@ Run ``python Testing/slicer_module/test_synthesis_ui.py --screenshot PATH`` to w
 from __future__ import annotations
 
 import os
-import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,10 +14,15 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 try:
-    from PySide6 import QtCore, QtGui, QtWidgets
-    from PySide6.QtUiTools import QUiLoader
+    from PySide6 import QtWidgets
 except ImportError as error:  # pragma: no cover - depends on the environment
     pytest.skip(f"PySide6 is not installed ({error}); pip install PySide6-Essentials", allow_module_level=True)
+
+import ui_support  # noqa: E402
+from ui_support import (  # noqa: E402,F401  (stand-ins, the qapp fixture)
+    assert_rendered, ctkCollapsibleButton, ctkPathLineEdit, ctkSliderWidget, qapp, qMRMLNodeComboBox, qMRMLWidget,
+    save_panel,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -32,142 +36,23 @@ NAME_SUFFIX_CLASSES = [("CollapsibleButton", "ctkCollapsibleButton"), ("Selector
 
 
 def used_widget_names() -> set[str]:
-    """Every ``self.ui.<name>`` the module's code uses."""
-    return set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
+    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTCommon.py)."""
+    return ui_support.used_widget_names(MODULE_FILE)
 
 
 def ui_widget_classes() -> dict[str, str]:
-    return {w.get("name"): w.get("class") for w in ET.parse(UI_FILE).iter("widget")}
+    return ui_support.ui_widget_classes(UI_FILE)
 
 
 def expected_class(name: str) -> str:
-    return next(cls for suffix, cls in NAME_SUFFIX_CLASSES if name.lower().endswith(suffix.lower()))
-
-
-# ------------------------------------------------------------------------------------------------ stand-ins
-
-
-class ctkCollapsibleButton(QtWidgets.QGroupBox):
-    """Slicer's collapsible section: a header bar with an arrow; collapsed hides the contents."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._text, self._collapsed = "", False
-        self.setStyleSheet("QGroupBox { border: 1px solid #b0b0b0; border-radius: 3px; margin-top: 1.4em; "
-                           "padding-top: 4px; } QGroupBox::title { subcontrol-origin: margin; left: 6px; "
-                           "font-weight: bold; }")
-
-    def getText(self):
-        return self._text
-
-    def setText(self, text):
-        self._text = text
-        self._refresh()
-
-    def getCollapsed(self):
-        return self._collapsed
-
-    def setCollapsed(self, collapsed):
-        self._collapsed = bool(collapsed)
-        self._refresh()
-
-    def _refresh(self):
-        self.setTitle(("\u25b8 " if self._collapsed else "\u25be ") + self._text)
-        for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
-            child.setVisible(not self._collapsed)
-        self.setMaximumHeight(28 if self._collapsed else 16777215)
-
-    text = QtCore.Property(str, getText, setText)
-    collapsed = QtCore.Property(bool, getCollapsed, setCollapsed)
-
-
-class qMRMLNodeComboBox(QtWidgets.QComboBox):
-    """Node selector: a combo box listing node names."""
-
-
-class qMRMLWidget(QtWidgets.QWidget):
-    pass
-
-
-class ctkPathLineEdit(QtWidgets.QWidget):
-    """Editable path combo box with a browse button."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        layout = QtWidgets.QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self.comboBox = QtWidgets.QComboBox(self)
-        self.comboBox.setEditable(True)
-        self.browseButton = QtWidgets.QToolButton(self)
-        self.browseButton.setText("...")
-        layout.addWidget(self.comboBox, 1)
-        layout.addWidget(self.browseButton)
-
-    def getCurrentPath(self):
-        return self.comboBox.currentText()
-
-    def setCurrentPath(self, path):
-        self.comboBox.setEditText(path)
-
-    currentPath = QtCore.Property(str, getCurrentPath, setCurrentPath)
-
-
-class ctkSliderWidget(QtWidgets.QWidget):
-    """Slider with a spin box, on a double range."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        layout = QtWidgets.QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self.slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, self)
-        self.spinBox = QtWidgets.QDoubleSpinBox(self)
-        self.spinBox.setDecimals(2)
-        layout.addWidget(self.slider, 1)
-        layout.addWidget(self.spinBox)
-        self._sync()
-
-    def _sync(self):
-        lo, hi = self.spinBox.minimum(), self.spinBox.maximum()
-        self.slider.setRange(0, 100)
-        self.slider.setValue(int(round(100 * (self.spinBox.value() - lo) / ((hi - lo) or 1))))
-
-    def _getter(name):
-        return lambda self: getattr(self.spinBox, name)()
-
-    def _setter(name):
-        def set_(self, value):
-            getattr(self.spinBox, "set" + name[0].upper() + name[1:])(value)
-            self._sync()
-        return set_
-
-    minimum = QtCore.Property(float, _getter("minimum"), _setter("minimum"))
-    maximum = QtCore.Property(float, _getter("maximum"), _setter("maximum"))
-    singleStep = QtCore.Property(float, _getter("singleStep"), _setter("singleStep"))
-    value = QtCore.Property(float, _getter("value"), _setter("value"))
-    pageStep = QtCore.Property(float, lambda self: 0.25, lambda self, v: None)
+    return ui_support.expected_class(name, NAME_SUFFIX_CLASSES)
 
 
 STAND_INS = (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLWidget, ctkPathLineEdit, ctkSliderWidget)
 
 
-@pytest.fixture(scope="module")
-def qapp():
-    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-
-
 def load_panel(with_stand_ins: bool) -> QtWidgets.QWidget:
-    loader = QUiLoader()
-    if with_stand_ins:
-        for cls in STAND_INS:
-            loader.registerCustomWidget(cls)
-    ui_file = QtCore.QFile(str(UI_FILE))
-    assert ui_file.open(QtCore.QFile.ReadOnly)
-    try:
-        panel = loader.load(ui_file)
-    finally:
-        ui_file.close()
-    assert panel is not None, loader.errorString()
-    return panel
+    return ui_support.load_panel(UI_FILE, STAND_INS if with_stand_ins else ())
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -176,20 +61,13 @@ def load_panel(with_stand_ins: bool) -> QtWidgets.QWidget:
 def test_every_widget_the_code_uses_is_in_the_ui_with_the_right_class():
     used, classes = used_widget_names(), ui_widget_classes()
     assert len(used) >= 15  # the regex really finds the widgets
-    missing = sorted(used - set(classes))
-    assert not missing, f"the module uses widgets that the .ui lacks: {missing}"
-    wrong = {name: (classes[name], expected_class(name)) for name in used if classes[name] != expected_class(name)}
-    assert not wrong, f"widgets with an unexpected class (.ui, expected): {wrong}"
+    ui_support.assert_used_widgets_in_ui(used, classes, expected_class)
 
 
 @pytest.mark.parametrize("with_stand_ins", [False, True], ids=["plain Qt", "stand-ins"])
 def test_qt_loads_the_panel_and_finds_every_used_widget(qapp, with_stand_ins):
     panel = load_panel(with_stand_ins)
-    for name in sorted(used_widget_names()):
-        widget = panel.findChild(QtWidgets.QWidget, name)
-        assert widget is not None, name
-        if with_stand_ins:
-            assert widget.metaObject().className() == expected_class(name), name
+    ui_support.assert_panel_has_used_widgets(panel, used_widget_names(), expected_class, with_stand_ins)
     selector = panel.findChild(QtWidgets.QWidget, "inputVolumeSelector")
     assert selector.property("nodeTypes") == ["vtkMRMLScalarVolumeNode"]
     assert selector.property("showChildNodeTypes") is False  # no labelmaps as MR input
@@ -230,21 +108,11 @@ def render_panel(path: Path) -> Path:
     find("statusLabel").setText("Done: 'T1 head sCT' in 14 s on cuda:0. DICOM CT series (192 files) written to "
                                 "/data/planning/T1_head_sCT.")
     find("showQualityMapButton").setEnabled(True)
-    for button in panel.findChildren(ctkCollapsibleButton):
-        button.setCollapsed(button.collapsed)
-    panel.adjustSize()
-    panel.resize(430, panel.sizeHint().height())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert panel.grab().save(str(path))
-    return path
+    return save_panel(panel, path, 430)
 
 
 def test_panel_renders(qapp, tmp_path):
-    path = render_panel(tmp_path / "panel.png")
-    image = QtGui.QImage(str(path))
-    assert image.width() >= 380 and image.height() >= 400
-    colours = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
-    assert len(colours) > 20  # text and widgets were drawn, not a blank rectangle
+    assert_rendered(render_panel(tmp_path / "panel.png"), 380, 400)
 
 
 if __name__ == "__main__":

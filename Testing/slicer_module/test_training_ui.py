@@ -20,11 +20,13 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 try:
     from PySide6 import QtCore, QtGui, QtWidgets
-    from PySide6.QtUiTools import QUiLoader
 except ImportError as error:  # pragma: no cover - depends on the environment
     pytest.skip(f"PySide6 is not installed ({error}); pip install PySide6-Essentials", allow_module_level=True)
 
-from test_synthesis_ui import ctkCollapsibleButton, ctkPathLineEdit, qapp, qMRMLWidget  # noqa: F401  (stand-ins)
+import ui_support  # noqa: E402
+from ui_support import (  # noqa: E402,F401  (stand-ins, the qapp fixture)
+    assert_rendered, ctkCollapsibleButton, ctkPathLineEdit, qapp, qMRMLWidget, save_panel,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -49,32 +51,22 @@ def setting_widgets() -> dict[str, tuple[str, ...]]:
 
 
 def used_widget_names() -> set[str]:
-    """Every ``self.ui.<name>`` the module's code uses, and the Advanced settings' widgets it reaches by name."""
-    names = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
+    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTCommon.py), and the Advanced
+    settings' widgets it reaches by name."""
+    names = ui_support.used_widget_names(MODULE_FILE)
     return names | {name for names in setting_widgets().values() for name in names}
 
 
 def ui_widget_classes() -> dict[str, str]:
-    return {w.get("name"): w.get("class") for w in ET.parse(UI_FILE).iter("widget")}
+    return ui_support.ui_widget_classes(UI_FILE)
 
 
 def expected_class(name: str) -> str:
-    return next(cls for suffix, cls in NAME_SUFFIX_CLASSES if name.lower().endswith(suffix.lower()))
+    return ui_support.expected_class(name, NAME_SUFFIX_CLASSES)
 
 
 def load_panel(with_stand_ins: bool) -> QtWidgets.QWidget:
-    loader = QUiLoader()
-    if with_stand_ins:
-        for cls in STAND_INS:
-            loader.registerCustomWidget(cls)
-    ui_file = QtCore.QFile(str(UI_FILE))
-    assert ui_file.open(QtCore.QFile.ReadOnly)
-    try:
-        panel = loader.load(ui_file)
-    finally:
-        ui_file.close()
-    assert panel is not None, loader.errorString()
-    return panel
+    return ui_support.load_panel(UI_FILE, STAND_INS if with_stand_ins else ())
 
 
 def preset_values() -> dict[str, dict]:
@@ -92,20 +84,13 @@ def preset_values() -> dict[str, dict]:
 def test_every_widget_the_code_uses_is_in_the_ui_with_the_right_class():
     used, classes = used_widget_names(), ui_widget_classes()
     assert len(setting_widgets()) == 14 and len(used) >= 35  # the regexes really find the widgets
-    missing = sorted(used - set(classes))
-    assert not missing, f"the module uses widgets that the .ui lacks: {missing}"
-    wrong = {name: (classes[name], expected_class(name)) for name in used if classes[name] != expected_class(name)}
-    assert not wrong, f"widgets with an unexpected class (.ui, expected): {wrong}"
+    ui_support.assert_used_widgets_in_ui(used, classes, expected_class)
 
 
 @pytest.mark.parametrize("with_stand_ins", [False, True], ids=["plain Qt", "stand-ins"])
 def test_qt_loads_the_panel_and_finds_every_used_widget(qapp, with_stand_ins):
     panel = load_panel(with_stand_ins)
-    for name in sorted(used_widget_names()):
-        widget = panel.findChild(QtWidgets.QWidget, name)
-        assert widget is not None, name
-        if with_stand_ins:
-            assert widget.metaObject().className() == expected_class(name), name
+    ui_support.assert_panel_has_used_widgets(panel, used_widget_names(), expected_class, with_stand_ins)
     for name in ("startButton", "stopButton", "resumeButton", "useModelButton"):
         assert not panel.findChild(QtWidgets.QPushButton, name).isEnabled(), f"{name} starts disabled"
     assert panel.findChild(QtWidgets.QPlainTextEdit, "logPlainTextEdit").isReadOnly()
@@ -218,21 +203,11 @@ def render_panel(path: Path, run: Path | None = None) -> Path:
         find("logPlainTextEdit").appendPlainText("Training started at iteration 1 of 2500 on cpu")
     find("logCollapsibleButton").setCollapsed(False)
     find("logPlainTextEdit").setFixedHeight(110)
-    for button in panel.findChildren(ctkCollapsibleButton):
-        button.setCollapsed(button.collapsed)
-    panel.adjustSize()
-    panel.resize(440, panel.sizeHint().height())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert panel.grab().save(str(path))
-    return path
+    return save_panel(panel, path, 440)
 
 
 def test_panel_renders(qapp, tmp_path):
-    path = render_panel(tmp_path / "panel.png")
-    image = QtGui.QImage(str(path))
-    assert image.width() >= 400 and image.height() >= 500
-    colours = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
-    assert len(colours) > 20  # text and widgets were drawn, not a blank rectangle
+    assert_rendered(render_panel(tmp_path / "panel.png"), 400, 500)
 
 
 if __name__ == "__main__":
