@@ -39,12 +39,6 @@ class VolumeError(ValueError):
 
 # --------------------------------------------------------------------------------------------- reading, writing
 
-def is_volume_path(path: PathLike) -> bool:
-    """True for a file with a volume suffix we read, or a folder (a DICOM series)."""
-    p = Path(path)
-    return p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES + (".dcm",))
-
-
 def read_volume(path: PathLike) -> sitk.Image:
     """Read a 3D scalar volume: NIfTI, NRRD, MHA/MHD, or a folder holding a DICOM series.
 
