@@ -167,12 +167,12 @@ class CycleGANTrainer:
     """Owns the networks, optimisers, pools and RNG of one run; ``run()`` trains to the end and writes the model."""
 
     def __init__(self, config: TrainConfig, data: SliceDataset, run_dir: os.PathLike, device: torch.device,
-                 world: World = World(), validation: Optional[SliceDataset] = None, echo_events: bool = False,
+                 world: Optional[World] = None, validation: Optional[SliceDataset] = None, echo_events: bool = False,
                  show_progress: bool = True, trace_ranks: bool = False, data_summary: Optional[dict] = None) -> None:
         self.config, self.data, self.validation = config, data, validation
-        self.run_dir, self.device, self.world = Path(run_dir), device, world
-        self.events = EventWriter(self.run_dir, echo=echo_events, enabled=world.is_main)
-        self.show_progress = show_progress and world.is_main
+        self.run_dir, self.device, self.world = Path(run_dir), device, world or World()
+        self.events = EventWriter(self.run_dir, echo=echo_events, enabled=self.world.is_main)
+        self.show_progress = show_progress and self.world.is_main
         self.trace_ranks = trace_ranks
         self.data_summary = data_summary or {}
         torch.manual_seed(config.seed)
@@ -186,7 +186,7 @@ class CycleGANTrainer:
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, decay)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
         self.pool_ct, self.pool_mr = ImagePool(config.pool_size), ImagePool(config.pool_size)
-        self.rng = np.random.default_rng([config.seed, world.rank])
+        self.rng = np.random.default_rng([config.seed, self.world.rank])
         self.iteration = 0
         self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.preview_pairs = self._preview_pairs()
