@@ -1,0 +1,106 @@
+"""The "MR to CT Segment" panel (.ui) loaded with a real Qt (PySide6, offscreen): every widget the module code uses
+exists with the right class, MRML selectors get the scene, and the panel renders (screenshot).
+
+Run ``python Testing/slicer_module/test_segment_ui.py --screenshot PATH`` to write the panel screenshot.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+try:
+    from PySide6 import QtWidgets
+except ImportError as error:  # pragma: no cover - depends on the environment
+    pytest.skip(f"PySide6 is not installed ({error}); pip install PySide6-Essentials", allow_module_level=True)
+
+import ui_support  # noqa: E402
+from ui_support import (  # noqa: E402,F401  (stand-ins, the qapp fixture)
+    assert_rendered, ctkCollapsibleButton, qapp, qMRMLNodeComboBox, qMRMLWidget, save_panel,
+)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+MODULE_FILE = REPO / "MRtoCTSegment" / "MRtoCTSegment.py"
+UI_FILE = REPO / "MRtoCTSegment" / "Resources" / "UI" / "MRtoCTSegment.ui"
+NAME_SUFFIX_CLASSES = [("CollapsibleButton", "ctkCollapsibleButton"), ("Selector", "qMRMLNodeComboBox"),
+                       ("ComboBox", "QComboBox"), ("ProgressBar", "QProgressBar"), ("Button", "QPushButton"),
+                       ("Label", "QLabel")]
+STAND_INS = (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLWidget)
+
+
+def used_widget_names() -> set[str]:
+    return ui_support.used_widget_names(MODULE_FILE)
+
+
+def expected_class(name: str) -> str:
+    return ui_support.expected_class(name, NAME_SUFFIX_CLASSES)
+
+
+def load_panel(with_stand_ins: bool) -> QtWidgets.QWidget:
+    return ui_support.load_panel(UI_FILE, STAND_INS if with_stand_ins else ())
+
+
+def test_every_widget_the_code_uses_is_in_the_ui_with_the_right_class():
+    used = used_widget_names()
+    assert {"inputVolumeSelector", "sctVolumeSelector", "segmentationModelComboBox", "synthesisModelComboBox",
+            "deviceComboBox", "applyButton", "progressBar", "statusLabel"} <= used
+    ui_support.assert_used_widgets_in_ui(used, ui_support.ui_widget_classes(UI_FILE), expected_class)
+
+
+@pytest.mark.parametrize("with_stand_ins", [False, True], ids=["plain Qt", "stand-ins"])
+def test_qt_loads_the_panel_and_finds_every_used_widget(qapp, with_stand_ins):
+    panel = load_panel(with_stand_ins)
+    ui_support.assert_panel_has_used_widgets(panel, used_widget_names(), expected_class, with_stand_ins)
+    for name in ("inputVolumeSelector", "sctVolumeSelector"):
+        selector = panel.findChild(QtWidgets.QWidget, name)
+        assert selector.property("nodeTypes") == ["vtkMRMLScalarVolumeNode"]
+        assert selector.property("showChildNodeTypes") is False
+    sct = panel.findChild(QtWidgets.QWidget, "sctVolumeSelector")
+    assert sct.property("noneEnabled") is True and sct.property("noneDisplay") == "Synthesize on the fly"
+    assert panel.findChild(QtWidgets.QWidget, "applyButton").text() == "Segment"
+
+
+def test_every_mrml_selector_receives_the_scene():
+    root = ET.parse(UI_FILE).getroot()
+    selectors = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)" and c.findtext("sender") == "MRtoCTSegment"}
+    assert selectors and selectors == connected
+
+
+def render_panel(path: Path) -> Path:
+    """The panel while a segmentation runs (stand-ins for the ctk/qMRML widgets), written to ``path``."""
+    panel = load_panel(with_stand_ins=True)
+    find = lambda name: panel.findChild(QtWidgets.QWidget, name)  # noqa: E731
+    find("inputVolumeSelector").addItem("T1 pelvis")
+    find("sctVolumeSelector").addItem("Synthesize on the fly")
+    models = find("segmentationModelComboBox")
+    models.addItems(["pelvis-bones-muscles"])
+    models.insertSeparator(models.count())
+    models.addItem("Load from file...")
+    find("synthesisModelComboBox").addItems(["The one the segmentation model was trained with", "pelvis-2024"])
+    find("modelInfoLabel").setText("pelvis-bones-muscles: U-Net on MR + sCT, 12 bones and muscles (channels "
+                                   "mr+sct, license: Apache-2.0)")
+    find("deviceComboBox").addItems(["Automatic (GPU if available)", "CPU", "GPU 0: NVIDIA H100"])
+    find("applyButton").setText("Cancel")
+    find("applyButton").setEnabled(True)
+    find("progressBar").setValue(63)
+    find("statusLabel").setText("U-Net slices 40/64, about 3 s left")
+    return save_panel(panel, path, 430)
+
+
+def test_panel_renders(qapp, tmp_path):
+    assert_rendered(render_panel(tmp_path / "panel.png"), 380, 250)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--screenshot":
+        sys.exit(f"usage: {sys.argv[0]} --screenshot PATH")
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    print(render_panel(Path(sys.argv[2])))
