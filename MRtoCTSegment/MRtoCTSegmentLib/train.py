@@ -14,11 +14,9 @@ model.mrtoct-seg.safetensors.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import logging
-import math
 import sys
 import time
 import traceback
@@ -35,10 +33,12 @@ from MRtoCTSynthesisLib.atomic import write_atomically
 from MRtoCTSynthesisLib.config import preset
 from MRtoCTSynthesisLib.dataset import DatasetError, check_modality, find_volumes, volume_stem
 from MRtoCTSynthesisLib.events import EventWriter
+from MRtoCTSynthesisLib.losslog import append_row, truncate_rows
 from MRtoCTSynthesisLib.metrics import dice
 from MRtoCTSynthesisLib.modelfile import sha256_of
 from MRtoCTSynthesisLib.preprocessing import Normalization, normalization_from_metadata
 from MRtoCTSynthesisLib.synthesis import load_bundle, pick_device
+from MRtoCTSynthesisLib.train import split_validation
 from MRtoCTSynthesisLib import volumes as V
 
 from . import data as D
@@ -240,13 +240,7 @@ class SegTrainer:
         return model
 
     def _append_losses(self, row: dict) -> None:
-        path = self.run_dir / "losses.csv"
-        new = not path.exists()
-        with open(path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(self.run_dir / "losses.csv", row)
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -311,7 +305,7 @@ class SegTrainer:
         self.rng.bit_generator.state = json.loads(state["rng"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration = int(state["iteration"])
-        _truncate_losses(self.run_dir / "losses.csv", self.iteration)
+        truncate_rows(self.run_dir / "losses.csv", self.iteration)
 
     # ------------------------------------------------------------------------------------------- the model
 
@@ -338,23 +332,6 @@ class SegTrainer:
         return model
 
 
-def _truncate_losses(path: Path, iteration: int) -> None:
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    kept = [r for r in rows if int(r["iteration"]) <= iteration]
-    if len(kept) == len(rows):
-        return
-
-    def write(temp: Path) -> None:
-        with open(temp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(kept)
-    write_atomically(path, write)
-
-
 # ------------------------------------------------------------------------------------------- building a run
 
 def find_label_names(labels_folder: Path, explicit: Optional[Path]) -> Optional[dict]:
@@ -375,14 +352,6 @@ def pair_labels(ct_paths: Sequence[Path], labels_folder: Path) -> list:
         raise DatasetError(f"no label map in {labels_folder} for CT volumes {missing[:5]} (label maps need the CT's "
                            "file name)")
     return [labels[volume_stem(p)] for p in ct_paths]
-
-
-def split_volumes(names: Sequence[str], fraction: float, seed: int) -> tuple[list, list]:
-    """Indices of training and validation subjects (whole volumes; at least one stays for training)."""
-    count = min(len(names) - 1, int(math.ceil(len(names) * fraction))) if fraction > 0 else 0
-    order = np.random.default_rng(seed).permutation(len(names)).tolist()
-    held = set(order[:max(count, 0)])
-    return [i for i in range(len(names)) if i not in held], sorted(held)
 
 
 def build_seg_trainer(config: SegTrainConfig, ct_folder, labels_folder, synthesis_model, run_dir, device: str = "auto",
@@ -437,7 +406,7 @@ def build_seg_trainer(config: SegTrainConfig, ct_folder, labels_folder, synthesi
             D.store_cached(cache, volume, key)
             log.info("prepared %s: %d slices", name, len(volume.labels))
         volumes.append(volume)
-    train_ids, val_ids = split_volumes([v.name for v in volumes], config.validation_fraction, config.seed)
+    train_ids, val_ids = split_validation(list(range(len(volumes))), config.validation_fraction, config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.part"):
         stale.unlink()

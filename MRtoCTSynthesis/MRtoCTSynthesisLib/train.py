@@ -16,7 +16,6 @@ end, model.mrtoct.safetensors. ``--resume`` continues a killed run from its last
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import logging
@@ -41,6 +40,7 @@ from .config import PRESET_NAMES, TrainConfig, preset
 from .dataset import SliceCache, SliceDataset, check_folders, paired_slice, volume_stem
 from .events import EventWriter
 from .figures import Panel, save_loss_curves, save_panel_grid
+from .losslog import append_row, read_rows, truncate_rows
 from .metrics import mutual_information
 from .modelfile import SUFFIX, save_model
 from .networks import PatchDiscriminator, ResnetGenerator, init_weights
@@ -295,15 +295,8 @@ class CycleGANTrainer:
     # ------------------------------------------------------------------------------------------- outputs
 
     def _append_losses(self, row: dict) -> None:
-        if not self.world.is_main:
-            return
-        path = self.run_dir / "losses.csv"
-        new = not path.exists()
-        with open(path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        if self.world.is_main:
+            append_row(self.run_dir / "losses.csv", row)
 
     def _preview_pairs(self) -> list[SlicePair]:
         source = self.validation or self.data
@@ -335,7 +328,7 @@ class CycleGANTrainer:
             rows.append([Panel(mr, "MR", -1, 1), Panel(fake_ct[0], "sCT", -1, 1), Panel(rec_mr[0], "reconstructed MR", -1, 1),
                          Panel(ct, "a CT (unpaired)" if not source.paired else "CT", -1, 1)])
         preview = save_panel_grid(rows, self.run_dir / "preview.png", suptitle=f"iteration {self.iteration}")
-        curves = save_loss_curves(_read_csv(self.run_dir / "losses.csv"), self.run_dir / "loss_curves.png",
+        curves = save_loss_curves(read_rows(self.run_dir / "losses.csv"), self.run_dir / "loss_curves.png",
                                   title=f"{self.config.preset}: losses to iteration {self.iteration}")
         self.events.emit("preview", iteration=self.iteration, path=preview, curves=curves)
 
@@ -402,7 +395,7 @@ class CycleGANTrainer:
             self.rng.bit_generator.state = json.loads(state["rng"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration = int(state["iteration"])
-        _truncate_losses(self.run_dir / "losses.csv", self.iteration)
+        truncate_rows(self.run_dir / "losses.csv", self.iteration)
 
     # ------------------------------------------------------------------------------------------- the model
 
@@ -442,32 +435,12 @@ class _RateMeter:
         self.seconds_per_iteration = step if self.seconds_per_iteration == 0 else 0.9 * self.seconds_per_iteration + 0.1 * step
 
 
-def _read_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _truncate_losses(path: Path, iteration: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-    rows = _read_csv(path)
-    kept = [r for r in rows if int(r["iteration"]) <= iteration]
-    if len(kept) == len(rows):
-        return
-
-    def write(temp: Path) -> None:
-        with open(temp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(kept)
-    write_atomically(path, write)
-
-
 # ------------------------------------------------------------------------------------------- building a run
 
-def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Hold out whole volumes (never slices of a training volume); at least one volume stays for training."""
+def split_validation(paths: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out whole volumes (never slices of a training volume); at least one volume stays for training.
+
+    ``paths`` may be any list (file paths, or volume indices); both parts keep its order."""
     count = min(len(paths) - 1, int(math.ceil(len(paths) * fraction))) if fraction > 0 else 0
     if count <= 0:
         return paths, []
