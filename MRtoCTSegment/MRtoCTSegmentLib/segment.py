@@ -30,7 +30,7 @@ from MRtoCTSynthesisLib.atomic import write_atomically
 from MRtoCTSynthesisLib.dataset import volume_stem
 from MRtoCTSynthesisLib.modelfile import ModelFileError
 from MRtoCTSynthesisLib.preprocessing import CT_BACKGROUND_HU
-from MRtoCTSynthesisLib.synthesis import SynthesisCancelled, load_bundle, pick_device
+from MRtoCTSynthesisLib.synthesis import SynthesisCancelled, load_bundle, pick_device, run_per_file
 
 from . import data as D
 from .labels import LabelTable
@@ -250,30 +250,12 @@ def segment_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model: Se
         raise ValueError(f"{len(sct_inputs)} sCT volumes given for {len(inputs)} MR volumes; give one per MR")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     seg.table.write_color_table(Path(out_dir) / f"{seg.table.name}.ctbl")
-    report = progress or (lambda fraction, message: None)
-    results = []
-    for index, source in enumerate(inputs):
-        began, written = time.time(), []
 
-        def file_progress(fraction: float, message: str, index: int = index, source: Path = source) -> None:
-            report((index + fraction) / len(inputs), f"{source.name}: {message}")
+    def one(index: int, source: Path, file_progress, written: list) -> FileResult:
+        sct = V.read_volume(sct_inputs[index]) if sct_inputs is not None else None
+        result = segment(V.read_volume(source), seg, bundle, sct, device, batch_size, probabilities, file_progress,
+                         cancel)
+        write_outputs(result, out_dir, volume_stem(source), masks, save_sct, written)
+        return FileResult(source, written)
 
-        try:
-            mr = V.read_volume(source)
-            sct = V.read_volume(sct_inputs[index]) if sct_inputs is not None else None
-            result = segment(mr, seg, bundle, sct, device, batch_size, probabilities, file_progress, cancel)
-            write_outputs(result, out_dir, volume_stem(source), masks, save_sct, written)
-            results.append(FileResult(source, written, None, time.time() - began))
-        except SegmentationCancelled:
-            _remove(written)
-            raise
-        except Exception as error:  # one bad input must not stop the batch
-            _remove(written)
-            log.error("%s: %s", source, error)
-            results.append(FileResult(source, [], f"{type(error).__name__}: {error}", time.time() - began))
-    return results
-
-
-def _remove(paths: Sequence[Path]) -> None:
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
+    return run_per_file(inputs, one, lambda source, error: FileResult(source, [], error), progress)

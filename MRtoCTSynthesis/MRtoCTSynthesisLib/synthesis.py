@@ -187,6 +187,31 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
     from .dicom_export import write_ct_series
 
     bundle = load_bundle(model)  # once: a bad model fails the whole call before any file is touched
+
+    def one(index: int, source: Path, file_progress: Progress, written: list) -> FileResult:
+        result = synthesize(V.read_volume(source), bundle, device, batch_size, precision, quality_map, file_progress,
+                            cancel)
+        sct_path = output_path(out_dir, source)
+        written.append(V.write_volume(result.sct, sct_path))
+        for name, quality in result.quality.items():
+            written.append(V.write_volume(quality, output_path(out_dir, source, f"_{name}")))
+        if dicom_out is not None:
+            folder = Path(dicom_out) / volume_stem(source)
+            write_ct_series(result.sct, folder, reference_dicom=source if source.is_dir() else None)
+            written.append(folder)
+        return FileResult(source, sct_path, None, 0.0, written[1:], result.device, result.model_name)
+
+    return run_per_file(inputs, one, lambda source, error: FileResult(source, None, error), progress)
+
+
+def run_per_file(inputs: Sequence[os.PathLike], process: Callable[[int, Path, Progress, list], object],
+                 failed: Callable[[Path, str], object], progress: Optional[Progress] = None) -> list:
+    """The batch loop of the CLI and the Slicer logic: ``process(index, source, file_progress, written)`` per input.
+
+    ``process`` appends every file or folder it writes to ``written``. A failing input is logged, its outputs are
+    removed and ``failed(source, "Type: message")`` stands in its place, so the others go on; a cancellation removes
+    the outputs of the input in progress and stops the batch. Each result's ``seconds`` is set here.
+    """
     inputs = [Path(p) for p in inputs]
     report = progress or (lambda fraction, message: None)
     results = []
@@ -197,25 +222,16 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
             report((index + fraction) / len(inputs), f"{source.name}: {message}")
 
         try:
-            image = V.read_volume(source)
-            result = synthesize(image, bundle, device, batch_size, precision, quality_map, file_progress, cancel)
-            sct_path = output_path(out_dir, source)
-            written.append(V.write_volume(result.sct, sct_path))
-            for name, quality in result.quality.items():
-                written.append(V.write_volume(quality, output_path(out_dir, source, f"_{name}")))
-            if dicom_out is not None:
-                folder = Path(dicom_out) / volume_stem(source)
-                write_ct_series(result.sct, folder, reference_dicom=source if source.is_dir() else None)
-                written.append(folder)
-            results.append(FileResult(source, sct_path, None, time.time() - began, written[1:], result.device,
-                                      result.model_name))
+            result = process(index, source, file_progress, written)
         except SynthesisCancelled:
             _remove(written)
             raise
         except Exception as error:  # one bad input must not stop the batch
             _remove(written)
             log.error("%s: %s", source, error)
-            results.append(FileResult(source, None, f"{type(error).__name__}: {error}", time.time() - began))
+            result = failed(source, f"{type(error).__name__}: {error}")
+        result.seconds = time.time() - began
+        results.append(result)
     return results
 
 
