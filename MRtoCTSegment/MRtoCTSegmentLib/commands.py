@@ -44,26 +44,16 @@ def add_segment(p: argparse.ArgumentParser) -> None:
 
 def run_segment(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
+    from MRtoCTSynthesisLib.cli import BatchProgress
 
     from .segment import segment_files
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    bar = tqdm(total=100, unit="%", disable=args.progress_json,
-               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")
-
-    def progress(fraction: float, message: str) -> None:
-        if args.progress_json:
-            print(json.dumps({"progress": round(fraction, 4), "message": message}), flush=True)
-        else:
-            bar.n = 100 * fraction
-            bar.set_description_str(message[:60])
-            bar.refresh()
-
+    progress = BatchProgress(args.progress_json)
     results = segment_files(args.inputs, args.out, args.model, args.synthesis_model, args.sct, args.device,
                             args.batch_size, args.probabilities, not args.no_masks, args.save_sct, progress)
-    bar.close()
+    progress.close()
     records = [{"input": str(r.input), "outputs": [str(p) for p in r.outputs], "error": r.error,
                 "seconds": round(r.seconds, 2)} for r in results]
     if args.progress_json:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -68,6 +69,29 @@ def _train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ synthesize
 
+class BatchProgress:
+    """Progress of a batch command: a percent bar with ETA, or JSON lines {"progress", "message"} for a parent
+    process (the Slicer modules) when ``json_lines``."""
+
+    def __init__(self, json_lines: bool) -> None:
+        from tqdm import tqdm
+
+        self.json_lines = json_lines
+        self.bar = tqdm(total=100, unit="%", disable=json_lines,
+                        bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.json_lines:
+            print(json.dumps({"progress": round(fraction, 4), "message": message}), flush=True)
+        else:
+            self.bar.n = 100 * fraction
+            self.bar.set_description_str(message[:60])
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _add_synthesize(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="MR volume files or DICOM series folders")
     p.add_argument("--model", default="phantom-head-demo", help="catalog name, local model name or model file")
@@ -84,25 +108,12 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
 
 @command("synthesize", "synthesize CT (HU) from MR volumes with a trained model")(_add_synthesize)
 def _synthesize(args: argparse.Namespace) -> int:
-    import json
-
-    from tqdm import tqdm
-
     from .synthesis import synthesize_files
 
-    bar = tqdm(total=100, unit="%", disable=args.progress_json, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")
-
-    def progress(fraction: float, message: str) -> None:
-        if args.progress_json:
-            print(json.dumps({"progress": round(fraction, 4), "message": message}), flush=True)
-        else:
-            bar.n = 100 * fraction
-            bar.set_description_str(message[:60])
-            bar.refresh()
-
+    progress = BatchProgress(args.progress_json)
     results = synthesize_files(args.inputs, args.out, args.model, args.device, args.quality_map, args.dicom_out,
                                progress, batch_size=args.batch_size, precision=args.precision)
-    bar.close()
+    progress.close()
     if args.png:
         for r in results:
             if r.error is None:
@@ -143,8 +154,6 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", "MAE, PSNR, SSIM, SSIM on high gradients and per-tissue MAE of an sCT against a CT")(_add_evaluate)
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from .metrics import evaluate, mutual_information
     from .volumes import array_of, body_mask, read_volume
 
