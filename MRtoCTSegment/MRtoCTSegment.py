@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import qt
-import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import (
@@ -389,25 +388,13 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
     @staticmethod
     def _tinyModels(folder):
         """A tiny random synthesis model and a tiny random "mr+sct" pelvis segmentation model (fast on CPU)."""
-        import torch
         from MRtoCTSegmentLib.labels import load_label_table
         from MRtoCTSegmentLib.modelfile import save_seg_model
         from MRtoCTSegmentLib.unet import UNet2D
-        from MRtoCTSynthesisLib.modelfile import save_model
-        from MRtoCTSynthesisLib.networks import build_network
+        from MRtoCTSynthesisLib.modelfile import save_untrained_model
         from MRtoCTSynthesisLib.preprocessing import Normalization
 
-        torch.manual_seed(0)
-        kwargs = {"ngf": 4, "n_blocks": 1}
-        metadata = {"name": "tiny-self-test", "description": "untrained network for the self test",
-                    "license": "Apache-2.0", "intended_use": "testing only", "preset": "yang2018",
-                    "networks": {"G_CT": {"architecture": "resnet_generator", "kwargs": kwargs},
-                                 "G_MR": {"architecture": "resnet_generator", "kwargs": kwargs}},
-                    "loss_weights": {}, "mr_window": [0, 3500], "ct_window": [-1000, 3500],
-                    "mr_normalization": {"percentile": 99.5, "value": 3000, "n4": False}, "plane": "sagittal",
-                    "image_size": [32, 32], "pixel_spacing_mm": None, "training": {}, "validation_metrics": {}}
-        synthesis = save_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", metadata,
-                               {name: build_network("resnet_generator", **kwargs) for name in ("G_CT", "G_MR")})
+        synthesis = save_untrained_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", "tiny-self-test")
         table = load_label_table("pelvis")
         norm = Normalization("axial", (32, 32), (-1000.0, 3500.0), (0.0, 3500.0))
         segMetadata = {"name": "tiny-seg-self-test", "description": "untrained U-Net for the self test",

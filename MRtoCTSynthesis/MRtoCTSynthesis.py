@@ -31,7 +31,6 @@ if str(MODULE_DIR) not in sys.path:  # the engine package and MRtoCTCommon.py li
     sys.path.insert(0, str(MODULE_DIR))
 
 import MRtoCTCommon  # noqa: E402  (the Slicer-layer code shared with "Train MR-to-CT model")
-from MRtoCTCommon import SLICER_SHIPPED_DISTRIBUTIONS  # noqa: E402,F401
 
 DEFAULT_MODEL = "phantom-head-demo"
 LOAD_FROM_FILE = "__load_from_file__"
@@ -919,23 +918,13 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
 
     def _smallestModel(self, folder):
         """The demo model if installed, else a tiny random model (same file format, 32x32 slices)."""
-        from MRtoCTSynthesisLib.modelfile import Catalog, save_model
-        from MRtoCTSynthesisLib.networks import build_network
+        from MRtoCTSynthesisLib.modelfile import Catalog, save_untrained_model
 
         try:
             return str(Catalog().resolve(DEFAULT_MODEL))
         except Exception:
             pass
-        kwargs = {"ngf": 4, "n_blocks": 1}
-        metadata = {"name": "tiny-self-test", "description": "untrained network for the self test",
-                    "license": "Apache-2.0", "intended_use": "testing only", "preset": "yang2018",
-                    "networks": {"G_CT": {"architecture": "resnet_generator", "kwargs": kwargs},
-                                 "G_MR": {"architecture": "resnet_generator", "kwargs": kwargs}},
-                    "loss_weights": {}, "mr_window": [0, 3500], "ct_window": [-1000, 3500],
-                    "mr_normalization": {"percentile": 99.5, "value": 3000, "n4": False}, "plane": "sagittal",
-                    "image_size": [32, 32], "pixel_spacing_mm": None, "training": {}, "validation_metrics": {}}
-        networks = {name: build_network("resnet_generator", **kwargs) for name in ("G_CT", "G_MR")}
-        return str(save_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", metadata, networks))
+        return str(save_untrained_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", "tiny-self-test"))
 
     def test_SynthesizePhantom(self):
         import numpy as np

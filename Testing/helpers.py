@@ -59,17 +59,6 @@ def tiny_phantom_dataset(folder, kind="head", n=3, seed=0):
 
 def tiny_model(path, plane="sagittal", image_size=(32, 32), pixel_spacing_mm=None, seed=0):
     """A randomly initialised, valid model bundle (ngf 4, 1 block) for geometry and plumbing tests."""
-    import torch
+    from MRtoCTSynthesisLib.modelfile import save_untrained_model
 
-    from MRtoCTSynthesisLib.modelfile import save_model
-    from MRtoCTSynthesisLib.networks import ResnetGenerator
-
-    torch.manual_seed(seed)
-    spec = {"architecture": "resnet_generator", "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": 4, "n_blocks": 1}}
-    metadata = {"name": "tiny-test", "description": "random weights", "license": "CC0", "intended_use": "tests",
-                "networks": {"G_CT": spec, "G_MR": spec}, "preset": "yang2018", "loss_weights": {"lambda_cycle": 10},
-                "mr_window": [0, 3500], "ct_window": [-1000, 3500],
-                "mr_normalization": {"percentile": 99.5, "value": 3000, "n4": False}, "plane": plane,
-                "image_size": list(image_size), "pixel_spacing_mm": pixel_spacing_mm, "training": {},
-                "validation_metrics": {}}
-    return save_model(path, metadata, {"G_CT": ResnetGenerator(1, 1, 4, 1), "G_MR": ResnetGenerator(1, 1, 4, 1)})
+    return save_untrained_model(path, "tiny-test", 4, 1, plane, image_size, pixel_spacing_mm, seed)

@@ -24,6 +24,7 @@ import torch
 
 from . import losses as L
 from .config import preset
+from .modelfile import save_untrained_model
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -114,21 +115,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # other systems: kilobytes on Linux, bytes on macOS
 
 
-def _paper_size_model(path: Path) -> Path:
-    """A randomly initialised Yang-size model (ngf 64, 9 blocks, 384x256): same cost as a trained one."""
-    from .modelfile import save_model
-    from .networks import ResnetGenerator
-    from .preprocessing import Normalization, normalization_metadata
-
-    spec = {"architecture": "resnet_generator", "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": 64,
-                                                            "n_blocks": 9}}
-    metadata = {"name": "paper-size-random", "description": "benchmark only: random weights", "license": "CC0",
-                "intended_use": "benchmark", "networks": {"G_CT": spec}, "preset": "yang2018", "loss_weights": {},
-                **normalization_metadata(Normalization.from_config(preset("yang2018"))), "training": {},
-                "validation_metrics": {}}
-    return save_model(path, metadata, {"G_CT": ResnetGenerator(1, 1, 64, 9)})
-
-
 def _format_row(row: dict) -> str:
     return "  ".join(f"{k}={v}" for k, v in row.items())
 
@@ -190,7 +176,8 @@ def run_bench(args: argparse.Namespace) -> int:
     mr_path = write_test_mr(out / "bench_mr.mha", args.shape)
     cases = [("phantom-head-demo", "demo model (ngf 24, 6 blocks, 3 mm)")]
     if args.paper_size:
-        paper = _paper_size_model(out / "paper-size-random.mrtoct.safetensors")
+        paper = save_untrained_model(out / "paper-size-random.mrtoct.safetensors", "paper-size-random", 64, 9,
+                                     image_size=(384, 256), generators=("G_CT",))
         cases.append((str(paper), "paper size (ngf 64, 9 blocks, 384x256)"))
     rows = []
     for model, label in cases:

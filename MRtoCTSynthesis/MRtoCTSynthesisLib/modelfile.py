@@ -464,3 +464,25 @@ class Catalog:
         except OSError as error:  # URLError, timeouts, connection resets
             raise ModelFileError(f"could not download model {name!r} from {url} ({error}); check the network, or "
                                  "fetch the file another way and use Catalog.install_from_file") from error
+
+
+def save_untrained_model(path: PathLike, name: str = "untrained", ngf: int = 4, n_blocks: int = 1,
+                         plane: str = "sagittal", image_size: tuple = (32, 32),
+                         pixel_spacing_mm: Optional[tuple] = None, seed: int = 0,
+                         generators: tuple = ("G_CT", "G_MR")) -> Path:
+    """A valid model file whose generators are randomly initialised (torch's default, seeded), with Yang's windows.
+
+    For self-tests and tests (tiny: fast, deterministic) and for cost benchmarks (a paper-size network costs the same
+    trained or not). Its card says it is untrained.
+    """
+    from .preprocessing import Normalization, normalization_metadata
+
+    torch.manual_seed(seed)
+    spec = {"architecture": "resnet_generator", "kwargs": {"ngf": ngf, "n_blocks": n_blocks}}
+    norm = Normalization(plane, tuple(image_size), (-1000.0, 3500.0), (0.0, 3500.0), 99.5, 3000.0, False,
+                         None if pixel_spacing_mm is None else tuple(pixel_spacing_mm))
+    metadata = {"name": name, "description": "untrained: randomly initialised generators", "license": "CC0-1.0",
+                "intended_use": "tests, self-tests and cost benchmarks only", "preset": "yang2018",
+                "networks": {g: spec for g in generators}, "loss_weights": {}, **normalization_metadata(norm),
+                "training": {}, "validation_metrics": {}}
+    return save_model(path, metadata, {g: build_network(spec["architecture"], **spec["kwargs"]) for g in generators})

@@ -171,27 +171,12 @@ def model_cache(tmp_path_factory):
         os.environ["MRTOCT_MODEL_CACHE"] = previous
 
 
-TINY_NETWORK = {"architecture": "resnet_generator", "kwargs": {"ngf": 4, "n_blocks": 1}}
-TINY_METADATA = {
-    "name": "tiny-test", "description": "untrained 4-filter generator for tests", "license": "Apache-2.0",
-    "intended_use": "tests only", "preset": "yang2018", "networks": {"G_CT": TINY_NETWORK, "G_MR": TINY_NETWORK},
-    "loss_weights": {}, "mr_window": [0, 3500], "ct_window": [-1000, 3500],
-    "mr_normalization": {"percentile": 99.5, "value": 3000, "n4": False}, "plane": "sagittal",
-    "image_size": [32, 32], "pixel_spacing_mm": None, "training": {}, "validation_metrics": {},
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, model_cache) -> Path:
     """A tiny random model file (both generators, so quality maps work): fast on CPU, deterministic."""
-    import torch
-    from MRtoCTSynthesisLib.modelfile import save_model
-    from MRtoCTSynthesisLib.networks import build_network
+    from MRtoCTSynthesisLib.modelfile import save_untrained_model
 
-    torch.manual_seed(0)
-    networks = {name: build_network(spec["architecture"], **spec["kwargs"])
-                for name, spec in TINY_METADATA["networks"].items()}
-    return save_model(tmp_path_factory.mktemp("models") / "tiny-test.mrtoct.safetensors", TINY_METADATA, networks)
+    return save_untrained_model(tmp_path_factory.mktemp("models") / "tiny-test.mrtoct.safetensors", "tiny-test")
 
 
 @pytest.fixture(scope="session")
