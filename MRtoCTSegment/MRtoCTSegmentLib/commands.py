@@ -44,7 +44,7 @@ def add_segment(p: argparse.ArgumentParser) -> None:
 
 def run_segment(args: argparse.Namespace) -> int:
     import torch
-    from MRtoCTSynthesisLib.cli import BatchProgress
+    from MRtoCTSynthesisLib.progress import BatchProgress
 
     from .segment import segment_files
 

@@ -38,13 +38,14 @@ def _preview(args: argparse.Namespace) -> int:
     from .config import preset
     from .figures import orthogonal_panels, save_panel_grid
     from .preprocessing import Normalization, prepare_volume
+    from .dataset import looks_like_ct
     from .volumes import array_of, read_volume, slices_to_volume
 
     norm = Normalization.from_config(preset(args.preset))
     rows = []
     for path in args.volumes:
         image = read_volume(path)
-        modality = args.modality if args.modality != "auto" else ("ct" if array_of(image).min() < -500 else "mr")
+        modality = args.modality if args.modality != "auto" else ("ct" if looks_like_ct(array_of(image)) else "mr")
         prepared = prepare_volume(image, modality, norm)
         array = slices_to_volume(prepared.slices, norm.plane)
         rows.append(orthogonal_panels(array, prepared.canonical.spacing, f"{Path(path).name} ({modality})",
@@ -69,29 +70,6 @@ def _train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ synthesize
 
-class BatchProgress:
-    """Progress of a batch command: a percent bar with ETA, or JSON lines {"progress", "message"} for a parent
-    process (the Slicer modules) when ``json_lines``."""
-
-    def __init__(self, json_lines: bool) -> None:
-        from tqdm import tqdm
-
-        self.json_lines = json_lines
-        self.bar = tqdm(total=100, unit="%", disable=json_lines,
-                        bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]")
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.json_lines:
-            print(json.dumps({"progress": round(fraction, 4), "message": message}), flush=True)
-        else:
-            self.bar.n = 100 * fraction
-            self.bar.set_description_str(message[:60])
-            self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _add_synthesize(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="MR volume files or DICOM series folders")
     p.add_argument("--model", default="phantom-head-demo", help="catalog name, local model name or model file")
@@ -101,6 +79,10 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "float32"], default="auto", help="auto: half precision on CUDA")
     p.add_argument("--quality-map", action="store_true", help="also write cycle-residual and structure maps")
     p.add_argument("--dicom-out", help="also write each sCT as a DICOM CT series into this folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DICOM series left in --dicom-out by an earlier run (default: refuse before any work)")
+    p.add_argument("--series", help="DICOM folder inputs: the series to read (SeriesInstanceUID or SeriesNumber; "
+                                    "default: the rule of 'mrtoct series')")
     p.add_argument("--png", action="store_true", help="also write <name>_sct.png: MR | sCT (| quality maps)")
     p.add_argument("--progress-json", action="store_true",
                    help="print progress and the results as JSON lines on stdout (for the Slicer module)")
@@ -108,11 +90,13 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
 
 @command("synthesize", "synthesize CT (HU) from MR volumes with a trained model")(_add_synthesize)
 def _synthesize(args: argparse.Namespace) -> int:
+    from .progress import BatchProgress
     from .synthesis import synthesize_files
 
     progress = BatchProgress(args.progress_json)
     results = synthesize_files(args.inputs, args.out, args.model, args.device, args.quality_map, args.dicom_out,
-                               progress, batch_size=args.batch_size, precision=args.precision)
+                               progress, batch_size=args.batch_size, precision=args.precision, series=args.series,
+                               overwrite=args.overwrite)
     progress.close()
     if args.png:
         for r in results:
@@ -139,6 +123,28 @@ def _save_sct_png(result) -> Path:
                 for p in result.extra_outputs if str(p).endswith(".nii.gz")]
     return save_volume_comparison(columns, result.output.with_name(result.output.name.replace(".nii.gz", ".png")),
                                   suptitle=f"{result.input.name}: synthetic CT")
+
+
+# ------------------------------------------------------------------------------------------------ series
+
+def _add_series(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a folder of DICOM files")
+
+
+@command("series", "list the DICOM series of a folder; '*' marks the one read when --series is not given")(_add_series)
+def _series(args: argparse.Namespace) -> int:
+    from .dicom_series import choose_series, listing, list_series
+    from .volumes import VolumeError
+
+    found = list_series(args.folder)
+    try:
+        chosen = choose_series(args.folder) if found else None
+    except VolumeError:
+        chosen = None
+    print(listing(found, chosen) if found else f"{args.folder}: no DICOM image series")
+    print("rule: one 3D volume only; ORIGINAL before DERIVED; then most slices; then lowest SeriesNumber. "
+          "Choose another with --series UID|number")
+    return 0 if chosen is not None else 1
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -280,11 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run a subcommand. A bad input or setting is one line on stderr (exit 2); Ctrl-C or SIGTERM removes what the
+    command had not finished writing and prints one line (exit 130 or 143), never a traceback."""
+    from .interrupts import exit_code, termination_as_interrupt
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+        with termination_as_interrupt():
+            return args.run(args)
+    except KeyboardInterrupt as interrupt:
+        how = "SIGTERM" if exit_code(interrupt) == 143 else "Ctrl-C"
+        print(f"mrtoct {args.command}: stopped by {how}; unfinished outputs were removed, finished ones kept",
+              file=sys.stderr)
+        return exit_code(interrupt)
+    except (ValueError, OSError) as error:
         print(f"mrtoct {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -46,13 +46,18 @@ def find_volumes(folder: os.PathLike, role: str = "volume") -> list[Path]:
     return found
 
 
+def looks_like_ct(array: np.ndarray) -> bool:
+    """CT in HU has air near -1000; MR magnitudes are >= 0: values below CT_AIR_BELOW_HU mean a CT."""
+    return float(array.min()) < CT_AIR_BELOW_HU
+
+
 def check_modality(array: np.ndarray, modality: str, path: os.PathLike) -> None:
-    """Refuse an MR in the CT folder and vice versa: CT in HU has air near -1000; MR magnitudes are >= 0."""
+    """Refuse an MR in the CT folder and vice versa (``looks_like_ct``)."""
     lowest = float(array.min())
-    if modality == "ct" and lowest > CT_AIR_BELOW_HU:
+    if modality == "ct" and not looks_like_ct(array):
         raise DatasetError(f"{path} is in the CT folder but has no values below {CT_AIR_BELOW_HU:g} (lowest "
                            f"{lowest:g}); a CT in Hounsfield units has air near -1000. Is it an MR?")
-    if modality == "mr" and lowest < CT_AIR_BELOW_HU:
+    if modality == "mr" and looks_like_ct(array):
         raise DatasetError(f"{path} is in the MR folder but has values down to {lowest:g}, like a CT in HU; "
                            "move it to the CT folder")
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -37,6 +35,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 from pydicom.valuerep import DSfloat
 
 from . import __version__
+from .atomic import OutputSet, OutputVerificationError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,7 @@ PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
 REFERENCE_KEYWORDS = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
     "ReferringPhysicianName", "FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPosition",
+    "Laterality",  # General Series, Type 2C: present (empty when unknown) so validators such as dciodvfy accept it
 )
 _ORTHOGONALITY_TOLERANCE = 1e-4
 _INT16 = np.iinfo(np.int16)
@@ -63,6 +63,7 @@ def write_ct_series(
     patient: dict[str, str] | None = None,
     overwrite: bool = False,
     progress: Callable[[float], None] | None = None,
+    outputs: OutputSet | None = None,
 ) -> list[Path]:
     """Write a 3D HU volume as a DICOM CT series (one Part 10 file per slice) into ``out_dir``.
 
@@ -70,35 +71,54 @@ def write_ct_series(
     reference the sCT joins. ``patient``: values for PATIENT_KEYWORDS, overriding the reference's.
     ``overwrite``: replace an existing non-empty ``out_dir`` that holds only ``.dcm`` files.
     ``progress``: called with the fraction done (0..1] after each slice.
-    Returns the written files in InstanceNumber order. Nothing is left behind on error.
+    ``outputs``: stage the series in this set (published with the set's other outputs) instead of publishing it here.
+    Every file is read back before the series is published (an existing one is replaced only then).
+    Returns the files in InstanceNumber order. Nothing is left behind on error or interrupt.
     """
     hu = _validated_hu(image)
     row, col, normal, step = _slice_axes(image)
     out_dir = Path(out_dir)
-    _check_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite)
     shared = _series_dataset(image, row, col, series_description, _identity(reference_dicom, patient))
     shared.SliceThickness = _ds(abs(step))
 
     n_slices = image.GetSize()[2]
-    order = range(n_slices) if step > 0 else range(n_slices - 1, -1, -1)
+    order = list(range(n_slices) if step > 0 else range(n_slices - 1, -1, -1))
     width = max(4, len(str(n_slices)))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling(out_dir, "partial")
-    staging.mkdir()
-    try:
-        names = []
-        for instance, k in enumerate(order, start=1):
-            name = f"CT{instance:0{width}d}.dcm"
+    names = [f"CT{instance:0{width}d}.dcm" for instance in range(1, n_slices + 1)]
+
+    def write_into(folder: Path) -> None:
+        for instance, (name, k) in enumerate(zip(names, order), start=1):
             origin = np.array(image.TransformIndexToPhysicalPoint((0, 0, k)))
-            _write_slice(staging / name, shared, hu[k], origin, normal, instance)
-            names.append(name)
+            _write_slice(folder / name, shared, hu[k], origin, normal, instance)
             if progress is not None:
                 progress(instance / n_slices)
-        _replace_dir(staging, out_dir)
+
+    own = outputs is None
+    outputs = OutputSet() if own else outputs
+    try:
+        outputs.folder(out_dir, write_into, lambda folder: _verify_series(folder, names, hu.shape[1:]))
+        if own:
+            outputs.publish()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if own:
+            outputs.discard()
         raise
     return [out_dir / name for name in names]
+
+
+def _verify_series(folder: Path, names: list[str], shape: tuple) -> None:
+    """Read every written file back: a DICOM file with all its pixels (a full disk shows up here)."""
+    expected = int(np.prod(shape)) * 2
+    for name in names:
+        try:
+            ds = pydicom.dcmread(folder / name)
+            complete = len(ds.PixelData) == expected
+        except (InvalidDicomError, OSError, AttributeError, ValueError):
+            complete = False
+        if not complete:
+            raise OutputVerificationError(f"{folder / name}: the written DICOM file does not read back complete "
+                                          "(disk full or write error); free space or choose another folder")
 
 
 def read_ct_series(folder: str | Path) -> sitk.Image:
@@ -155,38 +175,18 @@ def _slice_axes(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return row, col, normal, image.GetSpacing()[2] * float(np.dot(direction[:, 2], normal))
 
 
-def _check_destination(out_dir: Path, overwrite: bool) -> None:
+def check_destination(out_dir: Path, overwrite: bool) -> None:
     """Refuse a file, a non-empty folder without ``overwrite``, or a folder holding anything but .dcm files."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"Output path exists and is not a folder: {out_dir}")
     entries = list(out_dir.iterdir()) if out_dir.is_dir() else []
     if entries and not overwrite:
         raise FileExistsError(f"Output folder is not empty: {out_dir}; choose an empty or new folder, "
-                              "or pass overwrite=True to replace a previous export.")
+                              "or pass overwrite=True (mrtoct synthesize --overwrite) to replace a previous export.")
     foreign = [e.name for e in entries if not (e.is_file() and e.suffix.lower() == ".dcm")]
     if foreign:
         raise FileExistsError(f"Refusing to replace {out_dir}: it holds more than DICOM files "
                               f"(e.g. {foreign[0]!r}); choose another folder or empty it first.")
-
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move the finished ``staging`` folder to ``out_dir``, replacing an existing one only once all is written."""
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    old = _sibling(out_dir, "old")
-    out_dir.rename(old)
-    try:
-        staging.rename(out_dir)
-    except BaseException:
-        old.rename(out_dir)
-        raise
-    shutil.rmtree(old)
-
-
-def _sibling(path: Path, kind: str) -> Path:
-    """A new hidden path next to ``path`` (same file system, so renames are atomic)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.{kind}")
 
 
 def _identity(reference_dicom: str | Path | None, patient: dict[str, str] | None) -> Dataset:

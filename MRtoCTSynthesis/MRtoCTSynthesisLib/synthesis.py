@@ -23,7 +23,8 @@ import SimpleITK as sitk
 import torch
 
 from . import volumes as V
-from .dataset import volume_stem
+from .atomic import OutputSet, remove_stale_temporaries
+from .dataset import looks_like_ct, volume_stem
 from .losses import mind_descriptor
 from .modelfile import Catalog, ModelBundle, load_model
 from .preprocessing import CT_BACKGROUND_HU, normalization_from_metadata, prepare_volume, restore_volume
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ModelLike = Union[str, os.PathLike, ModelBundle]
 Progress = Callable[[float, str], None]
 QUALITY_MAPS = ("cycle_residual", "structure_discrepancy")
+MIN_THICKNESS = 3  # voxels along every axis of an MR to synthesize
 
 
 class SynthesisCancelled(RuntimeError):
@@ -150,20 +152,39 @@ def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_
 
     With ``mask_background`` the sCT is air (-1000 HU) outside the MR's body mask dilated by 5 mm: a 2D generator
     can invent tissue in slices that hold only background noise, and nothing outside the body is anatomy.
+    The MR is checked first (``check_mr_input``).
     """
+    check_mr_input(image)
     result = translate(image, model, "mr", device, batch_size, precision, quality_map, progress, cancel, oblique)
     if mask_background:
         result.sct = air_outside_body(result.sct, image)
     return result
 
 
+def check_mr_input(image: sitk.Image) -> None:
+    """Refuse what would give a meaningless sCT: a slab under MIN_THICKNESS voxels along an axis, a non-positive
+    spacing, NaN/inf voxels, or a CT in HU (values below ``dataset.CT_AIR_BELOW_HU``, the check training uses)."""
+    V.check_image(image, "the MR")
+    thin = [(axis, n) for axis, n in zip("ijk", image.GetSize()) if n < MIN_THICKNESS]
+    if thin:
+        raise V.VolumeError(f"the MR is {' x '.join(map(str, image.GetSize()))} voxels: a slab only "
+                            f"{thin[0][1]} voxel(s) thick along {thin[0][0]}; synthesis needs a 3D volume at least "
+                            f"{MIN_THICKNESS} voxels in every direction (the body mask and the model's slicing plane "
+                            "need context). Give the whole series, not single slices")
+    values = sitk.GetArrayViewFromImage(image)
+    if looks_like_ct(values):
+        raise V.VolumeError(f"the input has values down to {float(values.min()):g}, like a CT in HU (air near "
+                            "-1000), not an MR (magnitudes >= 0); MR-to-CT synthesis needs the MR. Give the MR volume")
+
+
 def air_outside_body(sct: sitk.Image, mr: sitk.Image, margin_mm: float = 5.0, mask_spacing_mm: float = 2.0) -> sitk.Image:
     """sCT with -1000 HU outside the MR's body mask (Otsu, largest component, holes filled) dilated by ``margin_mm``.
 
-    The mask is computed on the MR shrunk to about ``mask_spacing_mm`` voxels (a body outline needs no more) and
-    brought to the sCT grid by nearest neighbour, which keeps its memory small for large volumes.
+    The mask is computed on the MR shrunk to about ``mask_spacing_mm`` voxels (a body outline needs no more; never
+    by more than an axis' length) and brought to the sCT grid by nearest neighbour, which keeps its memory small for
+    large volumes.
     """
-    factors = [max(1, int(mask_spacing_mm // s)) for s in mr.GetSpacing()]
+    factors = [max(1, min(n, int(mask_spacing_mm // s))) for n, s in zip(mr.GetSize(), mr.GetSpacing())]
     small = sitk.BinShrink(mr, factors) if max(factors) > 1 else mr
     radius = [max(1, int(round(margin_mm / s))) for s in small.GetSpacing()]
     body = sitk.BinaryDilate(V.body_mask(small), radius)
@@ -175,42 +196,102 @@ def output_path(out_dir: os.PathLike, source: os.PathLike, suffix: str = "_sct")
     return Path(out_dir) / f"{volume_stem(Path(source))}{suffix}.nii.gz"
 
 
+def planned_outputs(inputs: Sequence[os.PathLike], out_dir: os.PathLike, quality_map: bool = False,
+                    dicom_out: Optional[os.PathLike] = None, overwrite: bool = False) -> dict[Path, list[Path]]:
+    """Every output of every input, checked before any work (``synthesize_files`` calls it first).
+
+    Refused with a ValueError naming the paths: ``out_dir`` (or ``dicom_out``) that is a file; two inputs that
+    would write the same output (e.g. ``a/T1.nii.gz`` and ``b/T1.nrrd``); an output that is an input or holds one;
+    an existing, non-empty DICOM series folder unless ``overwrite`` (then it is replaced once the new one is
+    complete). Existing NIfTI outputs are replaced (atomically, after the new file is verified).
+    """
+    from .dicom_export import check_destination
+
+    for folder, flag in ((out_dir, "--out"), (dicom_out, "--dicom-out")):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise ValueError(f"{flag} {folder} is a file; give a folder (new or existing) for the outputs")
+    inputs = [Path(p) for p in inputs]
+    plan: dict[Path, list[Path]] = {}
+    owner: dict[Path, Path] = {}
+    for source in inputs:
+        outputs = [output_path(out_dir, source)]
+        outputs += [output_path(out_dir, source, f"_{name}") for name in QUALITY_MAPS] if quality_map else []
+        outputs += [Path(dicom_out) / volume_stem(source)] if dicom_out is not None else []
+        for output in outputs:
+            key = output.resolve()
+            if key in owner and owner[key] != source:
+                raise ValueError(f"inputs {owner[key]} and {source} would both write {output}; synthesize them into "
+                                 "separate --out folders or rename one")
+            owner[key] = source
+        plan[source] = outputs
+    resolved_inputs = {p.resolve(): p for p in inputs}
+    for key, source in owner.items():
+        clash = next((p for r, p in resolved_inputs.items() if r == key or key in r.parents or r in key.parents),
+                     None)
+        if clash is not None:
+            raise ValueError(f"the output {key} of {source} would overwrite the input {clash}; choose another --out "
+                             "(or --dicom-out) folder")
+    if dicom_out is not None:
+        for outputs in plan.values():
+            check_destination(outputs[-1], overwrite)
+    return plan
+
+
 def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model: ModelLike, device: str = "auto",
                      quality_map: bool = False, dicom_out: Optional[os.PathLike] = None,
                      progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
-                     batch_size: int = 8, precision: str = "auto") -> list[FileResult]:
+                     batch_size: int = 8, precision: str = "auto", series: Optional[Union[str, int]] = None,
+                     overwrite: bool = False) -> list[FileResult]:
     """Synthesize many MR files; a failing input is reported in its FileResult and the others go on.
 
     Writes ``<out>/<name>_sct.nii.gz`` (and ``_cycle_residual``/``_structure_discrepancy`` maps, and a DICOM CT series
-    in ``<dicom_out>/<name>/``). Outputs of a failed input are removed, so nothing partial is left.
+    in ``<dicom_out>/<name>/``). The outputs are checked first (``planned_outputs``: no collision, no input
+    overwritten, no earlier DICOM series replaced without ``overwrite``). Each input's outputs are verified and
+    published together, so a failure or an interrupt leaves the earlier results as they were and nothing partial;
+    temporaries of killed earlier runs are removed. ``series`` picks the series of DICOM folder inputs.
     """
     from .dicom_export import write_ct_series
 
+    plan = planned_outputs(inputs, out_dir, quality_map, dicom_out, overwrite)
     bundle = load_bundle(model)  # once: a bad model fails the whole call before any file is touched
+    folders = [Path(f) for f in (out_dir, dicom_out) if f is not None]
+    created = [f for f in folders if not f.exists()]
+    for folder in folders:
+        remove_stale_temporaries(folder)
 
     def one(index: int, source: Path, file_progress: Progress, written: list) -> FileResult:
-        result = synthesize(V.read_volume(source), bundle, device, batch_size, precision, quality_map, file_progress,
-                            cancel)
-        sct_path = output_path(out_dir, source)
-        written.append(V.write_volume(result.sct, sct_path))
-        for name, quality in result.quality.items():
-            written.append(V.write_volume(quality, output_path(out_dir, source, f"_{name}")))
-        if dicom_out is not None:
-            folder = Path(dicom_out) / volume_stem(source)
-            write_ct_series(result.sct, folder, reference_dicom=source if source.is_dir() else None)
-            written.append(folder)
-        return FileResult(source, sct_path, None, 0.0, written[1:], result.device, result.model_name)
+        result = synthesize(V.read_volume(source, series if source.is_dir() else None), bundle, device, batch_size,
+                            precision, quality_map, file_progress, cancel)
+        outputs = OutputSet()
+        try:
+            V.write_volume(result.sct, plan[source][0], outputs=outputs)
+            for name, quality in result.quality.items():
+                V.write_volume(quality, output_path(out_dir, source, f"_{name}"), outputs=outputs)
+            if dicom_out is not None:
+                write_ct_series(result.sct, plan[source][-1], reference_dicom=source if source.is_dir() else None,
+                                overwrite=overwrite, outputs=outputs)
+            written.extend(outputs.publish())
+        except BaseException:
+            outputs.discard()
+            raise
+        return FileResult(source, written[0], None, 0.0, written[1:], result.device, result.model_name)
 
-    return run_per_file(inputs, one, lambda source, error: FileResult(source, None, error), progress)
+    try:
+        return run_per_file(inputs, one, lambda source, error: FileResult(source, None, error), progress)
+    finally:
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # made by this call and left empty (every input failed): do not leave it
 
 
 def run_per_file(inputs: Sequence[os.PathLike], process: Callable[[int, Path, Progress, list], object],
                  failed: Callable[[Path, str], object], progress: Optional[Progress] = None) -> list:
     """The batch loop of the CLI and the Slicer logic: ``process(index, source, file_progress, written)`` per input.
 
-    ``process`` appends every file or folder it writes to ``written``. A failing input is logged, its outputs are
-    removed and ``failed(source, "Type: message")`` stands in its place, so the others go on; a cancellation removes
-    the outputs of the input in progress and stops the batch. Each result's ``seconds`` is set here.
+    ``process`` appends every file or folder it publishes to ``written``. A failing input is logged, its outputs are
+    removed and ``failed(source, "Type: message")`` stands in its place, so the others go on; a cancellation or an
+    interrupt (Ctrl-C, SIGTERM, any BaseException) removes the outputs of the input in progress and stops the batch.
+    Each result's ``seconds`` is set here.
     """
     inputs = [Path(p) for p in inputs]
     report = progress or (lambda fraction, message: None)
@@ -223,13 +304,15 @@ def run_per_file(inputs: Sequence[os.PathLike], process: Callable[[int, Path, Pr
 
         try:
             result = process(index, source, file_progress, written)
-        except SynthesisCancelled:
+        except Exception as error:  # one bad input must not stop the batch; a cancellation does
             _remove(written)
-            raise
-        except Exception as error:  # one bad input must not stop the batch
-            _remove(written)
+            if isinstance(error, SynthesisCancelled):
+                raise
             log.error("%s: %s", source, error)
             result = failed(source, f"{type(error).__name__}: {error}")
+        except BaseException:
+            _remove(written)
+            raise
         result.seconds = time.time() - began
         results.append(result)
     return results

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_fill_holes
 
-from .atomic import write_atomically
+from .atomic import OutputSet, OutputVerificationError, write_atomically
 from .dicom_geometry import read_dicom_series
+from .dicom_series import choose_series
+from .volume_checks import VolumeError, check_image, check_volume_file, itk_message
 
 log = logging.getLogger(__name__)
 
@@ -33,53 +35,65 @@ PLANES = ("sagittal", "coronal", "axial")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-class VolumeError(ValueError):
-    """A volume cannot be read or used; the message says why and what to do."""
-
-
 # --------------------------------------------------------------------------------------------- reading, writing
 
-def read_volume(path: PathLike) -> sitk.Image:
-    """Read a 3D scalar volume: NIfTI, NRRD, MHA/MHD, or a folder holding a DICOM series.
+def read_volume(path: PathLike, series: Optional[Union[str, int]] = None) -> sitk.Image:
+    """Read a 3D scalar volume: NIfTI, NRRD, MHA/MHD, or a folder holding a DICOM series, checked before use.
 
-    A folder with several DICOM series reads the one with the most files and logs which it chose; a series with
-    gantry tilt or uneven slice gaps is regularised so every voxel sits where the DICOM headers put it.
+    A folder with several DICOM series reads ``series`` (a SeriesInstanceUID or SeriesNumber) or else the one
+    ``dicom_series.choose_series`` picks, and logs the list; a series with gantry tilt or uneven slice gaps is
+    regularised so every voxel sits where the DICOM headers put it. Refused with a VolumeError saying why: empty,
+    truncated or oversized files, zero or non-finite spacing, NaN/inf voxels (see ``volume_checks``).
     """
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"{p}: no such file or folder; give a NIfTI/NRRD/MHA file or a DICOM series folder")
+    if series is not None and not p.is_dir():
+        raise VolumeError(f"{p}: a series can only be chosen in a DICOM folder, and this is a file")
     try:
-        image = _read_dicom_folder(p) if p.is_dir() else sitk.ReadImage(str(p))
+        if p.is_dir():
+            image = read_dicom_series(choose_series(p, series).files)
+        else:
+            check_volume_file(p)
+            image = sitk.ReadImage(str(p))
     except RuntimeError as error:
-        raise VolumeError(f"{p}: cannot be read as a volume ({str(error).strip().splitlines()[-1]}); "
+        raise VolumeError(f"{p}: cannot be read as a volume ({itk_message(error)}); "
                           f"supported: {', '.join(VOLUME_SUFFIXES)} files and DICOM series folders") from error
     if image.GetDimension() != 3:
         raise VolumeError(f"{p}: is {image.GetDimension()}D; a 3D volume is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or "
                           "vector image); a scalar MR or CT volume is needed")
+    check_image(image, str(p))
     return image
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise VolumeError(f"{folder}: folder holds no DICOM series; point to a folder of .dcm files or to a volume file")
-    files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
-    chosen = max(files, key=lambda sid: len(files[sid]))
-    if len(series) > 1:
-        log.warning("%s holds %d DICOM series; reading the largest, %s (%d files)",
-                    folder, len(series), chosen, len(files[chosen]))
-    return read_dicom_series(files[chosen])
-
-
-def write_volume(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
-    """Write atomically: a temporary file beside the target, renamed over it only once fully written."""
+def write_volume(image: sitk.Image, path: PathLike, compress: bool = True,
+                 outputs: Optional[OutputSet] = None) -> Path:
+    """Write, read back in full and compare (a full disk or a failing writer is an error, never a short file), then
+    publish: at once (atomic rename), or with the rest of ``outputs`` when that set is published."""
     p = Path(path)
     suffix = next((s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if p.name.lower().endswith(s)), None)
     if suffix is None:
         raise VolumeError(f"{p}: unknown volume suffix; use one of {', '.join(VOLUME_SUFFIXES)}")
-    write_atomically(p, lambda temp: sitk.WriteImage(image, str(temp), compress), suffix=suffix)
+
+    def write(temp: Path) -> None:
+        sitk.WriteImage(image, str(temp), compress)
+
+    def verify(temp: Path) -> None:
+        try:
+            back = sitk.ReadImage(str(temp))
+            same = (back.GetSize() == image.GetSize() and back.GetPixelID() == image.GetPixelID()
+                    and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image)))
+        except RuntimeError:
+            same = False
+        if not same:
+            raise OutputVerificationError(f"{p}: the written file does not read back as written (disk full or "
+                                          "write error); free space or choose another output folder")
+
+    if outputs is not None:
+        return outputs.file(p, write, suffix, verify)
+    write_atomically(p, write, suffix=suffix, verify=verify)
     return p
 
 

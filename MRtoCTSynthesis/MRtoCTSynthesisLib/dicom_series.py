@@ -1,0 +1,139 @@
+"""The DICOM series of a folder, and the one rule that picks a series when the user did not name one.
+
+Rule (``choose_series``; the CLI, the Python API and the Slicer logic all call it):
+
+1. only series that form one 3D volume (at least two slices of one orientation, matrix and pixel size, each at its
+   own position) are candidates;
+2. ORIGINAL images before DERIVED ones (reformats, MPRs and other derived series are DERIVED in ImageType);
+3. then the most slices (the finest sampling of the volume);
+4. then the lowest SeriesNumber, then the SeriesInstanceUID (a fixed order).
+
+``series=`` (``--series``) overrides the rule: a SeriesInstanceUID, or a SeriesNumber when it names one series.
+Every error lists the folder's series (``mrtoct series FOLDER`` prints the same list).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .dicom_geometry import describe_series
+from .volume_checks import VolumeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DicomSeries:
+    """One series of a folder: identity, what it holds and, if it cannot be read as a volume, why."""
+
+    uid: str
+    number: Optional[int]
+    description: str
+    modality: str
+    image_type: str
+    files: list = field(repr=False)
+    orientation: str = ""            # e.g. "axial", from the first file's ImageOrientationPatient
+    problem: Optional[str] = None    # None: the series is one 3D volume
+
+    @property
+    def is_volume(self) -> bool:
+        return self.problem is None
+
+    @property
+    def original(self) -> bool:
+        return not self.image_type.upper().startswith("DERIVED")
+
+    def line(self) -> str:
+        number = "-" if self.number is None else str(self.number)
+        state = "" if self.is_volume else f"  (not a volume: {self.problem})"
+        return (f"#{number:<5} {len(self.files):>4} files  {self.modality or '?':<3} {self.orientation or '?':<9} "
+                f"{self.image_type or '?':<22} {self.description!r}  {self.uid}{state}")
+
+
+def list_series(folder: Union[str, os.PathLike]) -> list[DicomSeries]:
+    """The image series in ``folder`` (not its sub-folders), in SeriesNumber order; files that are not DICOM images
+    are skipped."""
+    folder = Path(folder)
+    groups: dict[str, dict] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
+            continue
+        if "Rows" not in ds or "SeriesInstanceUID" not in ds:
+            continue  # DICOMDIR, structured reports, presentation states: no image
+        uid = str(ds.SeriesInstanceUID)
+        group = groups.setdefault(uid, {"ds": ds, "files": []})
+        group["files"].append(str(path))
+    series = [_describe(uid, g["ds"], g["files"]) for uid, g in groups.items()]
+    return sorted(series, key=lambda s: (s.number is None, s.number or 0, s.uid))
+
+
+def _describe(uid: str, ds: pydicom.Dataset, files: list) -> DicomSeries:
+    number = ds.get("SeriesNumber")
+    try:
+        number = int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        number = None
+    image_type = "\\".join(str(v) for v in ds.get("ImageType", []) or [])
+    series = DicomSeries(uid, number, str(ds.get("SeriesDescription", "")), str(ds.get("Modality", "")), image_type,
+                         files, _orientation(ds))
+    try:
+        describe_series(files)
+    except ValueError as error:
+        series.problem = str(error)
+    return series
+
+
+def _orientation(ds: pydicom.Dataset) -> str:
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return ""
+    row, column = [float(v) for v in iop[:3]], [float(v) for v in iop[3:]]
+    normal = [row[1] * column[2] - row[2] * column[1], row[2] * column[0] - row[0] * column[2],
+              row[0] * column[1] - row[1] * column[0]]
+    axis = max(range(3), key=lambda i: abs(normal[i]))
+    return ("sagittal", "coronal", "axial")[axis] + ("" if abs(normal[axis]) > 0.99 else " (oblique)")
+
+
+def listing(series: list[DicomSeries], chosen: Optional[DicomSeries] = None) -> str:
+    """One line per series, the chosen one marked with '*'."""
+    return "\n".join(("* " if s is chosen else "  ") + s.line() for s in series)
+
+
+def choose_series(folder: Union[str, os.PathLike], series: Optional[Union[str, int]] = None) -> DicomSeries:
+    """The series of ``folder`` to read: the one named by ``series`` (UID or number), else the rule of this module.
+
+    Raises VolumeError, listing the folder's series, when none qualifies or ``series`` names none or several.
+    """
+    folder = Path(folder)
+    found = list_series(folder)
+    if not found:
+        raise VolumeError(f"{folder}: folder holds no DICOM series (no DICOM image file); point to a folder of "
+                          "DICOM files or to a volume file")
+    if series is not None:
+        wanted = str(series).strip()
+        matches = [s for s in found if s.uid == wanted] or [s for s in found if str(s.number) == wanted]
+        if len(matches) != 1:
+            how = "no series" if not matches else f"{len(matches)} series"
+            raise VolumeError(f"{folder}: {how} with UID or number {wanted!r}; give one of the UIDs (or a unique "
+                              f"number) of:\n{listing(found)}")
+        chosen = matches[0]
+        if not chosen.is_volume:
+            raise VolumeError(f"{folder}: series {wanted!r} is not one 3D volume ({chosen.problem})")
+        return chosen
+    candidates = [s for s in found if s.is_volume]
+    if not candidates:
+        raise VolumeError(f"{folder}: none of its DICOM series is one 3D volume:\n{listing(found)}")
+    chosen = min(candidates, key=lambda s: (not s.original, -len(s.files), s.number is None, s.number or 0, s.uid))
+    if len(found) > 1:
+        log.warning("%s holds %d DICOM series; reading the one marked '*' (ORIGINAL before DERIVED, then most "
+                    "slices, then lowest number); choose another with --series UID|number:\n%s",
+                    folder, len(found), listing(found, chosen))
+    return chosen
