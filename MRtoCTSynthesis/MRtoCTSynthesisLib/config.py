@@ -99,6 +99,9 @@ class TrainConfig:
             problems.append(f"augment_pad {self.augment_pad} must be at least image_size {self.image_size}")
         if self.iterations < 1 or self.batch_size < 1:
             problems.append("iterations and batch_size must be >= 1")
+        for name in ("checkpoint_every", "preview_every", "validate_every", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (every N iterations), got {getattr(self, name)}")
         if self.lambda_supervised and self.sampling != "paired":
             problems.append("lambda_supervised needs paired sampling (registered MR/CT pairs)")
         for name in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity", "lambda_supervised", "lr"):

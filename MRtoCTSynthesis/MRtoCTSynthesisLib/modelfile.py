@@ -2,7 +2,9 @@
 
 A bundle is ONE safetensors file: the weights of each network under prefixed keys ("G_CT.<param>" always,
 "G_MR.<param>" optionally, used by the quality map) and the JSON metadata (schema in ``validate_metadata``) as a
-string under the header-metadata key "mrtoct". safetensors holds raw tensors only, so loading a model can never
+string under the header-metadata key "mrtoct", and the SHA-256 of the tensors (``weights_digest``) under
+"mrtoct_weights_sha256", checked at every load (files saved before it existed load with a note), so damage to a
+model given by path is found like damage to a catalog model. safetensors holds raw tensors only, so loading a model can never
 run code: pickle checkpoints (torch.save) are recognised by their magic bytes and refused, never unpickled.
 
 The catalog (Resources/Models/catalog.json) names released models with their sha256; a name resolves to the file
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -31,9 +34,12 @@ from . import __version__
 from .atomic import write_atomically
 from .networks import NETWORKS, build_network
 
+log = logging.getLogger(__name__)
+
 FORMAT = "mrtoct-model"
 FORMAT_VERSION = 1
 METADATA_KEY = "mrtoct"
+WEIGHTS_HASH_KEY = "mrtoct_weights_sha256"  # header metadata beside METADATA_KEY: weights_digest, by save_model
 SUFFIX = ".mrtoct.safetensors"
 PLANES = ("sagittal", "axial", "coronal")
 CATALOG_VERSION = 1
@@ -49,6 +55,10 @@ StateDict = Mapping[str, torch.Tensor]
 
 class ModelFileError(ValueError):
     """A model file, its metadata or the catalog is missing, unsafe, corrupt or inconsistent."""
+
+
+class NewerFormatError(ModelFileError):
+    """The model file was written by a newer engine (a valid file this engine cannot read)."""
 
 
 # ----------------------------------------------------------------------------------------------- metadata
@@ -98,7 +108,7 @@ def validate_metadata(metadata: Any) -> dict:
         raise ModelFileError(f"{where}: 'format' is {metadata['format']!r}, expected {FORMAT!r}")
     version = _field(metadata, "format_version", int, where)
     if version > FORMAT_VERSION:
-        raise ModelFileError(f"this model file has format_version {version}, newer than this engine supports "
+        raise NewerFormatError(f"this model file has format_version {version}, newer than this engine supports "
                              f"({FORMAT_VERSION}, engine {__version__}); update the MRtoCTSynthesis extension")
     if version < 1:
         raise ModelFileError(f"{where}: 'format_version' must be >= 1, got {version}")
@@ -115,6 +125,7 @@ def validate_metadata(metadata: Any) -> dict:
         raise ModelFileError(f"{where}: 'loss_weights' values must be finite numbers, got {bad_weights}")
     for key in ("mr_window", "ct_window"):
         _pair_of(_field(metadata, key, list, where), key, ascending=True)
+    _check_mr_normalization(metadata["mr_normalization"], where)
     _pair_of(_field(metadata, "image_size", list, where), "image_size", positive=True, integer=True)
     spacing = _field(metadata, "pixel_spacing_mm", (list, type(None)), where)
     if spacing is not None:
@@ -135,6 +146,40 @@ def validate_metadata(metadata: Any) -> dict:
             raise ModelFileError(f"{net_where}: unknown architecture {architecture!r}; this engine knows "
                                  f"{sorted(NETWORKS)} (the model may need a newer extension)")
     return metadata
+
+
+def _check_mr_normalization(record: dict, where: str) -> None:
+    """The robust-scaling values, where present: percentile null or in (0, 100], value finite and > 0, n4 a bool
+    (a value <= 0 would map every MR voxel to the bottom of the window: -1000 HU everywhere)."""
+    percentile, value, n4 = record.get("percentile"), record.get("value"), record.get("n4", False)
+    if percentile is not None and not (_is_number(percentile) and 0 < percentile <= 100):
+        raise ModelFileError(f"{where}: mr_normalization 'percentile' must be null or a number in (0, 100], "
+                             f"got {percentile!r}")
+    if "value" in record and not (_is_number(value) and value > 0):
+        raise ModelFileError(f"{where}: mr_normalization 'value' must be a finite number > 0, got {value!r}")
+    if not isinstance(n4, bool):
+        raise ModelFileError(f"{where}: mr_normalization 'n4' must be true or false, got {n4!r}")
+
+
+def weights_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the stored tensors in key order: each key, dtype, shape and raw bytes (what a flipped bit in the
+    weights changes, wherever the file came from)."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_finite(state_dicts: Mapping[str, StateDict]) -> None:
+    """NaN or inf weights (a diverged training) give an sCT of one constant value: refuse them."""
+    for name, weights in state_dicts.items():
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ModelFileError(f"network {name!r} has NaN or infinite weights in {bad[:3]}"
+                                 f"{' ...' if len(bad) > 3 else ''}: the training diverged or the file is damaged; "
+                                 "use an earlier checkpoint or another model")
 
 
 def _check_weights(metadata: dict, state_dicts: Mapping[str, StateDict]) -> None:
@@ -204,7 +249,8 @@ def save_model(path: PathLike, metadata: Mapping[str, Any],
     _check_weights(metadata, state_dicts)
     tensors = {f"{name}.{key}": value.detach().to("cpu").contiguous()
                for name, weights in state_dicts.items() for key, value in weights.items()}
-    return write_atomically(Path(path), lambda temp: save_file(tensors, str(temp), metadata={METADATA_KEY: text}))
+    header = {METADATA_KEY: text, WEIGHTS_HASH_KEY: weights_digest(tensors)}
+    return write_atomically(Path(path), lambda temp: save_file(tensors, str(temp), metadata=header))
 
 
 def _check_container(path: Path) -> None:
@@ -242,10 +288,20 @@ def _read(path: PathLike, with_weights: bool) -> tuple[dict, dict[str, dict[str,
         raise ModelFileError(f"{path} is a safetensors file without {METADATA_KEY!r} metadata: it is not an "
                              "MRtoCT model bundle (save models with modelfile.save_model)")
     try:
-        metadata = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{path}: the {METADATA_KEY!r} metadata is not valid JSON ({error})") from error
-    validate_metadata(metadata)
+        metadata = validate_metadata(json.loads(header[METADATA_KEY]))
+    except NewerFormatError:
+        raise
+    except (json.JSONDecodeError, ModelFileError) as error:
+        raise ModelFileError(f"{path}: the model file is damaged or was not written by this engine: its "
+                             f"{METADATA_KEY!r} metadata is invalid ({error}). Copy or download it again (a catalog "
+                             "model: delete it from the cache and resolve it again), or export it again with "
+                             "modelfile.save_model") from error
+    if with_weights and WEIGHTS_HASH_KEY in header and weights_digest(tensors) != header[WEIGHTS_HASH_KEY]:
+        raise ModelFileError(f"{path}: the weights do not match the checksum recorded when the model was saved: the "
+                             "file is damaged. Copy or download it again")
+    if with_weights and WEIGHTS_HASH_KEY not in header:
+        log.info("%s has no weights checksum (saved by an older engine): damage to its weights cannot be detected; "
+                 "save it again with modelfile.save_model to add one", path)
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         name, _, param = key.partition(".")
@@ -259,10 +315,12 @@ def read_metadata(path: PathLike) -> dict:
 
 
 def load_model(path: PathLike) -> ModelBundle:
-    """Load and fully validate a bundle (container, metadata, weights vs architecture); never unpickles."""
+    """Load and fully validate a bundle (container, metadata, weights checksum, weights vs architecture, finite
+    weights); never unpickles."""
     metadata, state_dicts = _read(path, with_weights=True)
     try:
         _check_weights(metadata, state_dicts)
+        _check_finite(state_dicts)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from error
     return ModelBundle(metadata, state_dicts, Path(path))

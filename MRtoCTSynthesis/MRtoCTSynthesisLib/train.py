@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 import traceback
@@ -451,14 +452,21 @@ def split_validation(paths: list, fraction: float, seed: int) -> tuple[list, lis
 
 def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.PathLike, run_dir: os.PathLike,
                   device: str = "auto", cache_dir: Optional[os.PathLike] = None, resume: bool = False,
-                  echo_events: bool = False, show_progress: bool = True, trace_ranks: bool = False) -> CycleGANTrainer:
-    """Check the data, prepare the cache and the run folder, and return a ready (possibly resumed) trainer."""
+                  echo_events: bool = False, show_progress: bool = True, trace_ranks: bool = False,
+                  resume_overrides: Optional[dict] = None) -> CycleGANTrainer:
+    """Check the data, prepare the cache and the run folder, and return a ready (possibly resumed) trainer.
+
+    On ``resume`` the run's recorded configuration is used (``config`` is ignored); ``resume_overrides`` are the
+    settings given explicitly, checked by ``resumed_config``."""
     run_dir = Path(run_dir)
     recorded = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file; give a folder for the run (new, or a run to --resume)")
     if resume:
         if not (run_dir / CHECKPOINT).exists():
             raise ValueError(f"nothing to resume in {run_dir}: no {CHECKPOINT}; start a new run without --resume")
-        config = TrainConfig.from_dict(json.loads(recorded.read_text(encoding="utf-8")))
+        config = resumed_config(TrainConfig.from_dict(json.loads(recorded.read_text(encoding="utf-8"))),
+                                resume_overrides or {}, run_dir)
     elif (run_dir / CHECKPOINT).exists() or (run_dir / MODEL).exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     probe = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -495,8 +503,52 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
     trainer = CycleGANTrainer(config, data, run_dir, torch_device, world, validation, echo_events, show_progress,
                               trace_ranks, summary)
     if resume:
-        trainer.load_checkpoint(run_dir / CHECKPOINT)
+        load_checkpoint_checked(trainer, run_dir / CHECKPOINT)
+        if trainer.iteration > config.iterations:
+            raise ValueError(f"{run_dir} is already at iteration {trainer.iteration}, beyond --iterations "
+                             f"{config.iterations}; give --iterations {trainer.iteration} or more")
+        if world.is_main and config.to_dict() != json.loads(recorded.read_text(encoding="utf-8")):
+            write_atomically(recorded, lambda temp: temp.write_text(json.dumps(config.to_dict(), indent=2),
+                                                                    encoding="utf-8"))
     return trainer
+
+
+def resumed_config(recorded: TrainConfig, given: dict, run_dir: Path) -> TrainConfig:
+    """The recorded configuration of a run to resume, with ``given`` (the flags given explicitly) checked against it.
+
+    Rule: ``--iterations`` may change (train longer or stop earlier; the learning-rate decay follows the new count,
+    and config.json records it); any other setting that differs from the recorded one is refused, since the
+    checkpoint was trained with it: drop the flag, or start a new run.
+    """
+    try:
+        candidate = recorded.with_overrides(**given)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot resume {run_dir} with the given settings: {error}") from error
+    before, after = recorded.to_dict(), candidate.to_dict()
+    changed = sorted(k for k in after if after[k] != before[k] and k != "iterations")
+    if changed:
+        listing = ", ".join(f"{k} (recorded {before[k]!r}, given {after[k]!r})" for k in changed)
+        raise ValueError(f"--resume continues {run_dir} with its recorded settings, and these differ: {listing}; "
+                         "drop those flags, or start a new run in another --out")
+    if after["iterations"] != before["iterations"]:
+        log.warning("resuming %s with --iterations %d (recorded %d): the run trains to the new count and its "
+                    "learning-rate decay follows it", run_dir, after["iterations"], before["iterations"])
+    return candidate
+
+
+def load_checkpoint_checked(trainer: CycleGANTrainer, path: Path) -> None:
+    """``trainer.load_checkpoint`` with a one-line error for a checkpoint that is not this trainer's (weights_only
+    refuses any pickled object; the file may be damaged or planted)."""
+    try:
+        trainer.load_checkpoint(path)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} cannot be resumed from: it holds pickled objects other than tensors, which are "
+                         "refused unread (loading them could run code), so it was not written by this trainer. "
+                         "Delete it (and start the run again) or restore the run's own checkpoint") from None
+    except (RuntimeError, EOFError, KeyError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} cannot be resumed from: it is damaged or not a checkpoint of this trainer "
+                         f"({first[:200]}). Delete it (and start the run again) or restore a good copy") from None
 
 
 # ------------------------------------------------------------------------------------------- command line
@@ -532,16 +584,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=type(f.default), default=None)
 
 
+def explicit_overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given as flags (not left at the preset's value)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(args, f.name, None) is not None and f.name not in ("preset", "description", "extra")}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None and f.name not in ("preset", "description", "extra")}
-    return preset(args.preset, **overrides)
+    return preset(args.preset, **explicit_overrides(args))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     trainer = build_trainer(config, args.mr, args.ct, args.out, args.device, args.cache, args.resume,
-                            args.events_stdout, not args.no_progress, args.trace_ranks)
+                            args.events_stdout, not args.no_progress, args.trace_ranks,
+                            resume_overrides=explicit_overrides(args))
     model = trainer.run()
     if trainer.world.is_main:
         print(f"model written: {model}", file=sys.stderr)
