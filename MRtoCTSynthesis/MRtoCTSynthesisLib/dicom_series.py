@@ -104,7 +104,7 @@ def _orientation(ds: pydicom.Dataset) -> str:
 
 def listing(series: list[DicomSeries], chosen: Optional[DicomSeries] = None) -> str:
     """One line per series, the chosen one marked with '*'."""
-    return "\n".join(("* " if s is chosen else "  ") + s.line() for s in series)
+    return "\n".join(("* " if chosen is not None and s.uid == chosen.uid else "  ") + s.line() for s in series)
 
 
 def choose_series(folder: Union[str, os.PathLike], series: Optional[Union[str, int]] = None) -> DicomSeries:

@@ -7,7 +7,8 @@ and allocates whatever size a header declares. So, from the header and the file 
 * the voxels the header declares fit in memory: ``voxels * 4 bytes * MEMORY_COPIES <= MemAvailable`` (the pipeline
   holds a few float32 copies of a volume);
 * NIfTI: the data stream is as long as the header says, ``vox_offset + voxels * bitpix / 8`` bytes (for ``.nii.gz``
-  the stream is decompressed once, chunk by chunk, to measure it), and every spatial pixdim is non-zero;
+  the stream is decompressed once, chunk by chunk, to measure it), every spatial pixdim is non-zero, and float data
+  hold no NaN or inf (ITK's NIfTI reader turns NaN into 0, so this is checked on the file, in the same pass);
 
 and on the image read: every spacing is positive and finite, and every voxel is finite (no NaN or inf).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -37,7 +39,8 @@ def itk_message(error: Exception) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     start = next((i for i, line in enumerate(lines) if "ERROR:" in line), len(lines) - 1)
     text = " ".join(lines[start:])
-    return text.split("ERROR:", 1)[-1].strip() if "ERROR:" in text else text
+    text = text.split("ERROR:", 1)[-1].strip() if "ERROR:" in text else text
+    return re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text)  # drop the object's address: "Image(0x5564...): "
 
 
 def available_memory_bytes() -> Optional[int]:
@@ -86,53 +89,68 @@ def _check_nifti(path: Path, compressed: bool) -> None:
     header = _nifti_header(head)
     if header is None:
         return  # not NIfTI-1/2 after all: ITK decides
-    dims, bitpix, pixdim, vox_offset = header
+    dims, bitpix, pixdim, vox_offset, dtype = header
     spatial = [float(p) for p in pixdim[:min(3, len(dims))]]
     if any(not math.isfinite(p) or p == 0 for p in spatial):
         raise VolumeError(f"{path}: the NIfTI header gives voxel spacing (pixdim) {spatial}; a zero or non-finite "
                           "spacing has no size in mm (ITK would silently read it as 1 mm). Write the true voxel size "
                           "into the header (e.g. nibabel: img.header.set_zooms(...)) and try again")
     expected = vox_offset + math.prod(dims) * bitpix // 8
-    actual, ended_early = _stream_length(path, compressed)
+    actual, ended_early, not_finite = _scan_data(path, compressed, vox_offset, dtype)
     if ended_early or actual < expected:
         how = "its compressed stream ends early" if ended_early else f"it holds {actual} bytes"
         raise VolumeError(f"{path}: the file is truncated: the header declares {'x'.join(map(str, dims))} voxels "
                           f"({expected} bytes of data) but {how}; the copy or download did not complete, copy it "
                           "again")
+    if not_finite:
+        raise VolumeError(f"{path}: {not_finite} voxel(s) are NaN or infinite (ITK would silently read NaN as 0); "
+                          "a scan holds finite values only. Replace them (e.g. with the background value) or "
+                          "re-export the volume")
 
 
-def _nifti_header(head: bytes) -> Optional[tuple[list[int], int, list[float], int]]:
-    """(dims, bitpix, spatial pixdims, vox_offset) of a NIfTI-1 or NIfTI-2 header, in either byte order."""
+_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
+def _nifti_header(head: bytes) -> Optional[tuple[list[int], int, list[float], int, Optional[np.dtype]]]:
+    """(dims, bitpix, spatial pixdims, vox_offset, float dtype or None) of a NIfTI-1/2 header, in either byte order."""
     for endian in "<>":
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
             dim = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            datatype, bitpix = struct.unpack(endian + "hh", head[70:74])
             pixdim = struct.unpack(endian + "8f", head[76:108])
             vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
         elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "hh", head[12:16])
             dim = struct.unpack(endian + "8q", head[16:80])
             pixdim = struct.unpack(endian + "8d", head[104:168])
             vox_offset = struct.unpack(endian + "q", head[168:176])[0]
         else:
             continue
         ndim = max(1, min(7, dim[0]))
-        return [max(1, int(d)) for d in dim[1:ndim + 1]], int(bitpix), list(pixdim[1:ndim + 1]), max(0, vox_offset)
+        dtype = np.dtype(endian + _FLOAT_TYPES[datatype]) if datatype in _FLOAT_TYPES else None
+        return ([max(1, int(d)) for d in dim[1:ndim + 1]], int(bitpix), list(pixdim[1:ndim + 1]), max(0, vox_offset),
+                dtype)
     return None
 
 
-def _stream_length(path: Path, compressed: bool) -> tuple[int, bool]:
-    """Bytes of data in the file (decompressed for gzip) and whether a compressed stream ended before its end mark."""
-    if not compressed:
-        return path.stat().st_size, False
-    total = 0
-    with gzip.open(path, "rb") as handle:
+def _scan_data(path: Path, compressed: bool, offset: int, dtype: Optional[np.dtype]) -> tuple[int, bool, int]:
+    """One pass over the file: (bytes of data, decompressed for gzip; whether a compressed stream ended before its
+    end mark; how many float voxels after ``offset`` are NaN or inf, 0 for integer data)."""
+    total, not_finite, pending = 0, 0, b""
+    opener = gzip.open if compressed else open
+    with opener(path, "rb") as handle:
         try:
             for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                start = max(0, offset - total)
                 total += len(chunk)
+                if dtype is not None and start < len(chunk):
+                    data = pending + chunk[start:]
+                    usable = len(data) - len(data) % dtype.itemsize
+                    not_finite += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype))))
+                    pending = data[usable:]
         except (EOFError, zlib.error, gzip.BadGzipFile):
-            return total, True
-    return total, False
+            return total, True, not_finite
+    return total, False, not_finite
 
 
 def check_image(image: sitk.Image, where: str) -> None:

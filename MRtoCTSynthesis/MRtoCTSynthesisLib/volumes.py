@@ -84,7 +84,7 @@ def write_volume(image: sitk.Image, path: PathLike, compress: bool = True,
         try:
             back = sitk.ReadImage(str(temp))
             same = (back.GetSize() == image.GetSize() and back.GetPixelID() == image.GetPixelID()
-                    and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image)))
+                    and np.array_equal(_bytes_of(back), _bytes_of(image)))  # bitwise: NaN equals NaN
         except RuntimeError:
             same = False
         if not same:
@@ -95,6 +95,10 @@ def write_volume(image: sitk.Image, path: PathLike, compress: bool = True,
         return outputs.file(p, write, suffix, verify)
     write_atomically(p, write, suffix=suffix, verify=verify)
     return p
+
+
+def _bytes_of(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayViewFromImage(image).reshape(-1).view(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------- geometry
