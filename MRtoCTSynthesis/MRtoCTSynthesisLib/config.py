@@ -68,6 +68,7 @@ class TrainConfig:
     batch_size: int = 1
     pool_size: int = 50
     seed: int = 0
+    precision: str = "auto"                       # auto | bfloat16 | float16 | float32 (acceleration.resolve_plan)
     # --- bookkeeping
     checkpoint_every: int = 1000
     preview_every: int = 500
@@ -99,6 +100,10 @@ class TrainConfig:
             problems.append(f"augment_pad {self.augment_pad} must be at least image_size {self.image_size}")
         if self.iterations < 1 or self.batch_size < 1:
             problems.append("iterations and batch_size must be >= 1")
+        from .acceleration import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.lambda_supervised and self.sampling != "paired":
             problems.append("lambda_supervised needs paired sampling (registered MR/CT pairs)")
         for name in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity", "lambda_supervised", "lr"):
