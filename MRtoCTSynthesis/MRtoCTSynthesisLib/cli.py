@@ -223,11 +223,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
     from .bench import add_bench_arguments
-    add_bench_arguments(p)
+    from .quality import add_quality_arguments
+    from .speed_bench import add_speed_arguments
+
+    add_bench_arguments(p, more=("speed", "quality"))
+    add_speed_arguments(p)
+    add_quality_arguments(p)
 
 
-@command("bench", "benchmarks: training seconds per iteration; synthesis time and peak memory")(_add_bench)
+@command("bench", "benchmarks: speed (synthesis and training paths side by side); training seconds per iteration; "
+                  "synthesis time and peak memory; image quality")(_add_bench)
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "quality":
+        from .quality import run_quality_from_args
+        return run_quality_from_args(args)
+    if args.what == "speed":
+        from .speed_bench import run_speed
+        return run_speed(args)
     from .bench import run_bench
     return run_bench(args)
 

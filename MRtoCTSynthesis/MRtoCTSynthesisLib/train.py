@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import __version__
 from . import losses as L
-from .acceleration import autocast, resolve_plan, to_layout
+from .acceleration import Plan, autocast, resolve_plan, to_layout
 from .atomic import write_atomically
 from .config import PRESET_NAMES, TrainConfig, preset
 from .dataset import SliceCache, SliceDataset, check_folders, paired_slice, volume_stem
@@ -168,7 +168,9 @@ class CycleGANTrainer:
 
     def __init__(self, config: TrainConfig, data: SliceDataset, run_dir: os.PathLike, device: torch.device,
                  world: Optional[World] = None, validation: Optional[SliceDataset] = None, echo_events: bool = False,
-                 show_progress: bool = True, trace_ranks: bool = False, data_summary: Optional[dict] = None) -> None:
+                 show_progress: bool = True, trace_ranks: bool = False, data_summary: Optional[dict] = None,
+                 plan: Optional[Plan] = None) -> None:
+        """``plan`` (benchmarks) overrides the one resolved from ``config.precision`` for ``device``."""
         self.config, self.data, self.validation = config, data, validation
         self.run_dir, self.device, self.world = Path(run_dir), device, world or World()
         self.events = EventWriter(self.run_dir, echo=echo_events, enabled=self.world.is_main)
@@ -176,7 +178,7 @@ class CycleGANTrainer:
         self.trace_ranks = trace_ranks
         self.data_summary = data_summary or {}
         torch.manual_seed(config.seed)
-        self.plan = resolve_plan(device, config.precision, "training", batch_size=config.batch_size)
+        self.plan = plan or resolve_plan(device, config.precision, "training", batch_size=config.batch_size)
         layout = torch.channels_last if self.plan.channels_last else torch.contiguous_format
         self.generators = Generators(config).to(device, memory_format=layout)
         self.discriminators = Discriminators(config).to(device, memory_format=layout)
