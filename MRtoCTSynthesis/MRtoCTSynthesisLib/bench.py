@@ -1,20 +1,26 @@
 """Benchmarks that print a table and write CSV + JSON (never unit tests with time limits).
 
+* ``speed`` (``speed_bench.py``): side by side in one run on this machine, with the CPU model and flags: synthesis slices/s of the path
+  ``auto`` chooses against the reference configuration (eager float32, NCHW, batch 1: the official CycleGAN test
+  setting) for the paper-size generator at 256x256 and 384x256, as a fraction of the machine's measured GEMM rate;
+  training s/iteration of the chosen path against the float32 eager trainer for the five presets; the sCT
+  difference (HU) of the chosen path and of bf16 against float32 (demo model, a phantom and a real MR); the peak
+  memory of a 512x512x300 MR (``synthesis``). Benchmark networks get random weights at run time.
 * ``train``: seconds per training iteration at 256x256, batch 1, paper-size networks (ngf 64, 9 blocks), for the
   cyclegan, yang2018 and hiasa2018 presets, and the share of the iteration spent in the MIND structure term and in
   the gradient-consistency term (each timed forward + backward on the iteration's own tensors).
 * ``synthesis``: wall time and peak resident memory of synthesizing a 512x512x300 MR, each case in a fresh process.
-* ``quality``: the papers' image-quality comparison of the five variants on phantoms (``quality``).
+
+``speed_bench.py`` and ``quality/`` (``mrtoct bench quality``) add their own arguments; the command line dispatches.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +31,9 @@ import torch
 from . import losses as L
 from .config import preset
 from .modelfile import save_untrained_model
+from .tables import format_table, write_table
+
+BENCHMARKS = ("train", "synthesis")
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -42,7 +51,7 @@ def bench_train(size: int = 256, repeats: int = 3, ngf: int = 64, n_blocks: int 
     rows = []
     for name in ("cyclegan", "yang2018", "hiasa2018"):
         config = preset(name, image_size=(size, size), augment_pad=None, ngf=ngf, n_blocks=n_blocks, iterations=10)
-        trainer = _bare_trainer(config)
+        trainer = bare_trainer(config)
         mr, ct = torch.rand(1, 1, size, size) * 2 - 1, torch.rand(1, 1, size, size) * 2 - 1
         step = _time(lambda: trainer.train_step(mr, ct), repeats)
         fake = torch.rand(1, 1, size, size, requires_grad=True)
@@ -63,14 +72,16 @@ def bench_train(size: int = 256, repeats: int = 3, ngf: int = 64, n_blocks: int 
     return rows
 
 
-def _bare_trainer(config):
-    """A CycleGANTrainer on a stand-in dataset (the benchmark feeds tensors to train_step directly)."""
+def bare_trainer(config, device: torch.device = torch.device("cpu"), plan=None):
+    """A CycleGANTrainer on a stand-in dataset (the benchmark feeds tensors to train_step directly); ``plan``
+    (an ``acceleration.Plan``) overrides the one of ``config.precision``."""
     from .train import CycleGANTrainer
 
     class NoData:
         mr = ct = [np.zeros((1, 8, 8), np.float32)]
         paired = False
-    return CycleGANTrainer(config, NoData(), Path("/tmp/mrtoct-bench"), torch.device("cpu"), show_progress=False)
+    return CycleGANTrainer(config, NoData(), Path(tempfile.gettempdir()) / "mrtoct-bench", device,
+                           show_progress=False, plan=plan)
 
 
 def write_test_mr(path: Path, shape: Sequence[int]) -> Path:
@@ -96,12 +107,13 @@ def bench_synthesis(model: str, mr_path: Path, label: str) -> dict:
     before = _peak_rss_mb()
     began = time.perf_counter()
     image = read_volume(mr_path)
-    synthesize(image, model, device="cpu", batch_size=8)
+    result = synthesize(image, model, device="cpu")
     seconds = time.perf_counter() - began
     x, y, z = image.GetSize()
     return {"case": label, "shape": f"{x}x{y}x{z}", "seconds": round(seconds, 1),
             "peak_rss_mb": round(_peak_rss_mb(), 0), "rss_at_start_mb": round(before, 0),
-            "input_float32_mb": round(4 * x * y * z / 2**20, 0), "threads": torch.get_num_threads()}
+            "input_float32_mb": round(4 * x * y * z / 2**20, 0), "threads": torch.get_num_threads(),
+            "precision": result.precision, "backend": result.backend}
 
 
 def _peak_rss_mb() -> float:
@@ -119,38 +131,9 @@ def _format_row(row: dict) -> str:
     return "  ".join(f"{k}={v}" for k, v in row.items())
 
 
-def format_table(rows: list[dict]) -> str:
-    """Rows (dicts with the same keys) as an aligned plain-text table."""
-    keys = list(rows[0])
-    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-    lines = [" | ".join(k.ljust(w) for k, w in zip(keys, widths)), "-|-".join("-" * w for w in widths)]
-    lines += [" | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-def write_table(rows: list[dict], out: Path, name: str, echo: bool = True) -> Path:
-    """Write ``<out>/<name>.csv`` and ``<name>.json`` (with the machine); print the table when ``echo``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "python": platform.python_version()}
-    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2), encoding="utf-8")
-    with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    if echo:
-        print("\n" + format_table(rows))
-        print(f"\nwritten: {out / name}.csv, {out / name}.json ({machine})")
-    return out / f"{name}.csv"
-
-
-
-
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .quality import add_quality_arguments
-
-    parser.add_argument("what", choices=["train", "synthesis", "quality"])
+def add_bench_arguments(parser: argparse.ArgumentParser, more: Sequence[str] = ()) -> None:
+    """The bench command's arguments; ``more``: further benchmark names the caller dispatches itself."""
+    parser.add_argument("what", choices=[*BENCHMARKS, *more])
     parser.add_argument("--out", help="folder for the CSV and JSON (default benchmarks/results; quality: "
                                       "benchmarks/quality, with runs, figures and RESULTS.md)")
     parser.add_argument("--size", type=int, default=256, help="train: image size (default 256)")
@@ -159,13 +142,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paper-size", action="store_true",
                         help="synthesis: also time a paper-size generator (ngf 64, 9 blocks, 384x256; ~10 min on 1 CPU)")
     parser.add_argument("--case", nargs=3, metavar=("MODEL", "LABEL", "MR"), help=argparse.SUPPRESS)  # child process
-    add_quality_arguments(parser)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.what == "quality":
-        from .quality import run_quality_from_args
-        return run_quality_from_args(args)
     out = Path(args.out or "benchmarks/results")
     if args.what == "train":
         write_table(bench_train(args.size, args.repeats), out, "train_seconds_per_iteration")
@@ -173,21 +152,23 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.case:
         print(json.dumps(bench_synthesis(args.case[0], Path(args.case[2]), args.case[1])))
         return 0
-    mr_path = write_test_mr(out / "bench_mr.mha", args.shape)
-    cases = [("phantom-head-demo", "demo model (ngf 24, 6 blocks, 3 mm)")]
-    if args.paper_size:
-        paper = save_untrained_model(out / "paper-size-random.mrtoct.safetensors", "paper-size-random", 64, 9,
-                                     image_size=(384, 256), generators=("G_CT",))
-        cases.append((str(paper), "paper size (ngf 64, 9 blocks, 384x256)"))
-    rows = []
-    for model, label in cases:
-        command = [sys.executable, "-m", "MRtoCTSynthesisLib.cli", "bench", "synthesis", "--case", model, label,
-                   str(mr_path)]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-        print(_format_row(rows[-1]), flush=True)
-    if args.paper_size:
-        paper.unlink()
-    mr_path.unlink()
+    with tempfile.TemporaryDirectory(prefix="mrtoct-bench-") as scratch:
+        mr_path = write_test_mr(Path(scratch) / "bench_mr.mha", args.shape)
+        cases = [("phantom-head-demo", "demo model (ngf 24, 6 blocks, 3 mm)")]
+        if args.paper_size:
+            paper = save_untrained_model(Path(scratch) / "paper-size-random.mrtoct.safetensors", "paper-size-random",
+                                         64, 9, image_size=(384, 256), generators=("G_CT",))
+            cases.append((str(paper), "paper size (ngf 64, 9 blocks, 384x256)"))
+        rows = [synthesis_case(model, label, mr_path) for model, label in cases]
     write_table(rows, out, "synthesis_memory_time")
     return 0
+
+
+def synthesis_case(model: str, label: str, mr_path: Path) -> dict:
+    """``bench_synthesis`` in a fresh process (its peak memory is then the synthesis's own)."""
+    command = [sys.executable, "-m", "MRtoCTSynthesisLib.cli", "bench", "synthesis", "--case", model, label,
+               str(mr_path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    print(_format_row(row), flush=True)
+    return row

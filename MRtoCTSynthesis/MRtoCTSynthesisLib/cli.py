@@ -75,8 +75,10 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="phantom-head-demo", help="catalog name, local model name or model file")
     p.add_argument("--out", required=True, help="output folder for <name>_sct.nii.gz files")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
-    p.add_argument("--precision", choices=["auto", "float32"], default="auto", help="auto: half precision on CUDA")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: the device's "
+                                                                "fastest: 1 on CPUs, 8 on GPUs)")
+    p.add_argument("--precision", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                   help="auto: bf16 where the CPU/GPU computes it natively, fp16 on older GPUs, else float32")
     p.add_argument("--quality-map", action="store_true", help="also write cycle-residual and structure maps")
     p.add_argument("--dicom-out", help="also write each sCT as a DICOM CT series into this folder")
     p.add_argument("--overwrite", action="store_true",
@@ -104,12 +106,14 @@ def _synthesize(args: argparse.Namespace) -> int:
                 r.extra_outputs.append(_save_sct_png(r))
     records = [{"input": str(r.input), "output": r.output and str(r.output), "error": r.error,
                 "seconds": round(r.seconds, 2), "extra_outputs": [str(p) for p in r.extra_outputs],
-                "device": r.device, "model_name": r.model_name} for r in results]
+                "device": r.device, "model_name": r.model_name, "precision": r.precision, "backend": r.backend}
+               for r in results]
     if args.progress_json:
         print(json.dumps({"result": records}), flush=True)
     else:
         for r in results:
-            print(f"{'ok    ' if r.error is None else 'FAILED'} {r.input} -> {r.output or r.error} ({r.seconds:.1f} s)")
+            how = f", {r.precision}, {r.backend}" if r.error is None else ""
+            print(f"{'ok    ' if r.error is None else 'FAILED'} {r.input} -> {r.output or r.error} ({r.seconds:.1f} s{how})")
         print(f"{sum(r.error is None for r in results)} of {len(results)} inputs synthesized into {args.out}")
     return 0 if all(r.error is None for r in results) else 1
 
@@ -225,11 +229,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
     from .bench import add_bench_arguments
-    add_bench_arguments(p)
+    from .quality import add_quality_arguments
+    from .speed_bench import add_speed_arguments
+
+    add_bench_arguments(p, more=("speed", "quality"))
+    add_speed_arguments(p)
+    add_quality_arguments(p)
 
 
-@command("bench", "benchmarks: training seconds per iteration; synthesis time and peak memory")(_add_bench)
+@command("bench", "benchmarks: speed (synthesis and training paths side by side); training seconds per iteration; "
+                  "synthesis time and peak memory; image quality")(_add_bench)
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "quality":
+        from .quality import run_quality_from_args
+        return run_quality_from_args(args)
+    if args.what == "speed":
+        from .speed_bench import run_speed
+        return run_speed(args)
     from .bench import run_bench
     return run_bench(args)
 

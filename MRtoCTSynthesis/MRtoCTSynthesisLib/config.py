@@ -68,6 +68,7 @@ class TrainConfig:
     batch_size: int = 1
     pool_size: int = 50
     seed: int = 0
+    precision: str = "auto"                       # auto | bfloat16 | float16 | float32 (acceleration.resolve_plan)
     # --- bookkeeping
     checkpoint_every: int = 1000
     preview_every: int = 500
@@ -102,6 +103,10 @@ class TrainConfig:
         for name in ("checkpoint_every", "preview_every", "validate_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (every N iterations), got {getattr(self, name)}")
+        from .acceleration import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.lambda_supervised and self.sampling != "paired":
             problems.append("lambda_supervised needs paired sampling (registered MR/CT pairs)")
         for name in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity", "lambda_supervised", "lr"):

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from . import volumes as V
+from .acceleration import PRECISIONS, network_gflop, pick_device, prepare, resolve_plan
 from .atomic import OutputSet, remove_stale_temporaries
 from .dataset import looks_like_ct, volume_stem
 from .losses import mind_descriptor
@@ -47,6 +48,8 @@ class SynthesisResult:
     model_name: str = ""
     device: str = "cpu"
     seconds: float = 0.0
+    precision: str = "float32"                         # what the network ran in (auto resolved)
+    backend: str = ""                                  # e.g. "torch eager, NCHW"
 
 
 @dataclass
@@ -58,20 +61,8 @@ class FileResult:
     extra_outputs: list = field(default_factory=list)
     device: str = ""
     model_name: str = ""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """auto: CUDA, then Apple MPS, then CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
-    return device
+    precision: str = ""
+    backend: str = ""
 
 
 def load_bundle(model: ModelLike) -> ModelBundle:
@@ -85,25 +76,27 @@ GENERATORS = {"mr": ("G_CT", "ct"), "ct": ("G_MR", "mr")}   # source modality ->
 BACKGROUND = {"ct": CT_BACKGROUND_HU, "mr": 0.0}
 
 
-def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: str = "auto", batch_size: int = 8,
-              precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
-              cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample") -> SynthesisResult:
+def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: str = "auto",
+              batch_size: Optional[int] = None, precision: str = "auto", quality_map: bool = False,
+              progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
+              oblique: str = "resample") -> SynthesisResult:
     """Translate a whole volume with the model's generator for ``source`` (MR -> CT in HU with G_CT, or CT -> MR in
     the model's MR units with G_MR), slice-wise, on exactly the input's grid; the input is never modified.
 
+    ``precision`` is one of ``acceleration.PRECISIONS`` (auto: the fastest correct path of the device) and
+    ``batch_size`` None takes the device's rule; the result records the precision and backend that ran.
     The quality maps use the reverse generator: the cycle residual is in the source window's units.
     """
     began = time.time()
     if source not in GENERATORS:
         raise ValueError(f"source must be one of {sorted(GENERATORS)}, not {source!r}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if precision not in ("auto", "float32"):
-        raise ValueError(f"precision must be 'auto' or 'float32', not {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     bundle = load_bundle(model)
     norm = normalization_from_metadata(bundle.metadata)
     torch_device = pick_device(device)
-    half = precision == "auto" and torch_device.type == "cuda"
     forward_name, target = GENERATORS[source]
     report = progress or (lambda fraction, message: None)
     report(0.0, f"preparing the {source.upper()}")
@@ -113,20 +106,26 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm)
     source_window, target_window = norm.window(source), norm.window(target)
     count = prepared.slices.shape[0]
+    work = count * network_gflop(forward, (1, 1, *norm.image_size)) * (2 if quality_map else 1)
+    plan = resolve_plan(torch_device, precision, "inference", work, batch_size=batch_size)
+    for note in plan.notes:
+        log.info(note)
+    run_forward = prepare(forward, plan)
+    run_backward = prepare(backward, plan) if quality_map else None
     out = np.empty(prepared.slices.shape, np.float32)
     maps = {name: np.empty(prepared.slices.shape, np.float32) for name in QUALITY_MAPS} if quality_map else {}
     started = time.time()
-    for start in range(0, count, batch_size):
+    for start in range(0, count, plan.batch_size):
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
-        stop = min(count, start + batch_size)
+        stop = min(count, start + plan.batch_size)
         x = torch.from_numpy(prepared.slices[start:stop, None]).to(torch_device)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+        with torch.no_grad():
             canvas = V.fit_slices(x, fit, pad_value=-1.0)
-            fake = forward(canvas).float()
+            fake = run_forward(canvas)
             out[start:stop] = target_window.from_network(V.unfit_slices(fake, fit)[:, 0]).cpu().numpy()
             if quality_map:
-                rec = V.unfit_slices(backward(fake).float(), fit)
+                rec = V.unfit_slices(run_backward(fake), fit)
                 half_range = (source_window.high - source_window.low) / 2
                 maps["cycle_residual"][start:stop] = ((rec - x).abs()[:, 0] * half_range).cpu().numpy()
                 discrepancy = (mind_descriptor(canvas.float()) - mind_descriptor(fake)).abs().mean(dim=1, keepdim=True)
@@ -138,13 +137,13 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     report(0.95, "writing the result on the input grid")
     result = SynthesisResult(restore_volume(out, prepared, norm.plane, BACKGROUND[target]),
                              {name: restore_volume(array, prepared, norm.plane, 0.0) for name, array in maps.items()},
-                             bundle.metadata["name"], str(torch_device), 0.0)
+                             bundle.metadata["name"], str(torch_device), 0.0, plan.precision, run_forward.backend)
     result.seconds = time.time() - began
-    report(1.0, f"done in {result.seconds:.1f} s on {torch_device}")
+    report(1.0, f"done in {result.seconds:.1f} s on {torch_device} ({result.precision}, {result.backend})")
     return result
 
 
-def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: int = 8,
+def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: Optional[int] = None,
                precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
                cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample",
                mask_background: bool = True) -> SynthesisResult:
@@ -240,8 +239,8 @@ def planned_outputs(inputs: Sequence[os.PathLike], out_dir: os.PathLike, quality
 def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model: ModelLike, device: str = "auto",
                      quality_map: bool = False, dicom_out: Optional[os.PathLike] = None,
                      progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
-                     batch_size: int = 8, precision: str = "auto", series: Optional[Union[str, int]] = None,
-                     overwrite: bool = False) -> list[FileResult]:
+                     batch_size: Optional[int] = None, precision: str = "auto",
+                     series: Optional[Union[str, int]] = None, overwrite: bool = False) -> list[FileResult]:
     """Synthesize many MR files; a failing input is reported in its FileResult and the others go on.
 
     Writes ``<out>/<name>_sct.nii.gz`` (and ``_cycle_residual``/``_structure_discrepancy`` maps, and a DICOM CT series
@@ -274,7 +273,8 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
         except BaseException:
             outputs.discard()
             raise
-        return FileResult(source, written[0], None, 0.0, written[1:], result.device, result.model_name)
+        return FileResult(source, written[0], None, 0.0, written[1:], result.device, result.model_name,
+                          result.precision, result.backend)
 
     try:
         return run_per_file(inputs, one, lambda source, error: FileResult(source, None, error), progress)

@@ -25,7 +25,6 @@ import pickle
 import sys
 import time
 import traceback
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from . import __version__
 from . import losses as L
+from .acceleration import Plan, autocast, resolve_plan, to_layout
 from .atomic import write_atomically
 from .config import PRESET_NAMES, TrainConfig, preset
 from .dataset import SliceCache, SliceDataset, check_folders, paired_slice, volume_stem
@@ -169,7 +169,9 @@ class CycleGANTrainer:
 
     def __init__(self, config: TrainConfig, data: SliceDataset, run_dir: os.PathLike, device: torch.device,
                  world: Optional[World] = None, validation: Optional[SliceDataset] = None, echo_events: bool = False,
-                 show_progress: bool = True, trace_ranks: bool = False, data_summary: Optional[dict] = None) -> None:
+                 show_progress: bool = True, trace_ranks: bool = False, data_summary: Optional[dict] = None,
+                 plan: Optional[Plan] = None) -> None:
+        """``plan`` (benchmarks) overrides the one resolved from ``config.precision`` for ``device``."""
         self.config, self.data, self.validation = config, data, validation
         self.run_dir, self.device, self.world = Path(run_dir), device, world or World()
         self.events = EventWriter(self.run_dir, echo=echo_events, enabled=self.world.is_main)
@@ -177,8 +179,14 @@ class CycleGANTrainer:
         self.trace_ranks = trace_ranks
         self.data_summary = data_summary or {}
         torch.manual_seed(config.seed)
-        self.generators = Generators(config).to(device)
-        self.discriminators = Discriminators(config).to(device)
+        self.plan = plan or resolve_plan(device, config.precision, "training", batch_size=config.batch_size)
+        layout = torch.channels_last if self.plan.channels_last else torch.contiguous_format
+        self.generators = Generators(config).to(device, memory_format=layout)
+        self.discriminators = Discriminators(config).to(device, memory_format=layout)
+        if self.plan.compile:
+            self._compile_networks()
+        for note in self.plan.notes:
+            log.info(note)
         self.G, self.D = self._distribute(self.generators), self._distribute(self.discriminators)
         betas = (config.beta1, config.beta2)
         self.opt_G = torch.optim.Adam(self.generators.parameters(), lr=config.lr, betas=betas)
@@ -189,7 +197,6 @@ class CycleGANTrainer:
         self.pool_ct, self.pool_mr = ImagePool(config.pool_size), ImagePool(config.pool_size)
         self.rng = np.random.default_rng([config.seed, self.world.rank])
         self.iteration = 0
-        self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.preview_pairs = self._preview_pairs()
 
     def _distribute(self, module: nn.Module) -> nn.Module:
@@ -199,30 +206,60 @@ class CycleGANTrainer:
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        """The plan's autocast (bf16/fp16 where chosen; the losses are computed in float32 outside it)."""
+        return autocast(self.plan)
+
+    def _networks(self) -> list[nn.Module]:
+        return [self.generators.G_CT, self.generators.G_MR, self.discriminators.D_CT, self.discriminators.D_MR]
+
+    def _compile_networks(self) -> None:
+        """Compile the four networks in place (state_dict keys unchanged, so checkpoints stay interchangeable).
+
+        In one process a forward + backward pass on zeros compiles them now, so that a failure falls back to eager
+        mode (with a note) before any weight, pool or random state has changed; the gradients are discarded.
+        """
+        for net in self._networks():
+            net.compile()
+        if self.world.size > 1:
+            return
+        try:
+            shape = (self.config.batch_size, 1, *self.config.image_size)
+            zeros = to_layout(torch.zeros(shape, device=self.device), self.plan)
+            with self._autocast():
+                total = sum(net(zeros).float().mean() for net in self._networks())
+            total.backward()
+        except Exception as error:
+            for net in self._networks():
+                net._compiled_call_impl = None  # back to the eager forward
+            note = f"torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0][:160]}); training eagerly"
+            log.warning(note)
+            self.plan = dataclasses.replace(self.plan, compile=False, notes=(*self.plan.notes, note))
+        for net in self._networks():
+            net.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------------------------- one step
 
     def train_step(self, mr: torch.Tensor, ct: torch.Tensor) -> dict:
         """One G update then one D update; returns the loss terms (unweighted) and totals as floats."""
         c = self.config
-        mr, ct = mr.to(self.device), ct.to(self.device)
+        mr, ct = to_layout(mr.to(self.device), self.plan), to_layout(ct.to(self.device), self.plan)
         self.discriminators.requires_grad_(False)
         with self._autocast():
             out = self.G(mr, ct)
             d_ct_fake = self.discriminators.D_CT(out["fake_ct"])  # plain modules: D is fixed in the G step
             d_mr_fake = self.discriminators.D_MR(out["fake_mr"])
+        out = {name: image.float() for name, image in out.items()}  # losses in float32 (a no-op in float32)
+        d_ct_fake, d_mr_fake = d_ct_fake.float(), d_mr_fake.float()
         terms = {"G_gan_ct": L.lsgan_generator_loss(d_ct_fake), "G_gan_mr": L.lsgan_generator_loss(d_mr_fake),
                  "cycle": L.cycle_loss(out["rec_mr"], mr) + L.cycle_loss(out["rec_ct"], ct)}
         weighted = terms["G_gan_ct"] + terms["G_gan_mr"] + c.lambda_cycle * terms["cycle"]
         if c.lambda_structure:
-            terms["structure"] = (L.structure_loss(mr, out["fake_ct"].float(), c.mind_region, c.mind_patch, c.mind_sigma)
-                                  + L.structure_loss(ct, out["fake_mr"].float(), c.mind_region, c.mind_patch,
-                                                     c.mind_sigma))
+            terms["structure"] = (L.structure_loss(mr, out["fake_ct"], c.mind_region, c.mind_patch, c.mind_sigma)
+                                  + L.structure_loss(ct, out["fake_mr"], c.mind_region, c.mind_patch, c.mind_sigma))
             weighted = weighted + c.lambda_structure * terms["structure"]
         if c.lambda_gc:
-            terms["gc"] = 0.5 * (L.gradient_consistency_loss(ct, out["fake_mr"].float())
-                                 + L.gradient_consistency_loss(mr, out["fake_ct"].float()))
+            terms["gc"] = 0.5 * (L.gradient_consistency_loss(ct, out["fake_mr"])
+                                 + L.gradient_consistency_loss(mr, out["fake_ct"]))
             weighted = weighted + c.lambda_gc * terms["gc"]
         if c.lambda_identity:
             terms["identity"] = L.identity_loss(out["idt_ct"], ct) + L.identity_loss(out["idt_mr"], mr)
@@ -236,10 +273,12 @@ class CycleGANTrainer:
         self.opt_G.step()
 
         self.discriminators.requires_grad_(True)
-        fake_ct = self.pool_ct.query(out["fake_ct"].float(), self.rng)
-        fake_mr = self.pool_mr.query(out["fake_mr"].float(), self.rng)
+        fake_ct = self.pool_ct.query(out["fake_ct"], self.rng)
+        fake_mr = self.pool_mr.query(out["fake_mr"], self.rng)
         with self._autocast():
-            d_ct_real, d_ct_fake, d_mr_real, d_mr_fake = self.D(ct, fake_ct, mr, fake_mr)
+            d_ct_real, d_ct_fake, d_mr_real, d_mr_fake = self.D(ct, to_layout(fake_ct, self.plan), mr,
+                                                                to_layout(fake_mr, self.plan))
+        d_ct_real, d_ct_fake, d_mr_real, d_mr_fake = (d.float() for d in (d_ct_real, d_ct_fake, d_mr_real, d_mr_fake))
         terms["D_ct"] = L.lsgan_discriminator_loss(d_ct_real, d_ct_fake)
         terms["D_mr"] = L.lsgan_discriminator_loss(d_mr_real, d_mr_fake)
         self.opt_D.zero_grad(set_to_none=True)
@@ -312,7 +351,7 @@ class CycleGANTrainer:
     @torch.no_grad()
     def translate(self, mr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """MR slices (N, H, W) in [-1, 1] -> (sCT, reconstructed MR), both (N, H, W) in [-1, 1]."""
-        x = torch.from_numpy(mr[:, None]).to(self.device)
+        x = to_layout(torch.from_numpy(mr[:, None]).to(self.device), self.plan)
         with self._autocast():
             fake_ct = self.generators.G_CT(x)
             rec_mr = self.generators.G_MR(fake_ct)

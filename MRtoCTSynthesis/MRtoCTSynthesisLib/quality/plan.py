@@ -84,7 +84,7 @@ def plan_key(options: Options) -> dict:
 
 
 def print_plan(plan: dict, options: Options) -> None:
-    from ..bench import format_table
+    from ..tables import format_table
 
     rows = []
     total = 0.0

@@ -36,7 +36,7 @@ def run_quality(options: Options) -> dict:
 def _run_quality(options: Options) -> dict:
     import torch
 
-    from ..bench import write_table
+    from ..tables import write_table
     from ..modelfile import read_metadata
     from ..train import MODEL, build_trainer
 
@@ -163,7 +163,7 @@ def _representative(options: Options, setting: Setting, phantom, per_subject: li
 
 
 def _print_summary(summary: list[dict]) -> None:
-    from ..bench import format_table
+    from ..tables import format_table
 
     rows = [{"anatomy": r["anatomy"], "variant": r["variant"],
              **{label: f"{_fmt(r[f'{k}_mean'], d)} ± {_fmt(r[f'{k}_sd'], d)}" for k, label, _, d in METRICS},
