@@ -166,3 +166,21 @@ def test_every_preset_n4_corrects_and_names_match_the_engine():
     assert all(preset(name).n4 for name in PRESETS)
     assert {preset(name).mr_scaling for name in ("cyclegan", "cyclegan-pbs", "yang2018", "paired")} == {"wm_peak"}
     assert MR_SCALINGS == PREPROCESSING_SCALINGS and set(GC_OPERATORS) == set(GRADIENT_OPERATORS)
+
+
+def test_training_records_n4_scaling_gc_operator_and_the_window_note(tmp_path):
+    from helpers import TINY_TRAIN_ARGS, tiny_phantom_dataset
+    from MRtoCTSynthesisLib.train import MODEL, main as train_main
+
+    data = tiny_phantom_dataset(tmp_path / "data", n=2)
+    run = tmp_path / "run"
+    assert train_main(["--mr", str(data / "mr"), "--ct", str(data / "ct"), "--out", str(run), *TINY_TRAIN_ARGS,
+                       "--preset", "hiasa2018", "--iterations", "2", "--gc-operator", "sobel"]) == 0
+    metadata = load_model(run / MODEL).metadata
+    assert metadata["mr_normalization"] == {"method": "percentile", "percentile": 99.5, "value": 100.0,
+                                            "wm_peak_value": 2000.0, "n4": True, "n4_shrink": 4,
+                                            "n4_iterations": [50, 50, 30, 20]}
+    assert metadata["loss_settings"]["gc_operator"] == "sobel"
+    assert "[-150, 350] HU caps every sCT" in metadata["intended_use"]
+    assert normalization_from_metadata(metadata) == Normalization.from_config(preset(
+        "hiasa2018", image_size=(32, 32), gc_operator="sobel"))
