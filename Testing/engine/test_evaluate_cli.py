@@ -74,3 +74,18 @@ def test_range_note_names_the_cap_only_when_there_is_one(tmp_path):
     assert "[-150, 350] HU" in note and "below -150 HU" in note and "above 350 HU" in note
     assert "above" not in range_note({"ct_window": [-500.0, 3000.0]})
     assert range_note(read_metadata(tiny_model(tmp_path / "m.mrtoct.safetensors"))) == ""
+
+
+def test_synthesize_prints_the_cap_of_a_narrow_window_model(tmp_path, capsys):
+    from MRtoCTSynthesisLib.modelfile import load_model, save_model
+
+    source = load_model(tiny_model(tmp_path / "tiny.mrtoct.safetensors", plane="axial"))
+    metadata = {k: v for k, v in source.metadata.items() if k not in ("format", "format_version", "engine_version")}
+    capped = save_model(tmp_path / "capped.mrtoct.safetensors", {**metadata, "ct_window": [-150.0, 350.0]},
+                        source.state_dicts)
+    mr = V.write_volume(make_phantom("head", 1, (24, 24, 16), (8.0, 8.0, 8.0)).mr, tmp_path / "mr.nii.gz")
+    for model, expected in ((capped, True), (source.path, False)):
+        assert main(["synthesize", str(mr), "--model", str(model), "--out", str(tmp_path / "out"),
+                     "--device", "cpu"]) == 0
+        printed = capsys.readouterr().out
+        assert ("caps every sCT" in printed) == expected, printed
