@@ -40,9 +40,15 @@ from .translate import synthesize_ct
 
 log = logging.getLogger(__name__)
 MODES = ("mr+sct", "sct", "mr")
-TEST_SCT, TEST_MR, TEST_REAL_CT = "MR + sCT", "MR", "MR + real CT (no synthesis error)"
+REAL_CT = "real CT (no synthesis error)"
 HIASA_STRUCTURES = ("pelvis", "femur", "gluteus_medius", "gluteus_minimus")
 HIASA_DICE = {"pelvis": 0.808, "femur": 0.883, "gluteus_medius": 0.804, "gluteus_minimus": 0.669}
+
+
+def test_input_label(mode: str, real_ct: bool = False) -> str:
+    """What the U-Net of ``mode`` is given at test time: its channels, the CT one synthetic unless ``real_ct``."""
+    ct = REAL_CT if real_ct else "sCT"
+    return {"mr": "MR", "sct": ct, "mr+sct": f"MR + {ct}"}[mode]
 
 
 def make_data(out: Path, args: argparse.Namespace) -> dict:
@@ -136,9 +142,9 @@ def run_experiment(args: argparse.Namespace) -> dict:
         ref_array = sitk.GetArrayFromImage(reference)
         sct = synthesize_ct(mr, bundle, args.device)
         sct_mae = float(np.abs(V.array_of(sct) - V.array_of(ct))[ref_array > 0].mean())
-        cases = [(mode, TEST_SCT if "sct" in mode else TEST_MR, sct) for mode in args.modes]
+        cases = [(mode, test_input_label(mode), sct) for mode in args.modes]
         if args.real_ct_reference:
-            cases += [(mode, TEST_REAL_CT, ct) for mode in args.modes if "sct" in mode]
+            cases += [(mode, test_input_label(mode, real_ct=True), ct) for mode in args.modes if "sct" in mode]
         for mode, test_input, sct_channel in cases:
             result = segment(mr, models[mode], sct=sct_channel, device=args.device)
             scores = evaluate_labels(sitk.GetArrayFromImage(result.labels), ref_array,
@@ -160,7 +166,7 @@ def write_results(out: Path, rows: list, table, figure: dict, args: argparse.Nam
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    groups = sorted({(r["mode"], r["test_input"]) for r in rows}, key=lambda g: (g[1] == TEST_REAL_CT,
+    groups = sorted({(r["mode"], r["test_input"]) for r in rows}, key=lambda g: (REAL_CT in g[1],
                                                                                   MODES.index(g[0])))
     structures = table.names
     summary = []
@@ -230,7 +236,7 @@ def _figure(path: Path, figure: dict, table) -> None:
     n = table.n_classes - 1
     row = [Panel(mr, "MR", 0, float(np.percentile(mr, 99.5))), Panel(sct, "sCT", -1000, 2000),
            Panel(coronal(figure["ref"]), "reference", 0, n, "tab20")]
-    row += [Panel(coronal(labels), f"{key[0]}{' (real CT)' if key[1] == TEST_REAL_CT else ''}", 0, n, "tab20")
+    row += [Panel(coronal(labels), f"{key[0]}{' (real CT)' if REAL_CT in key[1] else ''}", 0, n, "tab20")
             for key, labels in figure.items() if isinstance(key, tuple)]
     save_panel_grid([row], path, suptitle="pelvis phantom, middle coronal slice")
 

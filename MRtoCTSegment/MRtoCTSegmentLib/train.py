@@ -134,10 +134,9 @@ def make_normalization(config: SegTrainConfig, synthesis_metadata: Optional[dict
     the config."""
     base = (normalization_from_metadata(synthesis_metadata) if synthesis_metadata is not None
             else Normalization.from_config(preset("yang2018")))
-    return Normalization(plane=config.plane, image_size=tuple(config.image_size),
-                         ct_window=tuple(config.ct_window or base.ct_window), mr_window=tuple(base.mr_window),
-                         mr_percentile=base.mr_percentile, mr_percentile_value=base.mr_percentile_value, n4=base.n4,
-                         pixel_spacing_mm=config.pixel_spacing_mm)
+    return dataclasses.replace(base, plane=config.plane, image_size=tuple(config.image_size),
+                               ct_window=tuple(config.ct_window or base.ct_window),
+                               pixel_spacing_mm=config.pixel_spacing_mm)
 
 
 # ------------------------------------------------------------------------------------------- the trainer

@@ -92,6 +92,7 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
 
 @command("synthesize", "synthesize CT (HU) from MR volumes with a trained model")(_add_synthesize)
 def _synthesize(args: argparse.Namespace) -> int:
+    from .modelfile import model_range_note
     from .progress import BatchProgress
     from .synthesis import synthesize_files
 
@@ -115,6 +116,8 @@ def _synthesize(args: argparse.Namespace) -> int:
             how = f", {r.precision}, {r.backend}" if r.error is None else ""
             print(f"{'ok    ' if r.error is None else 'FAILED'} {r.input} -> {r.output or r.error} ({r.seconds:.1f} s{how})")
         print(f"{sum(r.error is None for r in results)} of {len(results)} inputs synthesized into {args.out}")
+        if note := model_range_note(args.model):  # e.g. hiasa2018's [-150, 350] HU window caps every sCT
+            print(note)
     return 0 if all(r.error is None for r in results) else 1
 
 
@@ -157,28 +160,58 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="synthetic CT (HU)")
     p.add_argument("--ref", required=True, help="reference CT (HU) on the same grid")
     p.add_argument("--mask", help="mask volume (nonzero inside); default: the reference CT's body mask")
-    p.add_argument("--mr", help="the MR, to report the mutual information MR-sCT (Hiasa's unpaired measure)")
-    p.add_argument("--data-range", type=float, default=4500.0, help="PSNR peak and SSIM range (Yang: 4500 HU)")
+    p.add_argument("--mr", help="the MR on the same grid, for the mutual information MR-sCT (Hiasa's unpaired measure)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="model (file or name) that made the sCT: its preset's metrics, plane and window")
+    which.add_argument("--preset", default="yang2018", help="preset whose paper's metrics to print (default yang2018)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
 
 
-@command("evaluate", "MAE, PSNR, SSIM, SSIM on high gradients and per-tissue MAE of an sCT against a CT")(_add_evaluate)
+@command("evaluate", "the metrics of the model's paper (Yang: MAE, PSNR, SSIM, SSIM(HG); Hiasa: MAE, PSNR on "
+                     "[0, 255], MI) of an sCT against a CT, on the slices of the model's plane")(_add_evaluate)
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics import evaluate, mutual_information
-    from .volumes import array_of, body_mask, read_volume
+    from .metrics import METRIC_SETS, metric_set, paper_metrics
+    from .volumes import body_mask, read_volume
 
+    if args.model:
+        from .modelfile import Catalog, read_metadata
+        metadata = read_metadata(Catalog().resolve(args.model))
+        preset_name, plane, ct_window = metadata["preset"], metadata["plane"], metadata["ct_window"]
+    else:
+        from .config import preset
+        config = preset(args.preset)
+        preset_name, plane, ct_window = args.preset, config.plane, config.ct_window
     pred, ref = read_volume(args.pred), read_volume(args.ref)
-    mask_image = read_volume(args.mask) if args.mask else body_mask(ref, threshold=-500.0)
-    mask = array_of(mask_image) > 0
-    metrics = evaluate(array_of(pred), array_of(ref), mask, args.data_range, spacing=pred.GetSpacing()[::-1])
-    if args.mr:
-        metrics["mi_mr_sct"] = mutual_information(array_of(read_volume(args.mr)), array_of(pred), mask)
-    width = max(len(k) for k in metrics)
+    mask = read_volume(args.mask) if args.mask else body_mask(ref, threshold=-500.0)
+    volumes = [pred, ref, mask] + ([read_volume(args.mr)] if args.mr else [])
+    slices, spacing = _slices_in_plane(volumes, plane)
+    metrics = paper_metrics(slices[0], slices[1], slices[2] > 0, preset_name, ct_window, 0, spacing,
+                            slices[3] if args.mr else None)
+    print(f"{metric_set(preset_name)} metrics ({preset_name}, {plane} slices, CT window "
+          f"[{ct_window[0]:g}, {ct_window[1]:g}] HU)")
+    width = max(len(k) for k in METRIC_SETS[metric_set(preset_name)])
     for name, value in metrics.items():
-        print(f"{name:<{width}}  {value:10.4f}")
+        print(f"  {name:<{width}}  {value:10.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return 0
+
+
+def _slices_in_plane(images: list, plane: str) -> tuple[list, tuple]:
+    """Arrays (N, H, W) of the images' slices along ``plane`` (canonical LPS; all on the first image's grid) and the
+    voxel size (mm) per array axis."""
+    from .volumes import Geometry, array_of, slice_spacing, to_canonical, volume_to_slices
+
+    grid = Geometry.of(images[0])
+    for image in images[1:]:
+        if not Geometry.of(image).matches(grid):
+            raise ValueError("the sCT, the reference CT, the mask and the MR must share one voxel grid; resample "
+                             "them onto the sCT's grid first")
+    canonical = [to_canonical(image)[0] for image in images]
+    spacing_ijk = canonical[0].GetSpacing()
+    through = {"axial": spacing_ijk[2], "coronal": spacing_ijk[1], "sagittal": spacing_ijk[0]}[plane]
+    return ([volume_to_slices(array_of(image), plane) for image in canonical],
+            (through, *slice_spacing(spacing_ijk, plane)))
 
 
 # ------------------------------------------------------------------------------------------------ phantom

@@ -7,10 +7,20 @@ Presets (Yang et al. 2018 = structure-constrained CycleGAN; Hiasa et al. 2018 = 
 * ``cyclegan-pbs``  the same with Yang's position-based selection (eq. 10).
 * ``yang2018``      structure-constrained: + MIND structure-consistency loss (lambda2 = 5; 9x9 region, 7x7 Gaussian
                     patch, sigma 2), PBS.
-* ``hiasa2018``     gradient consistency: lambda_cycle = 3, lambda_GC = 0.3, CT [-150, 350] HU and MR [0, 100]
-                    (Hiasa maps both to [0, 255]; the networks see [-1, 1]), coronal 256x256.
+* ``hiasa2018``     gradient consistency: lambda_cycle = 3, lambda_GC = 0.3 (GC of absolute gradients, central
+                    differences, as the authors' code), CT [-150, 350] HU and MR [0, 100] (Hiasa maps both to
+                    [0, 255]; the networks see [-1, 1]), coronal 256x256.
 * ``paired``        the CycleGAN fed registered paired slices (Yang's "cycleGAN (paired)" upper bound); an extra
                     supervised L1 to the paired CT is a separate switch (``lambda_supervised``), 0 by default.
+
+MR preprocessing. Every preset N4-corrects the MR (both papers: "All MR volumes are N4 corrected", Yang 3.1; "N4ITK
+... was applied to all MRI volumes", Hiasa Fig. 1); ``n4=False`` turns it off. Yang's data section, which all
+his compared methods (cycleGAN, PBS, paired) share, normalises "by aligning the white matter peak identified by
+fuzzy C-means": the Yang-setting presets use ``mr_scaling="wm_peak"`` with the peak at 2000 (Yang gives no value;
+2000 puts white matter at 4/7 of the window [0, 3500], leaving room for fat, which is brighter in T1). Hiasa maps
+MR [0, 100] to [0, 255] in their scanner's units and says nothing more; a window is chosen to span the data, so
+[0, 100] is read as [background, top of the body's intensities]: the body's 99.5th percentile (its robust
+maximum: the brightest 0.5 %, vessels and fat highlights, saturate) becomes 100.
 
 All presets: Adam (lr 2e-4, beta1 0.5), learning rate constant for the first half of the iterations and decaying
 linearly to 0 over the second half (Hiasa sec. 2.2; the CycleGAN default), batch 1, image pool of 50.
@@ -24,6 +34,8 @@ from typing import Any, Optional
 
 PRESET_NAMES = ("cyclegan", "cyclegan-pbs", "yang2018", "hiasa2018", "paired")
 SAMPLING_MODES = ("random", "pbs", "paired")
+MR_SCALINGS = ("wm_peak", "percentile", "none")    # preprocessing.MR_SCALINGS (kept here: no torch import)
+GC_OPERATORS = ("central", "sobel", "prewitt")     # losses.GRADIENT_OPERATORS
 
 
 @dataclass
@@ -39,9 +51,13 @@ class TrainConfig:
     pixel_spacing_mm: Optional[tuple] = None      # None: resize to fit the canvas keeping the aspect ratio (Yang)
     ct_window: tuple = (-1000.0, 3500.0)          # HU mapped to [-1, 1]
     mr_window: tuple = (0.0, 3500.0)              # MR units (after normalisation) mapped to [-1, 1]
-    mr_percentile: Optional[float] = 99.5         # robust MR scaling: this percentile in the body ... (None: off)
+    mr_scaling: str = "percentile"                # MR reference: wm_peak | percentile | none (see preprocessing)
+    mr_percentile: Optional[float] = 99.5         # "percentile": this percentile in the body ...
     mr_percentile_value: float = 3000.0           # ... becomes this value (MR scans have no standard unit)
-    n4: bool = False                              # N4 bias correction of MR before normalisation
+    mr_wm_peak_value: float = 2000.0              # "wm_peak": Yang's FCM white-matter peak becomes this value
+    n4: bool = False                              # N4 bias correction of MR before normalisation (presets: on)
+    n4_shrink: int = 4                            # N4 is fitted on the MR shrunk by this factor per axis
+    n4_iterations: tuple = (50, 50, 30, 20)       # N4 iterations per fitting level
     sampling: str = "random"                      # random | pbs | paired
     pbs_max_shift: int = 5                        # m in [-5, 5] of eq. 10
     validation_fraction: float = 0.1              # share of volumes (not slices) held out
@@ -49,6 +65,7 @@ class TrainConfig:
     lambda_cycle: float = 10.0
     lambda_structure: float = 0.0                 # Yang lambda2 (MIND structure consistency)
     lambda_gc: float = 0.0                        # Hiasa lambda_GC (gradient consistency)
+    gc_operator: str = "central"                  # GC gradient kernel: central [-1, 0, 1] | sobel | prewitt
     lambda_identity: float = 0.0
     lambda_supervised: float = 0.0                # L1 to the paired CT (paired preset only)
     mind_region: int = 9
@@ -82,6 +99,7 @@ class TrainConfig:
         self.pixel_spacing_mm = None if self.pixel_spacing_mm is None else tuple(float(v) for v in self.pixel_spacing_mm)
         self.ct_window = tuple(float(v) for v in self.ct_window)
         self.mr_window = tuple(float(v) for v in self.mr_window)
+        self.n4_iterations = tuple(int(v) for v in self.n4_iterations)
         self.validate()
 
     @property
@@ -98,6 +116,14 @@ class TrainConfig:
             problems.append(f"image_size {self.image_size} must be multiples of 4 (two stride-2 convolutions)")
         if self.augment_pad is not None and any(p < s for p, s in zip(self.augment_pad, self.image_size)):
             problems.append(f"augment_pad {self.augment_pad} must be at least image_size {self.image_size}")
+        if self.mr_scaling not in MR_SCALINGS:
+            problems.append(f"mr_scaling {self.mr_scaling!r} is not one of {MR_SCALINGS}")
+        if self.mr_scaling == "percentile" and self.mr_percentile is None:
+            problems.append("mr_scaling 'percentile' needs mr_percentile (or choose mr_scaling 'none')")
+        if self.gc_operator not in GC_OPERATORS:
+            problems.append(f"gc_operator {self.gc_operator!r} is not one of {GC_OPERATORS}")
+        if self.n4_shrink < 1 or not self.n4_iterations or min(self.n4_iterations) < 1:
+            problems.append("n4_shrink and every n4_iterations level must be >= 1")
         if self.iterations < 1 or self.batch_size < 1:
             problems.append("iterations and batch_size must be >= 1")
         for name in ("checkpoint_every", "preview_every", "validate_every", "log_every"):
@@ -122,6 +148,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        if "mr_scaling" not in values and "mr_percentile" in values and values["mr_percentile"] is None:
+            values = {**values, "mr_scaling": "none"}  # a config.json from before mr_scaling: null meant no scaling
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -133,7 +161,8 @@ class TrainConfig:
 
 
 _YANG_DATA = dict(plane="sagittal", image_size=(384, 256), augment_pad=(400, 284),
-                  ct_window=(-1000.0, 3500.0), mr_window=(0.0, 3500.0), mr_percentile_value=3000.0)
+                  ct_window=(-1000.0, 3500.0), mr_window=(0.0, 3500.0), n4=True, mr_scaling="wm_peak",
+                  mr_wm_peak_value=2000.0)
 
 PRESETS: dict[str, dict] = {
     "cyclegan": dict(_YANG_DATA, description="Conventional CycleGAN (LSGAN, cycle L1 x10), random slice selection",
@@ -144,7 +173,8 @@ PRESETS: dict[str, dict] = {
                      sampling="pbs", lambda_cycle=10.0, lambda_structure=5.0),
     "hiasa2018": dict(description="CycleGAN with gradient-consistency loss (Hiasa 2018): cycle x3, GC x0.3",
                       plane="coronal", image_size=(256, 256), augment_pad=(272, 272),
-                      ct_window=(-150.0, 350.0), mr_window=(0.0, 100.0), mr_percentile_value=90.0,
+                      ct_window=(-150.0, 350.0), mr_window=(0.0, 100.0), n4=True, mr_scaling="percentile",
+                      mr_percentile=99.5, mr_percentile_value=100.0,
                       sampling="random", lambda_cycle=3.0, lambda_gc=0.3),
     "paired": dict(_YANG_DATA, description="CycleGAN on registered paired slices (Yang's upper bound)",
                    sampling="paired", lambda_cycle=10.0),

@@ -115,7 +115,8 @@ class SliceCache:
         fit = fit.on_canvas(tuple(max(c, f) for c, f in zip(self.canvas, fit.canvas_shape)))
         fitted = V.fit_slices(torch.from_numpy(prepared.slices[:, None]), fit, pad_value=-1.0)[:, 0]
         write_atomically(target, lambda temp: np.save(temp, fitted.numpy().astype(np.float16)), suffix=".npy")
-        log.info("cached %s (%s): %d slices", path.name, modality, fitted.shape[0])
+        log.info("cached %s (%s): %d slices%s", path.name, modality, fitted.shape[0],
+                 f" (N4 bias correction {prepared.n4_seconds:.1f} s)" if prepared.n4_seconds else "")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 - least-squares adversarial losses (Yang 2018 eqs. 1-2; Hiasa 2018 replaces its eqs. 1-2 by the same LSGAN form),
 - L1 cycle-consistency (Yang eq. 3, Hiasa eq. 3) and the optional CycleGAN identity term,
 - Yang's structure-consistency loss on MIND features (eqs. 4-8),
-- Hiasa's gradient-consistency loss on the gradient correlation (eqs. 4-5).
+- Hiasa's gradient-consistency loss on the gradient correlation (eqs. 4-5) of absolute gradients, as the authors'
+  code computes it.
 
 Every function takes batched tensors, is differentiable, leaves its inputs untouched, keeps their device and
 returns its result in the inputs' floating dtype. MIND and the correlations are evaluated in float32 when given
@@ -133,7 +134,8 @@ def _mind(image: torch.Tensor, region: int, patch: int, sigma: float) -> torch.T
         # a * I + b) plus a negligible absolute constant for an entirely constant image.
         floor = _VARIANCE_FLOOR_REL * variance.mean(dim=(2, 3), keepdim=True) + _VARIANCE_FLOOR_ABS
         variance = torch.maximum(variance, floor)
-        # R_nl excludes alpha = (0, 0): D_P(I, x, x) = 0 would make the normalisation Z of eq. 4 trivially 1.
+        # R_nl excludes alpha = (0, 0), so |R_nl| = region^2 - 1 = 80 for Yang's 9 x 9 region: our reading of eq. 4
+        # (the paper does not say); with the centre, D_P(I, x, x) = 0 would make Z = 1 and one component always 1.
         distances = torch.cat((distances[:, :centre], distances[:, centre + 1:]), dim=1)
         # Eq. 4 with Z = max_alpha exp(-D_P / V), i.e. F = exp(-(D_P - min_alpha D_P) / V); max_alpha F_x = 1.
         return torch.exp(-(distances - distances.amin(dim=1, keepdim=True)) / variance)
@@ -156,8 +158,8 @@ def structure_loss(input_image: torch.Tensor, synthetic_image: torch.Tensor, reg
                    sigma: float = 2.0) -> torch.Tensor:
     """One term of Yang eq. 8: 1 / (N_voxels |R_nl|) sum_x ||F_x(synthetic) - F_x(input)||_1, averaged over the batch.
 
-    That is the mean of |F(synthetic) - F(input)| over images, offsets and pixels; the trainer adds the MR and CT
-    terms.
+    That is the mean of |F(synthetic) - F(input)| over images, offsets and pixels, with |R_nl| = region^2 - 1 (80
+    for 9 x 9: the centre offset is excluded, our reading of eq. 4); the trainer adds the MR and CT terms.
     """
     _check_pair(input_image, synthetic_image, ("input_image", "synthetic_image"), images=True)
     difference = _mind(synthetic_image, region, patch, sigma) - _mind(input_image, region, patch, sigma)
@@ -165,16 +167,33 @@ def structure_loss(input_image: torch.Tensor, synthetic_image: torch.Tensor, reg
 
 
 # ------------------------------------------------------------------------------- gradient-consistency loss
-def image_gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward differences on the common (H - 1) x (W - 1) grid of a batch (N, C, H, W):
+# Hiasa's authors' kernels (yuta-hi/pytorch_similarity, torch_similarity/_helper.py, gradient_kernel_2d): the
+# derivative along rows (u); its transpose gives the derivative along columns (v). "central" is their 'default'.
+GRADIENT_OPERATORS: dict[str, tuple[tuple[float, ...], ...]] = {
+    "central": ((0, -1, 0), (0, 0, 0), (0, 1, 0)),
+    "sobel": ((-1, -2, -1), (0, 0, 0), (1, 2, 1)),
+    "prewitt": ((-1, -1, -1), (0, 0, 0), (1, 1, 1)),
+}
 
-    gx[..., i, j] = I[..., i, j + 1] - I[..., i, j] (horizontal), gy[..., i, j] = I[..., i + 1, j] - I[..., i, j].
+
+def image_gradients(image: torch.Tensor, operator: str = "central") -> tuple[torch.Tensor, torch.Tensor]:
+    """Derivatives (g_u, g_v) along rows and columns of a batch (N, C, H, W), each (N, C, H, W).
+
+    g_u = K * I and g_v = K^T * I (cross-correlation, edge pixels replicated), K the 3 x 3 kernel of ``operator``:
+    "central" [-1, 0, +1] (g_u[i, j] = I[i + 1, j] - I[i - 1, j]), "sobel" or "prewitt" (the same difference,
+    smoothed across by [1, 2, 1] or [1, 1, 1]), as in Hiasa's authors' implementation.
     """
     _check_images(image, "image")
+    if operator not in GRADIENT_OPERATORS:
+        raise ValueError(f"unknown gradient operator {operator!r}; choose one of {sorted(GRADIENT_OPERATORS)}")
     if image.shape[-2] < 2 or image.shape[-1] < 2:
         raise ValueError(f"image gradients need H, W >= 2, got shape {tuple(image.shape)}")
-    top_left = image[..., :-1, :-1]
-    return image[..., :-1, 1:] - top_left, image[..., 1:, :-1] - top_left
+    batch, channels, height, width = image.shape
+    kernel_u = torch.tensor(GRADIENT_OPERATORS[operator], dtype=image.dtype, device=image.device)
+    kernels = torch.stack((kernel_u, kernel_u.T))[:, None]  # (2, 1, 3, 3)
+    flat = functional.pad(image.reshape(batch * channels, 1, height, width), (1, 1, 1, 1), mode="replicate")
+    gradients = functional.conv2d(flat, kernels).view(batch, channels, 2, height, width)
+    return gradients[:, :, 0], gradients[:, :, 1]
 
 
 def normalized_cross_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -196,17 +215,28 @@ def normalized_cross_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 
     return ncc.to(torch.promote_types(a.dtype, b.dtype))
 
 
-def gradient_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hiasa eq. 4: GC(A, B) = 1/2 (NCC(grad_x A, grad_x B) + NCC(grad_y A, grad_y B)) per image -> (N,)."""
+def gradient_correlation(a: torch.Tensor, b: torch.Tensor, operator: str = "central",
+                         absolute: bool = True) -> torch.Tensor:
+    """Hiasa eq. 4 as their authors implement it: GC = 1/2 (NCC(|g_u A|, |g_u B|) + NCC(|g_v A|, |g_v B|)) -> (N,).
+
+    The NCC is taken per image over all pixels. The absolute gradients (yuta-hi/pytorch_similarity,
+    GradientCorrelation2d) make GC blind to edge polarity: bone is dark in T1 MR and bright in CT, and the signed
+    form (``absolute=False``, eq. 4 read literally) is negative for such true pairs, so 1 - GC would reward an sCT
+    with the MR's polarity. The signed form is kept for measurements only.
+    """
     _check_pair(a, b, ("a", "b"), images=True)
-    (ax, ay), (bx, by) = image_gradients(a), image_gradients(b)
-    return 0.5 * (normalized_cross_correlation(ax, bx) + normalized_cross_correlation(ay, by))
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        (au, av), (bu, bv) = image_gradients(_working(a), operator), image_gradients(_working(b), operator)
+        if absolute:
+            au, av, bu, bv = au.abs(), av.abs(), bu.abs(), bv.abs()
+        gc = 0.5 * (normalized_cross_correlation(au, bu) + normalized_cross_correlation(av, bv))
+    return gc.to(torch.promote_types(a.dtype, b.dtype))
 
 
-def gradient_consistency_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """One sum of Hiasa eq. 5 as a batch mean: mean_n (1 - GC(a_n, b_n)).
+def gradient_consistency_loss(a: torch.Tensor, b: torch.Tensor, operator: str = "central") -> torch.Tensor:
+    """One sum of Hiasa eq. 5 as a batch mean: mean_n (1 - GC(a_n, b_n)), GC of the absolute gradients.
 
     The trainer forms L_GC = 1/2 (loss(x_CT, G_MR(x_CT)) + loss(y_MR, G_CT(y_MR))); batch means replace eq. 5's
     sums over images so the weight lambda_GC does not depend on the batch size.
     """
-    return (1 - gradient_correlation(a, b)).mean()
+    return (1 - gradient_correlation(a, b, operator)).mean()

@@ -4,15 +4,19 @@ All functions take numpy arrays of equal shape (2D images or 3D volumes, any axi
 mask (nonzero = inside; Yang computes every metric "within the head region mask"). Inputs are never modified.
 
 - MAE = mean |pred - ref|; PSNR = 20 log10(data_range / sqrt(MSE)). Yang uses data_range = 4500 for CT in
-  [-1000, 3500] HU; Hiasa uses 255 on CT normalised to [0, 255]: the caller passes the range.
-- SSIM: scikit-image's SSIM map (7x7 uniform window, K1 = 0.01, K2 = 0.03, C_i = (K_i data_range)^2),
-  averaged over the mask. 3D volumes are scored slice by slice: 2D maps on the slices along ``axis``
-  (default 0, the slice axis of SimpleITK arrays), so volumes with few slices work and the window never
-  straddles slices, as in the 2D-slice synthesis of both papers.
+  [-1000, 3500] HU. Hiasa reports both on CT normalised to [0, 255] from the window [-150, 350] HU
+  (``mae_psnr_255``: PSNR = 20 log10(255 / sqrt(MSE))).
+- SSIM (Wang et al. 2004): the standard Gaussian window (11 x 11, sigma 1.5), K1 = 0.01, K2 = 0.03,
+  C_i = (K_i data_range)^2, population covariances (scikit-image with gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False), averaged over the mask. 3D volumes are scored slice by slice: 2D maps on the slices
+  along ``axis`` (give the axis of the model's plane), so the window never straddles slices, as in the 2D-slice
+  synthesis of both papers.
 - SSIM(HG): Yang's SSIM over "regions with high gradient magnitudes" of the reference CT. The paper gives no
-  threshold; here they are the voxels whose reference gradient magnitude exceeds its 90th percentile in the mask.
-- Mutual information (nats) from the joint histogram: Hiasa's measure between the MR and the synthetic CT when
-  no paired CT exists.
+  threshold or operator; THIS PROJECT'S CHOICE: the voxels whose reference gradient magnitude (central differences,
+  per mm) exceeds its 90th percentile in the mask.
+- Mutual information (nats) from a 64 x 64-bin joint histogram: Hiasa's measure between the MR and the synthetic CT
+  when no paired CT exists; Hiasa's Fig. 4 reports the mean over slices (``mutual_information_per_slice``).
+- ``paper_metrics``: the set each paper reports, chosen by preset (``metric_set``).
 """
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 TISSUES = ("air", "soft_tissue", "bone")
+SSIM_SIGMA = 1.5                # Wang et al. 2004: Gaussian window, sigma 1.5 ...
+SSIM_WINDOW = 11                # ... truncated at 3.5 sigma by scikit-image: 11 x 11
+METRIC_SETS = {"yang2018": ("mae", "psnr", "ssim", "ssim_hg"),
+               "hiasa2018": ("mae_255", "psnr_255", "mi_mr_sct_slices", "mi_mr_sct")}
 
 
 def _as_mask(mask: Optional[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -72,16 +80,18 @@ def psnr(pred: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray] = None, d
 
 
 def _ssim_map(pred: np.ndarray, ref: np.ndarray, data_range: float, axis: int) -> np.ndarray:
-    """Per-pixel SSIM map; 3D arrays are scored as 2D slices along ``axis`` (skimage's channel loop)."""
+    """Per-pixel SSIM map (Gaussian 11 x 11 window, sigma 1.5); 3D arrays are scored as 2D slices along ``axis``."""
     _check_range(data_range)
     if pred.ndim == 3 and not -3 <= axis < 3:
         raise ValueError(f"axis must be -3..2 for a 3D volume, got {axis}")
     in_plane = [n for i, n in enumerate(pred.shape) if pred.ndim == 2 or i != axis % pred.ndim]
-    if min(in_plane) < 7:
-        raise ValueError(f"SSIM needs slices of at least 7x7 pixels (its window), got slices of {in_plane} from "
-                         f"shape {pred.shape}; for 3D volumes choose the slice axis with `axis`")
+    if min(in_plane) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs slices of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels (its window), got "
+                         f"slices of {in_plane} from shape {pred.shape}; for 3D volumes choose the slice axis with "
+                         "`axis`")
     channel_axis = axis if pred.ndim == 3 else None
-    _, smap = structural_similarity(ref, pred, data_range=data_range, channel_axis=channel_axis, full=True)
+    _, smap = structural_similarity(ref, pred, data_range=data_range, channel_axis=channel_axis, full=True,
+                                    gaussian_weights=True, sigma=SSIM_SIGMA, use_sample_covariance=False)
     return smap
 
 
@@ -143,6 +153,30 @@ def mae_per_tissue(pred: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray]
     return {tissue: _masked_mean(error, mask & region) for tissue, region in zip(TISSUES, classes)}
 
 
+def mae_psnr_255(pred: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray] = None,
+                 ct_window: Sequence[float] = (-150.0, 350.0)) -> dict[str, float]:
+    """Hiasa sec. 3.1: MAE and PSNR = 20 log10(255 / sqrt(MSE)) of CT normalised as in their sec. 2.2, i.e. HU
+    clipped to ``ct_window`` and mapped linearly to [0, 255]. Keys: mae_255, psnr_255."""
+    low, high = (float(v) for v in ct_window)
+    if not high > low:
+        raise ValueError(f"ct_window must have high > low, got {tuple(ct_window)}")
+    pred, ref, mask = _pair(pred, ref, mask)
+    to_bytes = lambda x: (np.clip(x, low, high) - low) * (255.0 / (high - low))  # noqa: E731
+    pred_255, ref_255 = to_bytes(pred), to_bytes(ref)
+    return {"mae_255": mae(pred_255, ref_255, mask), "psnr_255": psnr(pred_255, ref_255, mask, 255.0)}
+
+
+def mutual_information_per_slice(a: np.ndarray, b: np.ndarray, mask: Optional[np.ndarray] = None, axis: int = 0,
+                                 bins: int = 64) -> float:
+    """Hiasa Fig. 4: the mean over slices (along ``axis``) of the 2D mutual information of each slice within the
+    mask; slices without mask voxels are left out."""
+    a, b, mask = _pair(a, b, mask)
+    if a.ndim != 3:
+        raise ValueError(f"per-slice mutual information needs 3D volumes, got shape {a.shape}")
+    a, b, mask = (np.moveaxis(x, axis, 0) for x in (a, b, mask))
+    return float(np.mean([mutual_information(x, y, m, bins) for x, y, m in zip(a, b, mask) if m.any()]))
+
+
 def mutual_information(a: np.ndarray, b: np.ndarray, mask: Optional[np.ndarray] = None, bins: int = 64) -> float:
     """MI = sum p(x, y) ln[p(x, y) / (p(x) p(y))] in nats, from a ``bins`` x ``bins`` joint histogram over the mask.
 
@@ -189,15 +223,15 @@ def dice(pred_labels: np.ndarray, ref_labels: np.ndarray, labels: Optional[Seque
 
 
 def evaluate(pred: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray] = None, data_range: float = 4500.0,
-             spacing: Optional[Sequence[float]] = None) -> dict[str, float]:
+             spacing: Optional[Sequence[float]] = None, axis: int = 0) -> dict[str, float]:
     """Yang's four metrics (MAE, PSNR, SSIM, SSIM(HG)) plus MAE per tissue class, all within the mask.
 
-    Keys: mae, psnr, ssim, ssim_hg, mae_air, mae_soft_tissue, mae_bone. SSIM is slice-wise along axis 0; the
+    Keys: mae, psnr, ssim, ssim_hg, mae_air, mae_soft_tissue, mae_bone. SSIM is slice-wise along ``axis``; the
     other defaults are those of the single-metric functions; ``spacing`` (per axis) enters only the gradient
     magnitude of SSIM(HG).
     """
     pred, ref, mask = _pair(pred, ref, mask)
-    smap = _ssim_map(pred, ref, data_range, 0)
+    smap = _ssim_map(pred, ref, data_range, axis)
     result = {
         "mae": mae(pred, ref, mask),
         "psnr": psnr(pred, ref, mask, data_range),
@@ -205,4 +239,29 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray] = Non
         "ssim_hg": _masked_mean(smap, high_gradient_mask(ref, mask, spacing=spacing)),
     }
     result.update({f"mae_{tissue}": value for tissue, value in mae_per_tissue(pred, ref, mask).items()})
+    return result
+
+
+def metric_set(preset: str) -> str:
+    """The paper whose metrics a preset reports: "hiasa2018" for hiasa2018, else "yang2018" (Yang's comparison
+    includes cycleGAN, its PBS variant and the paired upper bound)."""
+    return "hiasa2018" if preset == "hiasa2018" else "yang2018"
+
+
+def paper_metrics(pred: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray], preset: str,
+                  ct_window: Sequence[float], axis: int = 0, spacing: Optional[Sequence[float]] = None,
+                  mr: Optional[np.ndarray] = None) -> dict[str, float]:
+    """The metrics the preset's paper reports (``METRIC_SETS``), slices along ``axis`` (the model's plane).
+
+    yang2018: MAE (HU), PSNR and SSIM with data range = the CT window's width (4500 for [-1000, 3500]), SSIM(HG).
+    hiasa2018: MAE and PSNR on the [0, 255] scale of ``ct_window``; with ``mr``, MI(MR, sCT) per slice (Fig. 4) and
+    over the volume.
+    """
+    if metric_set(preset) == "yang2018":
+        result = evaluate(pred, ref, mask, float(ct_window[1] - ct_window[0]), spacing, axis)
+        return {key: result[key] for key in METRIC_SETS["yang2018"]}
+    result = mae_psnr_255(pred, ref, mask, ct_window)
+    if mr is not None:
+        result["mi_mr_sct_slices"] = mutual_information_per_slice(mr, pred, mask, axis)
+        result["mi_mr_sct"] = mutual_information(mr, pred, mask)
     return result

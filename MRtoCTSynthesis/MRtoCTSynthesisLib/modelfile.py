@@ -524,6 +524,32 @@ class Catalog:
                                  "fetch the file another way and use Catalog.install_from_file") from error
 
 
+# ----------------------------------------------------------------------------------------------- model card notes
+
+ANATOMY_HU = (-1000.0, 3000.0)  # air to dense cortical bone and teeth: a CT window covering this caps nothing
+
+
+def range_note(metadata: Mapping[str, Any]) -> str:
+    """The warning a user must see when the model's CT window caps every sCT inside the HU range of anatomy ("" if
+    the window covers ANATOMY_HU). The generator's tanh output maps onto the window, so no sCT value can leave it
+    (e.g. Hiasa's [-150, 350] HU). For the model card, ``mrtoct synthesize`` and the Slicer panel."""
+    low, high = (float(v) for v in metadata["ct_window"])
+    capped = []
+    if low > ANATOMY_HU[0]:
+        capped.append(f"below {low:g} HU (air, fat) read {low:g}")
+    if high < ANATOMY_HU[1]:
+        capped.append(f"above {high:g} HU (bone) read {high:g}")
+    if not capped:
+        return ""
+    return (f"This model's CT window [{low:g}, {high:g}] HU caps every sCT to that range: tissues "
+            f"{' and '.join(capped)} HU, so its HU are not valid there (not for dose or bone density).")
+
+
+def model_range_note(model: PathLike) -> str:
+    """``range_note`` of a model file, catalog name or local model name."""
+    return range_note(read_metadata(Catalog().resolve(model)))
+
+
 def save_untrained_model(path: PathLike, name: str = "untrained", ngf: int = 4, n_blocks: int = 1,
                          plane: str = "sagittal", image_size: tuple = (32, 32),
                          pixel_spacing_mm: Optional[tuple] = None, seed: int = 0,

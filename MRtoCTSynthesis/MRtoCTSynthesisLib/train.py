@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import pickle
+import random
 import sys
 import time
 import traceback
@@ -43,7 +44,7 @@ from .events import EventWriter
 from .figures import Panel, save_loss_curves, save_panel_grid
 from .losslog import append_row, read_rows, truncate_rows
 from .metrics import mutual_information
-from .modelfile import SUFFIX, save_model
+from .modelfile import SUFFIX, range_note, save_model
 from .networks import PatchDiscriminator, ResnetGenerator, init_weights
 from .preprocessing import Normalization, normalization_metadata
 from .sampling import SlicePair
@@ -141,13 +142,19 @@ class World:
 
 
 def init_world(device: torch.device) -> World:
-    """Join the process group when started by torchrun (NCCL on GPUs, gloo on CPUs)."""
+    """Join the process group when started by torchrun (NCCL on GPUs, gloo on CPUs).
+
+    On GPUs each process first selects its own device (LOCAL_RANK), so NCCL never puts two ranks on GPU 0.
+    """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend)
-    return World(torch.distributed.get_rank(), size, int(os.environ.get("LOCAL_RANK", "0")))
+    return World(torch.distributed.get_rank(), size, local_rank)
 
 
 def resolve_device(name: str, world: Optional[World] = None) -> torch.device:
@@ -258,8 +265,8 @@ class CycleGANTrainer:
                                   + L.structure_loss(ct, out["fake_mr"], c.mind_region, c.mind_patch, c.mind_sigma))
             weighted = weighted + c.lambda_structure * terms["structure"]
         if c.lambda_gc:
-            terms["gc"] = 0.5 * (L.gradient_consistency_loss(ct, out["fake_mr"])
-                                 + L.gradient_consistency_loss(mr, out["fake_ct"]))
+            terms["gc"] = 0.5 * (L.gradient_consistency_loss(ct, out["fake_mr"], c.gc_operator)
+                                 + L.gradient_consistency_loss(mr, out["fake_ct"], c.gc_operator))
             weighted = weighted + c.lambda_gc * terms["gc"]
         if c.lambda_identity:
             terms["identity"] = L.identity_loss(out["idt_ct"], ct) + L.identity_loss(out["idt_mr"], mr)
@@ -406,36 +413,67 @@ class CycleGANTrainer:
     # ------------------------------------------------------------------------------------------- checkpoints
 
     def state(self) -> dict:
+        """The checkpoint: shared weights and optimisers once, plus every rank's ``rank_state`` (collective call)."""
         return {"iteration": self.iteration, "generators": self.generators.state_dict(),
                 "discriminators": self.discriminators.state_dict(), "opt_G": self.opt_G.state_dict(),
                 "opt_D": self.opt_D.state_dict(), "sched_G": self.sched_G.state_dict(),
-                "sched_D": self.sched_D.state_dict(), "pool_ct": self.pool_ct.state(), "pool_mr": self.pool_mr.state(),
-                "rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                "sched_D": self.sched_D.state_dict(), "ranks": self._gather_rank_states(),
                 "config": json.dumps(self.config.to_dict())}
 
+    def rank_state(self) -> dict:
+        """What differs between ranks: the image pools and the python, numpy and torch (CPU, CUDA) RNG states."""
+        cuda = self.device.type == "cuda"
+        return {"pool_ct": self.pool_ct.state(), "pool_mr": self.pool_mr.state(),
+                "rng": json.dumps(self.rng.bit_generator.state), "python_rng": json.dumps(random.getstate()),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else torch.zeros(0, dtype=torch.uint8)}
+
+    def _gather_rank_states(self) -> list:
+        """Every rank's ``rank_state``, in rank order, on rank 0 (None elsewhere): one checkpoint file holds them all,
+        so a kill can never leave ranks at different iterations."""
+        mine = self.rank_state()
+        if self.world.size == 1:
+            return [mine]
+        gathered = [None] * self.world.size if self.world.is_main else None
+        torch.distributed.gather_object(mine, gathered, dst=0)
+        return gathered
+
     def save_checkpoint(self) -> Optional[Path]:
+        """Write checkpoint.pt atomically (rank 0); every rank must call it, as it gathers their states."""
+        state = self.state()
         if not self.world.is_main:
             return None
-        path = write_atomically(self.run_dir / CHECKPOINT, lambda temp: torch.save(self.state(), temp))
+        path = write_atomically(self.run_dir / CHECKPOINT, lambda temp: torch.save(state, temp))
         self.events.emit("checkpoint", iteration=self.iteration, path=path)
         return path
 
     def load_checkpoint(self, path: os.PathLike) -> None:
-        """Restore everything a step depends on, so the run continues as if never interrupted."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        """Restore everything a step depends on, on every rank, so the run continues as if never interrupted."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        ranks = state.get("ranks") or [{key: state[key] for key in ("pool_ct", "pool_mr", "rng", "torch_rng")}]
+        if len(ranks) != self.world.size:
+            raise ValueError(f"{path} was written by {len(ranks)} training process(es) but this run has "
+                             f"{self.world.size}; resume with the same number (torchrun --nproc_per_node="
+                             f"{len(ranks)}) to continue it exactly")
         self.generators.load_state_dict(state["generators"])
         self.discriminators.load_state_dict(state["discriminators"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.sched_G.load_state_dict(state["sched_G"])
         self.sched_D.load_state_dict(state["sched_D"])
-        self.pool_ct.load(state["pool_ct"], self.device)
-        self.pool_mr.load(state["pool_mr"], self.device)
-        if self.world.size == 1:
-            self.rng.bit_generator.state = json.loads(state["rng"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        mine = ranks[self.world.rank]
+        self.pool_ct.load(mine["pool_ct"], self.device)
+        self.pool_mr.load(mine["pool_mr"], self.device)
+        self.rng.bit_generator.state = json.loads(mine["rng"])
+        if "python_rng" in mine:
+            version, internal, gauss = json.loads(mine["python_rng"])
+            random.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(mine["torch_rng"])
+        if self.device.type == "cuda" and mine.get("cuda_rng") is not None and mine["cuda_rng"].numel():
+            torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
         self.iteration = int(state["iteration"])
-        truncate_rows(self.run_dir / "losses.csv", self.iteration)
+        if self.world.is_main:
+            truncate_rows(self.run_dir / "losses.csv", self.iteration)
 
     # ------------------------------------------------------------------------------------------- the model
 
@@ -452,11 +490,15 @@ class CycleGANTrainer:
                                                                 "n_blocks": c.n_blocks}}
         weights = {k: getattr(c, k) for k in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity",
                                               "lambda_supervised")}
+        windows = normalization_metadata(Normalization.from_config(c))
+        intended = " ".join(filter(None, ("Research use only. Not for clinical use or treatment planning.",
+                                          range_note(windows))))
         return {"name": self.run_dir.name, "description": f"{c.preset}: {c.description}",
-                "license": "as permitted by the training data (trained locally)",
-                "intended_use": "Research use only. Not for clinical use or treatment planning.",
+                "license": "as permitted by the training data (trained locally)", "intended_use": intended,
                 "networks": {"G_CT": spec, "G_MR": spec}, "preset": c.preset, "loss_weights": weights,
-                **normalization_metadata(Normalization.from_config(c)),
+                "loss_settings": {"gc_operator": c.gc_operator, "gc_gradients": "absolute",
+                                  "mind_region": c.mind_region, "mind_patch": c.mind_patch, "mind_sigma": c.mind_sigma},
+                **windows,
                 "training": {**self.data_summary, "iterations": self.iteration, "seconds": round(seconds, 1),
                              "sampling": c.sampling, "seed": c.seed, "world_size": self.world.size,
                              "engine_version": __version__},
@@ -594,7 +636,7 @@ def load_checkpoint_checked(trainer: CycleGANTrainer, path: Path) -> None:
 
 _FLAG_TYPES = {"image_size": (int, 2), "augment_pad": (int, 2), "pixel_spacing_mm": (float, 2),
                "ct_window": (float, 2), "mr_window": (float, 2), "decay_start": (int, None),
-               "mr_percentile": (float, None)}
+               "mr_percentile": (float, None), "n4_iterations": (int, "+")}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -158,13 +158,53 @@ def test_structure_loss_is_invariant_to_modality_like_intensity_maps():
 
 
 # ------------------------------------------------------------------------------------ gradient consistency
-def test_image_gradients_are_forward_differences():
+AUTHORS_KERNELS = {  # yuta-hi/pytorch_similarity _helper.gradient_kernel_2d, derivative along axis 0 (rows)
+    "central": [[0, -1, 0], [0, 0, 0], [0, 1, 0]],
+    "sobel": [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],
+    "prewitt": [[-1, -1, -1], [0, 0, 0], [1, 1, 1]],
+}
+
+
+def reference_gradient(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Loop evaluation of sum_{p, q} K[p, q] I(i + p - 1, j + q - 1) with edge pixels replicated."""
+    height, width = image.shape
+    out = np.zeros_like(image)
+    for i in range(height):
+        for j in range(width):
+            for p in range(3):
+                for q in range(3):
+                    out[i, j] += kernel[p, q] * image[min(max(i + p - 1, 0), height - 1), min(max(j + q - 1, 0), width - 1)]
+    return out
+
+
+def reference_gc(a: np.ndarray, b: np.ndarray, operator: str = "central", absolute: bool = True) -> float:
+    """GC of the authors' GradientCorrelation2d: mean over u, v of NCC(|K_d * A|, |K_d * B|), NCC by np.corrcoef."""
+    kernel = np.array(AUTHORS_KERNELS[operator], float)
+    total = 0.0
+    for k in (kernel, kernel.T):
+        ga, gb = reference_gradient(a, k), reference_gradient(b, k)
+        if absolute:
+            ga, gb = np.abs(ga), np.abs(gb)
+        total += np.corrcoef(ga.ravel(), gb.ravel())[0, 1]
+    return total / 2
+
+
+@pytest.mark.parametrize("operator", sorted(AUTHORS_KERNELS))
+def test_image_gradients_match_loop_reference(operator):
+    image = (torch.arange(30.0).view(1, 1, 5, 6) ** 2).double()
+    gu, gv = losses.image_gradients(image, operator)
+    kernel = np.array(AUTHORS_KERNELS[operator], float)
+    assert gu.shape == gv.shape == (1, 1, 5, 6)
+    assert np.allclose(gu[0, 0].numpy(), reference_gradient(image[0, 0].numpy(), kernel), atol=1e-12)
+    assert np.allclose(gv[0, 0].numpy(), reference_gradient(image[0, 0].numpy(), kernel.T), atol=1e-12)
+
+
+def test_central_gradient_is_the_central_difference():
     image = torch.arange(20.0).view(1, 1, 4, 5) ** 2
-    gx, gy = losses.image_gradients(image)
+    gu, gv = losses.image_gradients(image)
     values = image[0, 0].numpy()
-    assert gx.shape == gy.shape == (1, 1, 3, 4)
-    assert np.array_equal(gx[0, 0].numpy(), np.diff(values, axis=1)[:-1, :])
-    assert np.array_equal(gy[0, 0].numpy(), np.diff(values, axis=0)[:, :-1])
+    assert np.array_equal(gu[0, 0, 1:-1].numpy(), values[2:] - values[:-2])
+    assert np.array_equal(gv[0, 0, :, 1:-1].numpy(), values[:, 2:] - values[:, :-2])
 
 
 def test_normalized_cross_correlation_equals_numpy_corrcoef():
@@ -176,17 +216,13 @@ def test_normalized_cross_correlation_equals_numpy_corrcoef():
     assert np.allclose(ncc.numpy(), expected, atol=1e-6)
 
 
-def test_gradient_correlation_matches_numpy_eq4():
-    def ncc(u: np.ndarray, v: np.ndarray) -> float:
-        return np.corrcoef(u.ravel(), v.ravel())[0, 1]
-
-    def gc(x: np.ndarray, y: np.ndarray) -> float:  # forward differences on the common (H-1) x (W-1) grid
-        return 0.5 * (ncc(np.diff(x, axis=1)[:-1], np.diff(y, axis=1)[:-1])
-                      + ncc(np.diff(x, axis=0)[:, :-1], np.diff(y, axis=0)[:, :-1]))
-
+@pytest.mark.parametrize("operator", sorted(AUTHORS_KERNELS))
+@pytest.mark.parametrize("absolute", [True, False])
+def test_gradient_correlation_matches_loop_reference_of_authors_code(operator, absolute):
     a, b = _random_images(12, (2, 1, 14, 10)).double(), _random_images(13, (2, 1, 14, 10)).double()
-    expected = [gc(x, y) for x, y in zip(a[:, 0].numpy(), b[:, 0].numpy())]
-    assert np.allclose(losses.gradient_correlation(a, b).numpy(), expected, atol=1e-12)
+    b = b + 0.7 * a
+    expected = [reference_gc(x, y, operator, absolute) for x, y in zip(a[:, 0].numpy(), b[:, 0].numpy())]
+    assert np.allclose(losses.gradient_correlation(a, b, operator, absolute).numpy(), expected, atol=1e-12)
 
 
 def test_gradient_correlation_identities():
@@ -195,10 +231,26 @@ def test_gradient_correlation_identities():
     assert torch.allclose(losses.gradient_correlation(a, a), ones, atol=1e-5)
     assert torch.allclose(losses.gradient_correlation(a, 3.7 * a - 120), ones, atol=1e-5)
     assert torch.allclose(losses.gradient_correlation(a, 1e-3 * a + 1), ones, atol=1e-5)
-    assert torch.allclose(losses.gradient_correlation(a, -a), -ones, atol=1e-5)
     assert abs(losses.gradient_consistency_loss(a, a).item()) < 1e-6
     unrelated = _random_images(15, (3, 1, 32, 24))
-    assert losses.gradient_consistency_loss(a, unrelated).item() > 0.5  # GC ~ 0 for independent noise
+    assert losses.gradient_consistency_loss(a, unrelated).item() > 0.8  # |gradients| of independent noise: GC ~ 0
+    shifted = torch.roll(a, 1, dims=-1)
+    assert (losses.gradient_correlation(a, shifted) < 0.5).all()  # misaligned edges are penalised
+
+
+def test_absolute_gradient_correlation_ignores_edge_polarity():
+    """A T1-like MR (bone dark) and a CT (bone bright) of the same anatomy: the signed GC is -1, the authors' GC 1."""
+    ct = torch.zeros(1, 1, 24, 24)
+    ct[..., 6:18, 6:18] = 1000.0       # a bright block (bone in CT) ...
+    mr = 800.0 - 0.7 * ct              # ... dark in the MR
+    assert losses.gradient_correlation(mr, ct, absolute=False).item() == pytest.approx(-1.0, abs=1e-6)
+    assert losses.gradient_correlation(mr, ct).item() == pytest.approx(1.0, abs=1e-6)
+    assert losses.gradient_consistency_loss(mr, ct).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_gradient_operator_is_refused():
+    with pytest.raises(ValueError, match="unknown gradient operator"):
+        losses.gradient_correlation(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), operator="scharr")
 
 
 def test_gradient_consistency_loss_is_batch_mean_of_one_minus_gc():

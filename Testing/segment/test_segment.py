@@ -311,7 +311,7 @@ def test_experiment_runs_end_to_end_at_toy_size(world, tmp_path):
                        "--iterations", "2", "--base", "2", "--batch-size", "2", "--no-progress"])
     result = run_experiment(args)
     assert [(s["mode"], s["test_input"]) for s in result["summary"]] == [
-        ("sct", "MR + sCT"), ("mr", "MR"), ("sct", "MR + real CT (no synthesis error)")]
+        ("sct", "sCT"), ("mr", "MR"), ("sct", "real CT (no synthesis error)")]  # the one-channel mode sees a CT only
     text = (out / "results.md").read_text(encoding="utf-8")
     assert "| channels | test input | pelvis | femur | gluteus_medius | gluteus_minimus |" in text
     with open(out / "summary.csv", encoding="utf-8") as handle:
