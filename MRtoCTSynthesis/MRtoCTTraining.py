@@ -13,8 +13,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,8 +32,12 @@ MODULE_DIR = Path(__file__).resolve().parent
 if str(MODULE_DIR) not in sys.path:  # the engine package lives next to this file
     sys.path.insert(0, str(MODULE_DIR))
 
-import MRtoCTCommon  # noqa: E402  (the Slicer-layer code shared with the synthesis module)
-import MRtoCTSynthesis  # noqa: E402  (the synthesis module: dependency set-up, devices, model list, durations)
+from MRtoCTSlicer import dependencies  # noqa: E402
+from MRtoCTSlicer.choices import selectData  # noqa: E402
+from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
+from MRtoCTSlicer.interpreter import pythonExecutable  # noqa: E402
+from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
+from MRtoCTSlicer.synthesis_logic import MRtoCTSynthesisLogic  # noqa: E402
 
 DEFAULT_PRESET = "yang2018"
 PLANES = ("sagittal", "coronal", "axial")
@@ -55,8 +59,6 @@ SETTING_WIDGETS = {
     "preview_every": "previewEverySpinBox",
 }
 SETTING_PREFIX = "Setting."
-# import name -> pip requirement: what the trainer needs beyond the synthesis module's requirements
-TRAINING_REQUIREMENTS = {"matplotlib": "matplotlib>=3.6"}
 RUN_ATTRIBUTE = "MRtoCTTraining.RunFolder"
 NOT_LOSSES = ("iteration", "lr", "seconds")
 LOSS_ORDER = ("G_total", "cycle", "structure", "gc", "identity", "supervised", "G_gan_ct", "G_gan_mr", "D_ct", "D_mr")
@@ -114,7 +116,7 @@ def progressText(process):
     if process.seconds_per_iteration:
         text += f" · {process.seconds_per_iteration:.2f} s/iteration"
     if process.eta_seconds and process.iteration < process.iterations:
-        text += f" (about {MRtoCTSynthesis.formatDuration(process.eta_seconds)} left)"
+        text += f" (about {formatDuration(process.eta_seconds)} left)"
     return text
 
 
@@ -133,7 +135,7 @@ def eventText(event):
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in (event.get("metrics") or {}).items())
         return f"Validation at iteration {event.get('iteration')}: {metrics}"
     if kind == "finished":
-        return f"Finished after {MRtoCTSynthesis.formatDuration(event.get('seconds'))}: {event.get('model')}"
+        return f"Finished after {formatDuration(event.get('seconds'))}: {event.get('model')}"
     if kind == "error":
         return f"Error: {event.get('message')}"
     return None
@@ -144,15 +146,17 @@ def eventText(event):
 #
 
 
-class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
-    """The panel; the parameter-node and scene template is ``MRtoCTCommon.MRtoCTModuleWidget``."""
+class MRtoCTTrainingWidget(MRtoCTModuleWidget):
+    """The panel; the parameter-node, timer and scene template is ``MRtoCTSlicer.panel.MRtoCTModuleWidget``. Start
+    checks the data in a thread (it reads every volume) and then starts the trainer process."""
 
     POLL_INTERVAL_MSEC = 500
 
     def __init__(self, parent=None):
-        MRtoCTCommon.MRtoCTModuleWidget.__init__(self, parent)
+        MRtoCTModuleWidget.__init__(self, parent)
         self._previewPath = None
         self._shownRun = None
+        self._check = None  # the BackgroundCheck of a Start or Resume click
 
     def setup(self):
         self.setupPanel("UI/MRtoCTTraining.ui", MRtoCTTrainingLogic())
@@ -163,7 +167,6 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.planeComboBox.clear()
         for plane in PLANES:
             self.ui.planeComboBox.addItem(plane, plane)
-        self.populateDeviceComboBox()
         self.ui.progressBar.setVisible(False)
 
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
@@ -193,6 +196,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
 
         self.initializeParameterNode()
+        self.refreshDevices()
 
     def cleanup(self):
         """The module widget is destroyed (Slicer is closing): stop the run; its last checkpoint can be resumed."""
@@ -208,7 +212,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
 
     def onSceneEndClose(self, caller, event):
         self._shownRun = None
-        MRtoCTCommon.MRtoCTModuleWidget.onSceneEndClose(self, caller, event)
+        MRtoCTModuleWidget.onSceneEndClose(self, caller, event)
 
     # ------------------------------------------------------------------------------------------- parameter node
 
@@ -216,9 +220,9 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.mrFolderPathLineEdit.currentPath = p.GetParameter("MRFolder")
         self.ui.ctFolderPathLineEdit.currentPath = p.GetParameter("CTFolder")
         self.ui.runFolderPathLineEdit.currentPath = p.GetParameter("RunFolder")
-        self._selectData(self.ui.presetComboBox, p.GetParameter("Preset"))
+        selectData(self.ui.presetComboBox, p.GetParameter("Preset"))
         self.ui.presetDescriptionLabel.text = self.logic.presetDescription(p.GetParameter("Preset"))
-        self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
+        selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
         self.ui.processesSpinBox.value = int(p.GetParameter("Processes") or 1)
         for field, value in self.logic.settings(p).items():
             self._showSetting(field, value)
@@ -239,7 +243,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         if field == "image_size":
             self.ui.imageHeightSpinBox.value, self.ui.imageWidthSpinBox.value = int(value[0]), int(value[1])
         elif field == "plane":
-            self._selectData(self.ui.planeComboBox, value)
+            selectData(self.ui.planeComboBox, value)
         else:
             getattr(self.ui, names).value = value
 
@@ -261,10 +265,8 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         if self._parameterNode is not None:
             self.logic.applyPreset(self._parameterNode, self._parameterNode.GetParameter("Preset"))
 
-    def populateDeviceComboBox(self):
-        self.fillDeviceComboBox(MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices())
-        gpus = sum(1 for device, _ in MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices()
-                   if device.startswith("cuda"))
+    def onDevicesChanged(self):
+        gpus = sum(1 for device in self.devices if device.startswith("cuda"))
         self.ui.processesSpinBox.maximum = max(1, gpus, os.cpu_count() or 1)
 
     # ------------------------------------------------------------------------------------------- run folder
@@ -332,50 +334,61 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self._launch(resume=True)
 
     def _launch(self, resume):
-        if self._job is not None:
+        if self._job is not None or self._check is not None:
             return
         self.updateParameterNodeFromGUI()
-        p = self._parameterNode
-        job = None
+        process = None
         with slicer.util.tryWithErrorDisplay("Failed to start the training.", waitCursor=True):
             if not self.checkPythonRequirements(
                     "PyTorch and the required Python packages are needed to train a model."):
                 return
-            self.ui.statusLabel.text = "Checking the training data (reading every volume)..."
-            slicer.app.processEvents()
-            job = self.logic.startFromParameterNode(p, resume=resume)
-        if job is None:
+            process = self.logic.processFromParameterNode(self._parameterNode, resume=resume)
+        if process is None:
             self.ui.statusLabel.text = "Not started."
             return
-        self._job = job
+        self.ui.statusLabel.text = "Checking the training data (reading every volume)..."
+        self.ui.startButton.enabled = self.ui.resumeButton.enabled = False
+        self._check = BackgroundCheck(lambda: self.logic.checkTraining(process), process, resume)
+        self._pollTimer.start()
+
+    def onPollTimer(self):
+        check = self._check
+        if check is not None and check.done:
+            self._check = None
+            self.onDataChecked(check)
+        MRtoCTModuleWidget.onPollTimer(self)
+        if self._check is not None:
+            self._pollTimer.start()
+
+    def onDataChecked(self, check):
+        """The data check (run in a thread) is over: start the trainer, or say what is wrong."""
+        if check.error is not None:
+            self.ui.statusLabel.text = f"Not started: {check.error}"
+            self.updateRunState()
+            slicer.util.errorDisplay(f"Failed to start the training.\n\n{check.error}")
+            return
+        job = None
+        with slicer.util.tryWithErrorDisplay("Failed to start the training.", waitCursor=True):
+            job = self.logic.startCheckedTraining(check.process, check.result)
+        if job is None:
+            self.updateRunState()
+            return
         self._shownRun = job.runFolder
         self.ui.logPlainTextEdit.clear()
         self.ui.logPlainTextEdit.appendPlainText(" ".join(job.process.command()[3:]))
         self.ui.lossesLabel.text = ""
         self.ui.useModelButton.enabled = False
-        if not resume:
+        if not check.resume:
             self.showPreview(None)
         self.ui.progressBar.setRange(0, 0)  # busy until the trainer reports its first iteration
         self.ui.progressBar.setVisible(True)
         self.ui.statusLabel.text = progressText(job.process)
+        self.startPolling(job)
         self.updateRunState()
         self.onShowPlot()
-        self._pollTimer.start()
 
-    def onPollJob(self):
-        job = self._job
-        if job is None:
-            self._pollTimer.stop()
-            return
-        try:
-            events = self.logic.pollTraining(job)
-        except Exception as error:
-            import traceback
-
-            self.stopJob("the panel lost track of it")
-            slicer.util.errorDisplay(f"Lost track of the training process: {error}",
-                                     detailedText=traceback.format_exc())
-            return
+    def pollJob(self, job):
+        events = self.logic.pollTraining(job)
         process = job.process
         for line in process.new_log_lines():
             self.ui.logPlainTextEdit.appendPlainText(line)
@@ -392,9 +405,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.statusLabel.text = progressText(process)
         if process.losses:
             self.ui.lossesLabel.text = lossText(process.losses)
-        if process.finished:
-            self._pollTimer.stop()
-            self.onJobFinished(job)
+        return process.finished
 
     def onStopButton(self):
         self.stopJob()
@@ -404,8 +415,6 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         job = self._job
         if job is None:
             return
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
         try:
             self.logic.stopTraining(job)
             self.logic.pollTraining(job)
@@ -429,14 +438,13 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         logging.info(f"MRtoCTTraining: {message}")
 
     def onJobFinished(self, job):
-        self._job = None
         self.ui.progressBar.setVisible(False)
         self.updateRunState()
         process = job.process
         for line in process.new_log_lines():
             self.ui.logPlainTextEdit.appendPlainText(line)
         if job.modelName:
-            duration = MRtoCTSynthesis.formatDuration(process.finished_at - process.started_at)
+            duration = formatDuration(process.finished_at - process.started_at)
             self.ui.statusLabel.text = (f"Finished in {duration}: model '{job.modelName}' is in the model list of "
                                         "MR to CT Synthesis.")
             self.ui.useModelButton.enabled = True
@@ -496,8 +504,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         """Let an open Synthesize CT panel list the new model now."""
         try:
             synthesisWidget = slicer.modules.mrtoctsynthesis.widgetRepresentation().self()
-            synthesisWidget.populateModelComboBox()
-            synthesisWidget.updateGUIFromParameterNode()
+            synthesisWidget.refreshModels()
         except Exception as error:
             logging.warning(f"MRtoCTTraining: cannot refresh the Synthesize CT model list: {error}")
 
@@ -505,6 +512,27 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
 #
 # Logic
 #
+
+
+class BackgroundCheck:
+    """``function()`` in a daemon thread (the data check reads every volume): ``done``, then ``result`` or
+    ``error`` (its message). Polled by the panel's timer, so the click returns at once."""
+
+    def __init__(self, function, process, resume):
+        self.process, self.resume = process, resume
+        self.result, self.error = None, None
+        self._thread = threading.Thread(target=self._run, args=(function,), daemon=True)
+        self._thread.start()
+
+    def _run(self, function):
+        try:
+            self.result = function()
+        except Exception as error:  # reported by the panel
+            self.error = str(error) or type(error).__name__
+
+    @property
+    def done(self):
+        return not self._thread.is_alive()
 
 
 class TrainingJob:
@@ -608,23 +636,13 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------------------------------- dependencies
 
-    def setupPythonRequirements(self, askConfirmation=True):
+    @staticmethod
+    def setupPythonRequirements(askConfirmation=True):
         """What the synthesis needs (PyTorch through the PyTorch extension, the engine's packages), plus matplotlib
         for the trainer's preview and loss pictures. Returns False if the user declined an installation."""
-        if not MRtoCTSynthesis.MRtoCTSynthesisLogic().setupPythonRequirements(askConfirmation=askConfirmation):
-            return False
-        return MRtoCTCommon.installMissingRequirements(TRAINING_REQUIREMENTS, askConfirmation, "Training")
-
-    @staticmethod
-    def pythonExecutable():
-        """The interpreter for the trainer: Slicer's ``PythonSlicer`` (found the way the synthesis module finds it,
-        then beside ``sys.executable`` and in Slicer's bin folder), else ``sys.executable`` (outside Slicer)."""
-        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-        candidates = [shutil.which("PythonSlicer"), os.path.join(os.path.dirname(sys.executable), name)]
-        app = getattr(slicer, "app", None)
-        if app is not None and getattr(app, "slicerHome", None):
-            candidates.append(os.path.join(app.slicerHome, "bin", name))
-        return next((c for c in candidates if c and os.path.isfile(c)), sys.executable)
+        return dependencies.setupPythonRequirements(
+            dependencies.ENGINE_REQUIREMENTS + dependencies.TRAINING_REQUIREMENTS, askConfirmation,
+            "Train MR-to-CT model")
 
     # ------------------------------------------------------------------------------------------- runs
 
@@ -646,33 +664,55 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
         anything is created or started: no volumes, a CT in the MR folder, an unreadable file, a bad setting, a run
         folder that already holds a run.
         """
-        from MRtoCTSynthesisLib.training_process import TrainingProcess, config_overrides
-
-        overrides = config_overrides(preset, dict(settings or {}))
-        process = TrainingProcess(runFolder, mrFolder, ctFolder, preset=preset, overrides=overrides, device=device,
-                                  processes=processes, python=python or self.pythonExecutable())
+        process = self.newTrainingProcess(mrFolder, ctFolder, runFolder, preset=preset, settings=settings,
+                                          device=device, processes=processes, python=python)
         process.start()
         return self._newJob(process)
 
     def resumeTraining(self, runFolder, mrFolder=None, ctFolder=None, device="auto", processes=1, python=None):
         """Continue a stopped run (also one from an earlier Slicer session) from its last checkpoint. The data
         folders default to those the run was started with; the settings are the run's own (config.json)."""
-        from MRtoCTSynthesisLib.training_process import TrainingProcess
-
-        process = TrainingProcess(runFolder, mrFolder or None, ctFolder or None, device=device, processes=processes,
-                                  resume=True, python=python or self.pythonExecutable())
+        process = self.newTrainingProcess(mrFolder, ctFolder, runFolder, device=device, processes=processes,
+                                          resume=True, python=python)
         process.start()
         return self._newJob(process)
 
-    def startFromParameterNode(self, parameterNode, resume=False, python=None):
-        p = parameterNode
-        device, processes = p.GetParameter("Device") or "auto", int(p.GetParameter("Processes") or 1)
+    @staticmethod
+    def newTrainingProcess(mrFolder, ctFolder, runFolder, preset=DEFAULT_PRESET, settings=None, device="auto",
+                           processes=1, resume=False, python=None):
+        """A ``TrainingProcess`` not started yet (``resume``: the run's own settings; the folders may be None)."""
+        from MRtoCTSynthesisLib.training_process import TrainingProcess, config_overrides
+
+        python = python or pythonExecutable()
         if resume:
-            return self.resumeTraining(p.GetParameter("RunFolder"), p.GetParameter("MRFolder"),
-                                       p.GetParameter("CTFolder"), device=device, processes=processes, python=python)
-        return self.startTraining(p.GetParameter("MRFolder"), p.GetParameter("CTFolder"), p.GetParameter("RunFolder"),
-                                  preset=p.GetParameter("Preset") or DEFAULT_PRESET, settings=self.settings(p),
-                                  device=device, processes=processes, python=python)
+            return TrainingProcess(runFolder, mrFolder or None, ctFolder or None, device=device, processes=processes,
+                                   resume=True, python=python)
+        return TrainingProcess(runFolder, mrFolder, ctFolder, preset=preset,
+                               overrides=config_overrides(preset, dict(settings or {})), device=device,
+                               processes=processes, python=python)
+
+    def processFromParameterNode(self, parameterNode, resume=False, python=None):
+        """The panel's run as a ``TrainingProcess`` not started yet."""
+        p = parameterNode
+        return self.newTrainingProcess(p.GetParameter("MRFolder"), p.GetParameter("CTFolder"),
+                                       p.GetParameter("RunFolder"), preset=p.GetParameter("Preset") or DEFAULT_PRESET,
+                                       settings=self.settings(p), device=p.GetParameter("Device") or "auto",
+                                       processes=int(p.GetParameter("Processes") or 1), resume=resume, python=python)
+
+    @staticmethod
+    def checkTraining(process):
+        """Everything checkable before training (reads every volume: the panel calls it in a thread); ValueError
+        with what to do. Returns the configuration the run will use."""
+        from MRtoCTSynthesisLib.training_process import check_training
+
+        return check_training(process.mr, process.ct, process.run_dir, process.preset, process.overrides,
+                              process.resume, process.device, process.processes)
+
+    def startCheckedTraining(self, process, config):
+        """Start a process that ``checkTraining`` accepted; returns the ``TrainingJob``."""
+        process.config = config
+        process.start(check=False)
+        return self._newJob(process)
 
     def _newJob(self, process):
         job = TrainingJob(process)
@@ -750,7 +790,7 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def useModelForSynthesis(name):
         """Select model ``name`` in the MR to CT Synthesis module's parameter node."""
-        MRtoCTSynthesis.MRtoCTSynthesisLogic().getParameterNode().SetParameter("Model", name)
+        MRtoCTSynthesisLogic().getParameterNode().SetParameter("Model", name)
 
     # ------------------------------------------------------------------------------------------- loss plot
 

@@ -36,7 +36,7 @@ NAME_SUFFIX_CLASSES = [("CollapsibleButton", "ctkCollapsibleButton"), ("Selector
 
 
 def used_widget_names() -> set[str]:
-    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTCommon.py)."""
+    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTSlicer/panel.py)."""
     return ui_support.used_widget_names(MODULE_FILE)
 
 

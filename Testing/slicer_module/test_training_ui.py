@@ -51,7 +51,7 @@ def setting_widgets() -> dict[str, tuple[str, ...]]:
 
 
 def used_widget_names() -> set[str]:
-    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTCommon.py), and the Advanced
+    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTSlicer/panel.py), and the Advanced
     settings' widgets it reaches by name."""
     names = ui_support.used_widget_names(MODULE_FILE)
     return names | {name for names in setting_widgets().values() for name in names}
