@@ -238,6 +238,9 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_SegmentPhantom()
+        if getattr(slicer, "app", None) is not None:  # the panel exists only in the application
+            self.setUp()
+            self.test_PanelCancelLeavesTheScene()
 
     @staticmethod
     def _tinyModels(folder):
@@ -282,3 +285,31 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 12)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(mrNode), before)
         self.delayDisplay("Test passed")
+
+    def test_PanelCancelLeavesTheScene(self):
+        """The panel's real buttons (in Slicer only): Segment starts a child process, Cancel leaves the scene."""
+        import tempfile
+
+        from MRtoCTSynthesisLib.phantom import make_phantom
+
+        slicer.util.selectModule("MRtoCTSegment")
+        widget = slicer.util.getModuleWidget("MRtoCTSegment")
+        phantom = make_phantom("pelvis", 1, shape=(40, 32, 20), spacing=(8.0, 8.0, 8.0))
+        mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "panel MR")
+        updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
+        with tempfile.TemporaryDirectory() as folder:
+            model, synthesis = self._tinyModels(folder)
+            p = widget.logic.getParameterNode()
+            p.SetNodeReferenceID("InputVolume", mrNode.GetID())
+            p.SetParameter("Model", model)
+            p.SetParameter("SynthesisModel", synthesis)
+            p.SetParameter("Device", "cpu")
+            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+            widget.ui.applyButton.click()
+            self.assertIsNotNone(widget._job)
+            self.assertEqual(widget.ui.applyButton.text, "Cancel")
+            widget.ui.applyButton.click()
+            self.assertIsNone(widget._job)
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+            self.assertEqual(widget.ui.statusLabel.text, "Cancelled; the scene was not changed.")
+        self.delayDisplay("Panel test passed")

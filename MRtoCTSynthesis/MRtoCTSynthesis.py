@@ -7,9 +7,11 @@ The panel never imports torch: synthesis, the device list and the model list run
 """
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import qt
+import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest

@@ -1,7 +1,6 @@
 """MRtoCTSynthesisLogic against a real MRML scene (slicer-core) and the real engine."""
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 

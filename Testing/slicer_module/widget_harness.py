@@ -79,6 +79,8 @@ class qMRMLNodeComboBox(ui_support.qMRMLNodeComboBox):
     def setCurrentNode(self, node):
         if node is not self._node:
             self._node = node
+            self.clear()
+            self.addItem(node.GetName() if node is not None else "None")
             self.currentNodeChanged.emit(node)
 
     def getCurrentNodeID(self):
