@@ -1,40 +1,34 @@
 """3D Slicer module "MR to CT Segment": bones and muscles from an MR through its synthetic CT (Hiasa 2018).
 
-Three layers, as in "MR to CT Synthesis":
-- the engine, ``MRtoCTSegmentLib`` (pure Python, no Slicer): MR (+ sCT) -> label map on the MR's grid;
-- ``MRtoCTSegmentLogic``: MRML nodes in, a segmentation node out; blocking, usable from the Python console;
-- ``MRtoCTSegmentWidget``: the panel (template ``MRtoCTCommon.MRtoCTModuleWidget``). It runs the blocking logic
-  and keeps Slicer responsive by processing events from the progress callback, so "Cancel" stops the run.
-
-Heavy packages (torch, SimpleITK, the engine) are imported only when used.
+This file declares the module, its panel (``MRtoCTSegmentWidget``) and its self-test. The logic
+(``MRtoCTSlicer.segment_logic.MRtoCTSegmentLogic``) and the rest of the Slicer layer are in the ``MRtoCTSlicer``
+package (installed by the MR to CT Synthesis module, on which this one depends); the engine is ``MRtoCTSegmentLib``.
+The panel runs ``mrtoct segment`` in a child process and follows it from a timer.
 """
-import logging
-import os
 import sys
 from pathlib import Path
 
 import qt
 
 import slicer
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
 MODULE_DIR = Path(__file__).resolve().parent
-# installed: every module file and engine package sits in one folder; source tree: MRtoCTSynthesis is a sibling
+# installed: every module file and package sits in one folder; source tree: MRtoCTSynthesis is a sibling
 for _folder in (MODULE_DIR, MODULE_DIR.parent / "MRtoCTSynthesis"):
     if _folder.is_dir() and str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
-import MRtoCTCommon  # noqa: E402  (the widget template and dependency helpers shared by the MRtoCT modules)
-import MRtoCTSynthesis  # noqa: E402  (node <-> SimpleITK converters, synthesis models, devices, requirements)
+from MRtoCTSlicer.choices import fillComboBox, selectData  # noqa: E402
+from MRtoCTSlicer.formatting import etaText, formatDuration  # noqa: E402
+from MRtoCTSlicer.interpreter import pythonExecutable  # noqa: E402
+from MRtoCTSlicer.nodes import updateVolumeNodeFromSitkImage  # noqa: E402
+from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
+from MRtoCTSlicer.segment_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
+    SEG_MODEL_SUFFIX, SOURCE_REFERENCE, MRtoCTSegmentLogic,
+)
 
 LOAD_FROM_FILE = "__load_from_file__"
-SEG_MODEL_SUFFIX = ".mrtoct-seg.safetensors"
-RESULT_ATTRIBUTES = ("Model", "SynthesisModel", "Device", "Seconds")
-SOURCE_REFERENCE = "MRtoCTSegment.source"
 
 
 #
@@ -47,8 +41,8 @@ class MRtoCTSegment(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "MR to CT Segment"
         self.parent.categories = ["Radiotherapy"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MRtoCT extension contributors"]
+        self.parent.dependencies = ["MRtoCTSynthesis"]
+        self.parent.contributors = ["MR to CT Synthesis developers"]
         self.parent.helpText = """
 Segment bones and muscles from an MR volume through its synthetic CT (Hiasa 2018): the sCT is synthesized on the fly
 with the chosen synthesis model (or an existing sCT is used), then a 2D U-Net labels the MR + sCT. The result is a
@@ -67,55 +61,46 @@ TotalSegmentator Slicer extension.
 #
 
 
-class MRtoCTSegmentWidget(MRtoCTCommon.MRtoCTModuleWidget):
-    """The panel. The run is the blocking ``MRtoCTSegmentLogic.segment`` (no ``mrtoct segment`` background process:
-    its CLI writes files for a batch, not one segmentation node); the progress callback processes Qt events so the
-    Cancel button and the progress bar stay live."""
+class MRtoCTSegmentWidget(MRtoCTModuleWidget):
+    """The panel: Segment starts ``mrtoct segment`` in a child process; Cancel kills it and leaves the scene as it
+    was; a failure shows its message in the status line and a message box."""
 
     def __init__(self, parent=None):
-        MRtoCTCommon.MRtoCTModuleWidget.__init__(self, parent)
-        self._cancelRequested = False
+        MRtoCTModuleWidget.__init__(self, parent)
+        self.segmentationModels, self.synthesisModels = [], []
 
     def setup(self):
         self.setupPanel("UI/MRtoCTSegment.ui", MRtoCTSegmentLogic())
-
-        self.populateModelComboBoxes()
-        self.populateDeviceComboBox()
         self.ui.progressBar.setVisible(False)
-
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
-        self.ui.sctVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
-        self.ui.segmentationModelComboBox.connect("currentIndexChanged(int)", self.onSegmentationModelChanged)
-        self.ui.synthesisModelComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-
+        self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.sctVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.segmentationModelComboBox.currentIndexChanged.connect(self.onSegmentationModelChanged)
+        self.ui.synthesisModelComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.initializeParameterNode()
-
-    def stopRunningJob(self, reason):
-        self._cancelRequested = True
+        self.refreshDevices()
 
     def enter(self):
-        MRtoCTCommon.MRtoCTModuleWidget.enter(self)
-        self.populateModelComboBoxes()
+        MRtoCTModuleWidget.enter(self)
+        self.refreshModels()
+
+    def stopRunningJob(self, reason):
+        self.cancelJob()
 
     # ------------------------------------------------------------------------------------------- parameter node
 
     def initializeParameterNode(self):
-        MRtoCTCommon.MRtoCTModuleWidget.initializeParameterNode(self)
-        if not self._parameterNode.GetNodeReference("InputVolume"):
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.SetNodeReferenceID("InputVolume", firstVolume.GetID())
+        MRtoCTModuleWidget.initializeParameterNode(self)
+        self.setFirstScalarVolumeAsInput()
 
     def showParameters(self, p):
         self.ui.inputVolumeSelector.setCurrentNode(p.GetNodeReference("InputVolume"))
         self.ui.sctVolumeSelector.setCurrentNode(p.GetNodeReference("SCTVolume"))
-        self._selectModelFile(p.GetParameter("Model"))
-        self._selectData(self.ui.synthesisModelComboBox, p.GetParameter("SynthesisModel"))
-        self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
+        self.showModelChoices()
+        selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
         self.ui.synthesisModelComboBox.enabled = p.GetNodeReference("SCTVolume") is None
-        self.ui.modelInfoLabel.text = self.logic.modelDescription(p.GetParameter("Model"))
+        self.ui.modelInfoLabel.text = p.GetParameter("Model")
         self.updateButtonStates()
 
     def storeParameters(self, p):
@@ -139,45 +124,35 @@ class MRtoCTSegmentWidget(MRtoCTCommon.MRtoCTModuleWidget):
         for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton):
             widget.enabled = not running
 
-    # ------------------------------------------------------------------------------------------- models, device
+    # ------------------------------------------------------------------------------------------- models
 
-    def populateModelComboBoxes(self):
-        combo = self.ui.segmentationModelComboBox
-        wasBlocked = combo.blockSignals(True)
-        try:
-            combo.clear()
-            for path in self.logic.availableModels():
-                combo.addItem(Path(path).name[:-len(SEG_MODEL_SUFFIX)], str(path))
-                combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
-            combo.insertSeparator(combo.count)
-            combo.addItem("Load from file...", LOAD_FROM_FILE)
-        finally:
-            combo.blockSignals(wasBlocked)
-        combo = self.ui.synthesisModelComboBox
-        wasBlocked = combo.blockSignals(True)
-        try:
-            combo.clear()
-            combo.addItem("The one the segmentation model was trained with", "")
-            try:
-                synthesisModels = MRtoCTSynthesis.MRtoCTSynthesisLogic.availableModels()
-            except Exception as error:  # a broken registry must not break the panel
-                logging.error(f"MRtoCTSegment: cannot list synthesis models: {error}")
-                synthesisModels = []
-            for entry in synthesisModels:
-                combo.addItem(entry["name"], entry["name"])
-        finally:
-            combo.blockSignals(wasBlocked)
+    def refreshModels(self):
+        """Segmentation model files (a folder scan, cheap) now; synthesis models from a child process."""
+        from MRtoCTSynthesisLib.background import model_list_probe
 
-    def _selectModelFile(self, model):
-        combo = self.ui.segmentationModelComboBox
-        if not model:
-            return
-        index = combo.findData(model)
-        if index < 0 and os.path.isfile(model):  # a file chosen with "Load from file..."
-            combo.insertItem(combo.count - 2, Path(model).name, model)
-            index = combo.findData(model)
-        if index >= 0:
-            combo.setCurrentIndex(index)
+        self.segmentationModels = [str(path) for path in self.logic.availableModels()]
+        self.showModelChoices()
+        self.startProbe(model_list_probe(python=pythonExecutable()), self.onSynthesisModelsListed)
+
+    def onSynthesisModelsListed(self, result):
+        if result is not None:
+            self.synthesisModels = [entry["name"] for entry in result.get("models", [])]
+        self.showModelChoices()
+
+    def showModelChoices(self):
+        """Refill both model combo boxes; the parameter node's choices stay selected."""
+        p = self._parameterNode
+        chosen = p.GetParameter("Model") if p is not None else None
+        files = list(self.segmentationModels)
+        if chosen and chosen not in files:
+            files.append(chosen)  # a file chosen with "Load from file..." or restored with the scene
+        items = [(Path(path).name[:-len(SEG_MODEL_SUFFIX)] if path.endswith(SEG_MODEL_SUFFIX) else Path(path).name,
+                  path, path) for path in files] + [("Load from file...", LOAD_FROM_FILE)]
+        fillComboBox(self.ui.segmentationModelComboBox, items, selected=chosen, separatorBefore=LOAD_FROM_FILE)
+        synthesis = p.GetParameter("SynthesisModel") if p is not None else ""
+        names = list(self.synthesisModels) + ([synthesis] if synthesis and synthesis not in self.synthesisModels else [])
+        fillComboBox(self.ui.synthesisModelComboBox, [("The one the segmentation model was trained with", "")]
+                     + [(name, name) for name in names], selected=synthesis or "")
 
     def onSegmentationModelChanged(self, index):
         if self._updatingGUIFromParameterNode:
@@ -191,185 +166,64 @@ class MRtoCTSegmentWidget(MRtoCTCommon.MRtoCTModuleWidget):
             return
         self.updateParameterNodeFromGUI()
 
-    def populateDeviceComboBox(self):
-        self.fillDeviceComboBox(self.logic.availableDevices())
-
     # ------------------------------------------------------------------------------------------- run, cancel
 
     def onApplyButton(self):
         if self._job is not None:
-            self._cancelRequested = True
-            self.ui.statusLabel.text = "Cancelling..."
+            self.cancelJob()
             return
         self.updateParameterNodeFromGUI()
         p = self._parameterNode
-        self._cancelRequested = False
-        self._job = "running"
+        job = None
+        with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
+            if not self.checkPythonRequirements("PyTorch and the required Python packages are needed to segment."):
+                return
+            job = self.logic.startBackgroundSegmentation(
+                p.GetNodeReference("InputVolume"), p.GetParameter("Model"),
+                synthesisModel=p.GetParameter("SynthesisModel") or None, sctNode=p.GetNodeReference("SCTVolume"),
+                device=p.GetParameter("Device"))
+        if job is None:
+            return
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
         self.ui.statusLabel.text = "Starting (loading PyTorch and the models)..."
+        self.startPolling(job)
         self.updateButtonStates()
-        segmentation = None
+
+    def pollJob(self, job):
+        updates = job.process.poll()
+        if updates:
+            self.ui.progressBar.setValue(int(100 * updates[-1]["progress"]))
+            self.ui.progressBar.format = "%p%" + etaText(updates[-1])
+            self.ui.statusLabel.text = updates[-1]["message"]
+        return job.process.finished
+
+    def cancelJob(self):
+        job, self._job = self._job, None
+        if job is None:
+            return
+        self.logic.cancelBackgroundSegmentation(job)
+        self.ui.progressBar.setVisible(False)
+        self.ui.statusLabel.text = "Cancelled; the scene was not changed."
+        self.updateButtonStates()
+
+    def onJobFinished(self, job):
+        self.ui.progressBar.setVisible(False)
+        self.updateButtonStates()
         try:
-            with slicer.util.tryWithErrorDisplay("Segmentation failed.", waitCursor=True):
-                if not self.checkPythonRequirements(
-                        "PyTorch and the required Python packages are needed to segment."):
-                    return
-                segmentation = self.logic.segment(
-                    p.GetNodeReference("InputVolume"), model=p.GetParameter("Model"),
-                    synthesisModel=p.GetParameter("SynthesisModel") or None, sctNode=p.GetNodeReference("SCTVolume"),
-                    device=p.GetParameter("Device"), progress=self.onProgress, cancel=lambda: self._cancelRequested)
+            segmentation = self.logic.finishBackgroundSegmentation(job)
         except Exception as error:
-            if type(error).__name__ != "SegmentationCancelled":
-                raise
-        finally:
-            self._job = None
-            self.ui.progressBar.setVisible(False)
-            self.updateButtonStates()
+            self.ui.statusLabel.text = f"Segmentation failed: {str(error).splitlines()[0]}"
+            slicer.util.errorDisplay(f"Segmentation failed.\n\n{str(error).splitlines()[0]}",
+                                     detailedText=f"{error}\n\nProcess output:\n" + "\n".join(job.process.log))
+            return
         if segmentation is None:
-            self.ui.statusLabel.text = ("Cancelled; the scene was not changed." if self._cancelRequested else
-                                        "Segmentation failed.")
+            self.ui.statusLabel.text = "Cancelled; the scene was not changed."
             return
         self.ui.statusLabel.text = (f"Done: '{segmentation.GetName()}' "
                                     f"({segmentation.GetSegmentation().GetNumberOfSegments()} segments) in "
-                                    f"{MRtoCTSynthesis.formatDuration(float(segmentation.GetAttribute('MRtoCTSegment.Seconds')))}"
-                                    f" on {segmentation.GetAttribute('MRtoCTSegment.Device')}.")
-
-    def onProgress(self, fraction, message):
-        self.ui.progressBar.setValue(int(100 * fraction))
-        self.ui.statusLabel.text = message
-        slicer.app.processEvents()
-
-    def onPollJob(self):  # the run is not polled: the progress callback updates the panel
-        self._pollTimer.stop()
-
-
-#
-# Logic
-#
-
-
-class MRtoCTSegmentLogic(ScriptedLoadableModuleLogic):
-    """MRML nodes in, a segmentation node out. No Qt here: everything runs headless and from the Python console::
-
-        logic = slicer.util.getModuleLogic("MRtoCTSegment")   # or MRtoCTSegmentLogic()
-        seg = logic.segment(mrNode, model="/models/pelvis.mrtoct-seg.safetensors", synthesisModel="pelvis-2024")
-    """
-
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-
-    def setDefaultParameters(self, parameterNode):
-        models = self.availableModels()
-        if not parameterNode.GetParameter("Model") and models:
-            parameterNode.SetParameter("Model", str(models[0]))
-        if not parameterNode.GetParameter("Device"):
-            parameterNode.SetParameter("Device", "auto")
-
-    # ------------------------------------------------------------------------------------------- dependencies, models
-
-    @staticmethod
-    def setupPythonRequirements(askConfirmation=True):
-        """The synthesis module's requirements are the engine's (torch, safetensors, ...): install what is missing."""
-        return MRtoCTSynthesis.MRtoCTSynthesisLogic().setupPythonRequirements(askConfirmation=askConfirmation)
-
-    @staticmethod
-    def availableDevices():
-        return MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices()
-
-    @staticmethod
-    def modelFolders():
-        """Where segmentation model files are looked for: the module's Resources/Models and the model cache."""
-        folders = [MODULE_DIR / "Resources" / "Models"]
-        cache = os.environ.get("MRTOCT_MODEL_CACHE") or str(Path.home() / ".cache" / "mrtoct" / "models")
-        folders.append(Path(cache))
-        return folders
-
-    @classmethod
-    def availableModels(cls):
-        """Segmentation model files (``*.mrtoct-seg.safetensors``) found in ``modelFolders()`` (searched recursively)."""
-        found = []
-        for folder in cls.modelFolders():
-            if folder.is_dir():
-                found.extend(sorted(folder.rglob(f"*{SEG_MODEL_SUFFIX}")))
-        return found
-
-    @staticmethod
-    def modelDescription(model):
-        """One line about a segmentation model file for the panel; never raises."""
-        if not model:
-            return ""
-        try:
-            from MRtoCTSegmentLib.modelfile import load_seg_model
-
-            metadata = load_seg_model(model).metadata
-            return (f"{metadata['name']}: {metadata['description']} (channels {metadata['channels']}, "
-                    f"license: {metadata['license']})")
-        except Exception as error:
-            return f"Cannot read this model: {error}"
-
-    # ------------------------------------------------------------------------------------------- blocking segmentation
-
-    def segment(self, mrNode, model, synthesisModel=None, sctNode=None, device="auto", batchSize=8, progress=None,
-                cancel=None):
-        """Segment ``mrNode`` (blocking); returns a new ``vtkMRMLSegmentationNode`` named "<MR name> segmentation".
-
-        ``sctNode``: an existing sCT (resampled onto the MR grid by the engine if needed); without it the sCT is
-        synthesized with ``synthesisModel`` (None: the one recorded in the segmentation model). The segmentation has
-        the MR's reference geometry and parent transform and one segment per structure of the model's label table
-        (name, colour, terminology), shown in 2D and 3D. ``cancel()`` returning True raises SegmentationCancelled.
-        The input nodes are never modified; on error or cancel the scene is unchanged.
-        """
-        from MRtoCTSegmentLib.segment import segment
-
-        MRtoCTSynthesis.MRtoCTSynthesisLogic._checkNodes(mrNode, None)
-        mr = MRtoCTSynthesis.sitkImageFromVolumeNode(mrNode)
-        sct = MRtoCTSynthesis.sitkImageFromVolumeNode(sctNode) if sctNode is not None else None
-        result = segment(mr, str(model) if isinstance(model, Path) else model, synthesis_model=synthesisModel,
-                         sct=sct, device=device, batch_size=batchSize, progress=progress, cancel=cancel)
-        return self.createSegmentationNode(mrNode, result, {
-            "Model": result.model_name, "SynthesisModel": "" if sctNode is not None else str(synthesisModel or ""),
-            "Device": result.device, "Seconds": f"{result.seconds:.2f}"})
-
-    @staticmethod
-    def createSegmentationNode(mrNode, result, attributes=None):
-        """A segmentation node from an engine result (labels on the MR's grid + label table)."""
-        import numpy as np
-        import SimpleITK as sitk
-
-        labels = sitk.GetArrayFromImage(result.labels)  # (K, J, I), like arrayFromVolume
-        dimensions = tuple(mrNode.GetImageData().GetDimensions())
-        if labels.shape[::-1] != dimensions:
-            raise RuntimeError(f"the engine returned the labels on another grid than the MR ({labels.shape[::-1]} "
-                               f"voxels instead of {dimensions})")
-        scene = mrNode.GetScene()
-        segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                   scene.GenerateUniqueName(f"{mrNode.GetName()} segmentation"))
-        try:
-            segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(mrNode)
-            segmentationNode.SetAndObserveTransformNodeID(mrNode.GetTransformNodeID())
-            segmentation = segmentationNode.GetSegmentation()
-            wasModifying = segmentationNode.StartModify()
-            for structure in result.table.structures:
-                segmentId = segmentation.AddEmptySegment(structure.name, structure.display_name,
-                                                         list(structure.color_float))
-                segmentation.GetSegment(segmentId).SetTag("TerminologyEntry", structure.terminology_entry())
-                mask = (labels == structure.value).astype(np.uint8)
-                slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, mrNode)
-            segmentationNode.EndModify(wasModifying)
-            for key, value in (attributes or {}).items():
-                segmentationNode.SetAttribute(f"MRtoCTSegment.{key}", str(value))
-            segmentationNode.SetNodeReferenceID(SOURCE_REFERENCE, mrNode.GetID())
-            segmentationNode.CreateClosedSurfaceRepresentation()
-            display = segmentationNode.GetDisplayNode()
-            display.SetVisibility2D(True)
-            display.SetVisibility3D(True)
-            MRtoCTSynthesis.MRtoCTSynthesisLogic._placeBesideInSubjectHierarchy(mrNode, [segmentationNode])
-        except BaseException:
-            scene.RemoveNode(segmentationNode)
-            raise
-        return segmentationNode
+                                    f"{formatDuration(job.process.finished_at - job.process.started_at)}"
+                                    f" on {job.process.device}.")
 
 
 #
@@ -384,6 +238,9 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_SegmentPhantom()
+        if getattr(slicer, "app", None) is not None:  # the panel exists only in the application
+            self.setUp()
+            self.test_PanelCancelLeavesTheScene()
 
     @staticmethod
     def _tinyModels(folder):
@@ -418,7 +275,7 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
         self.assertTrue(logic.setupPythonRequirements(askConfirmation=False))
         phantom = make_phantom("pelvis", 0, shape=(40, 32, 20), spacing=(8.0, 8.0, 8.0))
         mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom MR")
-        MRtoCTSynthesis.updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
+        updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
         before = slicer.util.arrayFromVolume(mrNode).copy()
         with tempfile.TemporaryDirectory() as folder:
             model, synthesis = self._tinyModels(folder)
@@ -428,3 +285,31 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 12)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(mrNode), before)
         self.delayDisplay("Test passed")
+
+    def test_PanelCancelLeavesTheScene(self):
+        """The panel's real buttons (in Slicer only): Segment starts a child process, Cancel leaves the scene."""
+        import tempfile
+
+        from MRtoCTSynthesisLib.phantom import make_phantom
+
+        slicer.util.selectModule("MRtoCTSegment")
+        widget = slicer.util.getModuleWidget("MRtoCTSegment")
+        phantom = make_phantom("pelvis", 1, shape=(40, 32, 20), spacing=(8.0, 8.0, 8.0))
+        mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "panel MR")
+        updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
+        with tempfile.TemporaryDirectory() as folder:
+            model, synthesis = self._tinyModels(folder)
+            p = widget.logic.getParameterNode()
+            p.SetNodeReferenceID("InputVolume", mrNode.GetID())
+            p.SetParameter("Model", model)
+            p.SetParameter("SynthesisModel", synthesis)
+            p.SetParameter("Device", "cpu")
+            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+            widget.ui.applyButton.click()
+            self.assertIsNotNone(widget._job)
+            self.assertEqual(widget.ui.applyButton.text, "Cancel")
+            widget.ui.applyButton.click()
+            self.assertIsNone(widget._job)
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+            self.assertEqual(widget.ui.statusLabel.text, "Cancelled; the scene was not changed.")
+        self.delayDisplay("Panel test passed")

@@ -1,71 +1,35 @@
 """3D Slicer module "Train MR-to-CT model": train a CycleGAN MR-to-CT model on your own unpaired MR and CT folders.
 
-Three layers (see the extension README):
-- the engine: ``MRtoCTSynthesisLib.train`` (the trainer) and ``MRtoCTSynthesisLib.training_process`` (starts it as a
-  child process, follows the run folder's events, stops the process tree, resumes, registers the model);
-- ``MRtoCTTrainingLogic``: the process and the MRML nodes (loss table, plot series, plot chart); no Qt, so it runs
-  headless and from the Python console, blocking (``train``) or not (``startTraining`` + ``pollTraining``);
-- ``MRtoCTTrainingWidget``: the panel; follows the run with a timer, so Slicer never freezes.
+This file declares the module, its panel (``MRtoCTTrainingWidget``) and its self-test. The logic
+(``MRtoCTSlicer.training_logic.MRtoCTTrainingLogic``: the trainer process of ``MRtoCTSynthesisLib.training_process``
+and the loss plot nodes; no Qt) and the rest of the Slicer layer are in the ``MRtoCTSlicer`` package. The panel checks
+the data in a thread and follows the trainer from a timer, so Slicer never freezes.
 
 The trained model is registered as a local model, so the "MR to CT Synthesis" module lists it.
 """
-import json
 import logging
-import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import qt
-import vtk
 
 import slicer
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
 MODULE_DIR = Path(__file__).resolve().parent
 if str(MODULE_DIR) not in sys.path:  # the engine package lives next to this file
     sys.path.insert(0, str(MODULE_DIR))
 
-import MRtoCTCommon  # noqa: E402  (the Slicer-layer code shared with the synthesis module)
-import MRtoCTSynthesis  # noqa: E402  (the synthesis module: dependency set-up, devices, model list, durations)
-
-DEFAULT_PRESET = "yang2018"
-PLANES = ("sagittal", "coronal", "axial")
-# Advanced settings: TrainConfig field -> widget name (two for the image size)
-SETTING_WIDGETS = {
-    "iterations": "iterationsSpinBox",
-    "image_size": ("imageHeightSpinBox", "imageWidthSpinBox"),
-    "plane": "planeComboBox",
-    "batch_size": "batchSizeSpinBox",
-    "lr": "learningRateDoubleSpinBox",
-    "lambda_cycle": "lambdaCycleDoubleSpinBox",
-    "lambda_structure": "lambdaStructureDoubleSpinBox",
-    "lambda_gc": "lambdaGCDoubleSpinBox",
-    "lambda_identity": "lambdaIdentityDoubleSpinBox",
-    "lambda_supervised": "lambdaSupervisedDoubleSpinBox",
-    "validation_fraction": "validationFractionDoubleSpinBox",
-    "seed": "seedSpinBox",
-    "checkpoint_every": "checkpointEverySpinBox",
-    "preview_every": "previewEverySpinBox",
-}
-SETTING_PREFIX = "Setting."
-# import name -> pip requirement: what the trainer needs beyond the synthesis module's requirements
-TRAINING_REQUIREMENTS = {"matplotlib": "matplotlib>=3.6"}
-RUN_ATTRIBUTE = "MRtoCTTraining.RunFolder"
-NOT_LOSSES = ("iteration", "lr", "seconds")
-LOSS_ORDER = ("G_total", "cycle", "structure", "gc", "identity", "supervised", "G_gan_ct", "G_gan_mr", "D_ct", "D_mr")
-LOSS_COLORS = {
-    "G_total": (0.0, 0.0, 0.0), "cycle": (0.12, 0.47, 0.71), "structure": (1.0, 0.50, 0.05),
-    "gc": (0.17, 0.63, 0.17), "identity": (0.58, 0.40, 0.74), "supervised": (0.55, 0.34, 0.29),
-    "G_gan_ct": (0.84, 0.15, 0.16), "G_gan_mr": (0.89, 0.47, 0.76), "D_ct": (0.50, 0.50, 0.50),
-    "D_mr": (0.74, 0.74, 0.13),
-}
+from MRtoCTSlicer.backgroundcheck import BackgroundCheck  # noqa: E402
+from MRtoCTSlicer.choices import selectData  # noqa: E402
+from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
+from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
+from MRtoCTSlicer.training_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
+    PLANES, SETTING_WIDGETS, MRtoCTTrainingLogic,
+)
+from MRtoCTSlicer.training_text import eventText, lossText, progressText  # noqa: E402
 
 
 #
@@ -79,7 +43,7 @@ class MRtoCTTraining(ScriptedLoadableModule):
         self.parent.title = "Train MR-to-CT model"
         self.parent.categories = ["Radiotherapy"]
         self.parent.dependencies = ["MRtoCTSynthesis"]
-        self.parent.contributors = ["MRtoCT extension contributors"]
+        self.parent.contributors = ["MR to CT Synthesis developers"]
         self.parent.helpText = """
 Train an MR-to-CT model on your own data: choose a folder of MR volumes and a folder of CT volumes (unpaired: they
 need not come from the same patients), a preset (conventional CycleGAN, Yang 2018 structure-constrained, Hiasa 2018
@@ -100,59 +64,22 @@ consistency loss and training data size", SASHIMI 2018.
 #
 
 
-def lossText(losses):
-    """'G_total 3.21 · cycle 0.120 · D_ct 0.231' for the losses of an iteration event (the main ones first)."""
-    names = [n for n in LOSS_ORDER if n in losses] + sorted(n for n in losses if n not in LOSS_ORDER)
-    return " · ".join(f"{name} {losses[name]:.3g}" for name in names)
-
-
-def progressText(process):
-    """'Iteration 1200 of 5000 · 0.21 s/iteration (about 13 min 40 s left)' for a ``TrainingProcess``."""
-    if not process.iterations:
-        return "Starting (loading PyTorch, reading and caching the volumes)..."
-    text = f"Iteration {process.iteration} of {process.iterations}"
-    if process.seconds_per_iteration:
-        text += f" · {process.seconds_per_iteration:.2f} s/iteration"
-    if process.eta_seconds and process.iteration < process.iterations:
-        text += f" (about {MRtoCTSynthesis.formatDuration(process.eta_seconds)} left)"
-    return text
-
-
-def eventText(event):
-    """One log line for an event other than "iteration"; None for iteration events."""
-    kind = event["event"]
-    if kind == "start":
-        where = f"on {event.get('device')}" + (f" x{event['world_size']}" if event.get("world_size", 1) > 1 else "")
-        verb = "resumed at" if event.get("resumed") else "started at"
-        return f"Training {verb} iteration {event.get('iteration')} of {event.get('iterations')} {where}"
-    if kind == "checkpoint":
-        return f"Checkpoint at iteration {event.get('iteration')}"
-    if kind == "preview":
-        return f"Preview at iteration {event.get('iteration')}"
-    if kind == "validation":
-        metrics = ", ".join(f"{k} {v:.4g}" for k, v in (event.get("metrics") or {}).items())
-        return f"Validation at iteration {event.get('iteration')}: {metrics}"
-    if kind == "finished":
-        return f"Finished after {MRtoCTSynthesis.formatDuration(event.get('seconds'))}: {event.get('model')}"
-    if kind == "error":
-        return f"Error: {event.get('message')}"
-    return None
-
-
 #
 # Widget
 #
 
 
-class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
-    """The panel; the parameter-node and scene template is ``MRtoCTCommon.MRtoCTModuleWidget``."""
+class MRtoCTTrainingWidget(MRtoCTModuleWidget):
+    """The panel; the parameter-node, timer and scene template is ``MRtoCTSlicer.panel.MRtoCTModuleWidget``. Start
+    checks the data in a thread (it reads every volume) and then starts the trainer process."""
 
     POLL_INTERVAL_MSEC = 500
 
     def __init__(self, parent=None):
-        MRtoCTCommon.MRtoCTModuleWidget.__init__(self, parent)
+        MRtoCTModuleWidget.__init__(self, parent)
         self._previewPath = None
         self._shownRun = None
+        self._check = None  # the BackgroundCheck of a Start or Resume click
 
     def setup(self):
         self.setupPanel("UI/MRtoCTTraining.ui", MRtoCTTrainingLogic())
@@ -163,7 +90,6 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.planeComboBox.clear()
         for plane in PLANES:
             self.ui.planeComboBox.addItem(plane, plane)
-        self.populateDeviceComboBox()
         self.ui.progressBar.setVisible(False)
 
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
@@ -193,6 +119,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
 
         self.initializeParameterNode()
+        self.refreshDevices()
 
     def cleanup(self):
         """The module widget is destroyed (Slicer is closing): stop the run; its last checkpoint can be resumed."""
@@ -208,7 +135,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
 
     def onSceneEndClose(self, caller, event):
         self._shownRun = None
-        MRtoCTCommon.MRtoCTModuleWidget.onSceneEndClose(self, caller, event)
+        MRtoCTModuleWidget.onSceneEndClose(self, caller, event)
 
     # ------------------------------------------------------------------------------------------- parameter node
 
@@ -216,9 +143,9 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.mrFolderPathLineEdit.currentPath = p.GetParameter("MRFolder")
         self.ui.ctFolderPathLineEdit.currentPath = p.GetParameter("CTFolder")
         self.ui.runFolderPathLineEdit.currentPath = p.GetParameter("RunFolder")
-        self._selectData(self.ui.presetComboBox, p.GetParameter("Preset"))
+        selectData(self.ui.presetComboBox, p.GetParameter("Preset"))
         self.ui.presetDescriptionLabel.text = self.logic.presetDescription(p.GetParameter("Preset"))
-        self._selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
+        selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
         self.ui.processesSpinBox.value = int(p.GetParameter("Processes") or 1)
         for field, value in self.logic.settings(p).items():
             self._showSetting(field, value)
@@ -239,7 +166,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         if field == "image_size":
             self.ui.imageHeightSpinBox.value, self.ui.imageWidthSpinBox.value = int(value[0]), int(value[1])
         elif field == "plane":
-            self._selectData(self.ui.planeComboBox, value)
+            selectData(self.ui.planeComboBox, value)
         else:
             getattr(self.ui, names).value = value
 
@@ -261,10 +188,8 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         if self._parameterNode is not None:
             self.logic.applyPreset(self._parameterNode, self._parameterNode.GetParameter("Preset"))
 
-    def populateDeviceComboBox(self):
-        self.fillDeviceComboBox(MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices())
-        gpus = sum(1 for device, _ in MRtoCTSynthesis.MRtoCTSynthesisLogic.availableDevices()
-                   if device.startswith("cuda"))
+    def onDevicesChanged(self):
+        gpus = sum(1 for device in self.devices if device.startswith("cuda"))
         self.ui.processesSpinBox.maximum = max(1, gpus, os.cpu_count() or 1)
 
     # ------------------------------------------------------------------------------------------- run folder
@@ -332,50 +257,61 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self._launch(resume=True)
 
     def _launch(self, resume):
-        if self._job is not None:
+        if self._job is not None or self._check is not None:
             return
         self.updateParameterNodeFromGUI()
-        p = self._parameterNode
-        job = None
+        process = None
         with slicer.util.tryWithErrorDisplay("Failed to start the training.", waitCursor=True):
             if not self.checkPythonRequirements(
                     "PyTorch and the required Python packages are needed to train a model."):
                 return
-            self.ui.statusLabel.text = "Checking the training data (reading every volume)..."
-            slicer.app.processEvents()
-            job = self.logic.startFromParameterNode(p, resume=resume)
-        if job is None:
+            process = self.logic.processFromParameterNode(self._parameterNode, resume=resume)
+        if process is None:
             self.ui.statusLabel.text = "Not started."
             return
-        self._job = job
+        self.ui.statusLabel.text = "Checking the training data (reading every volume)..."
+        self.ui.startButton.enabled = self.ui.resumeButton.enabled = False
+        self._check = BackgroundCheck(lambda: self.logic.checkTraining(process), process, resume)
+        self._pollTimer.start()
+
+    def onPollTimer(self):
+        check = self._check
+        if check is not None and check.done:
+            self._check = None
+            self.onDataChecked(check)
+        MRtoCTModuleWidget.onPollTimer(self)
+        if self._check is not None:
+            self._pollTimer.start()
+
+    def onDataChecked(self, check):
+        """The data check (run in a thread) is over: start the trainer, or say what is wrong."""
+        if check.error is not None:
+            self.ui.statusLabel.text = f"Not started: {check.error}"
+            self.updateRunState()
+            slicer.util.errorDisplay(f"Failed to start the training.\n\n{check.error}")
+            return
+        job = None
+        with slicer.util.tryWithErrorDisplay("Failed to start the training.", waitCursor=True):
+            job = self.logic.startCheckedTraining(check.process, check.result)
+        if job is None:
+            self.updateRunState()
+            return
         self._shownRun = job.runFolder
         self.ui.logPlainTextEdit.clear()
         self.ui.logPlainTextEdit.appendPlainText(" ".join(job.process.command()[3:]))
         self.ui.lossesLabel.text = ""
         self.ui.useModelButton.enabled = False
-        if not resume:
+        if not check.resume:
             self.showPreview(None)
         self.ui.progressBar.setRange(0, 0)  # busy until the trainer reports its first iteration
         self.ui.progressBar.setVisible(True)
         self.ui.statusLabel.text = progressText(job.process)
+        self.startPolling(job)
         self.updateRunState()
         self.onShowPlot()
-        self._pollTimer.start()
 
-    def onPollJob(self):
-        job = self._job
-        if job is None:
-            self._pollTimer.stop()
-            return
-        try:
-            events = self.logic.pollTraining(job)
-        except Exception as error:
-            import traceback
-
-            self.stopJob("the panel lost track of it")
-            slicer.util.errorDisplay(f"Lost track of the training process: {error}",
-                                     detailedText=traceback.format_exc())
-            return
+    def pollJob(self, job):
+        events = self.logic.pollTraining(job)
         process = job.process
         for line in process.new_log_lines():
             self.ui.logPlainTextEdit.appendPlainText(line)
@@ -392,9 +328,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         self.ui.statusLabel.text = progressText(process)
         if process.losses:
             self.ui.lossesLabel.text = lossText(process.losses)
-        if process.finished:
-            self._pollTimer.stop()
-            self.onJobFinished(job)
+        return process.finished
 
     def onStopButton(self):
         self.stopJob()
@@ -404,8 +338,6 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         job = self._job
         if job is None:
             return
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
         try:
             self.logic.stopTraining(job)
             self.logic.pollTraining(job)
@@ -429,14 +361,13 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         logging.info(f"MRtoCTTraining: {message}")
 
     def onJobFinished(self, job):
-        self._job = None
         self.ui.progressBar.setVisible(False)
         self.updateRunState()
         process = job.process
         for line in process.new_log_lines():
             self.ui.logPlainTextEdit.appendPlainText(line)
         if job.modelName:
-            duration = MRtoCTSynthesis.formatDuration(process.finished_at - process.started_at)
+            duration = formatDuration(process.finished_at - process.started_at)
             self.ui.statusLabel.text = (f"Finished in {duration}: model '{job.modelName}' is in the model list of "
                                         "MR to CT Synthesis.")
             self.ui.useModelButton.enabled = True
@@ -496,8 +427,7 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
         """Let an open Synthesize CT panel list the new model now."""
         try:
             synthesisWidget = slicer.modules.mrtoctsynthesis.widgetRepresentation().self()
-            synthesisWidget.populateModelComboBox()
-            synthesisWidget.updateGUIFromParameterNode()
+            synthesisWidget.refreshModels()
         except Exception as error:
             logging.warning(f"MRtoCTTraining: cannot refresh the Synthesize CT model list: {error}")
 
@@ -505,363 +435,6 @@ class MRtoCTTrainingWidget(MRtoCTCommon.MRtoCTModuleWidget):
 #
 # Logic
 #
-
-
-class TrainingJob:
-    """A training run started by ``MRtoCTTrainingLogic.startTraining`` / ``resumeTraining``.
-
-    ``process`` is the ``MRtoCTSynthesisLib.training_process.TrainingProcess`` (iteration, losses, eta_seconds,
-    preview, checkpoint_iteration, log, error). ``modelName`` is set once the finished model is registered.
-    """
-
-    def __init__(self, process):
-        self.process = process
-        self.runFolder = str(process.run_dir)
-        self.modelName = None
-        self.registrationError = None
-        self.pendingRows = []
-
-    @property
-    def finished(self):
-        return self.process.finished
-
-    @property
-    def succeeded(self):
-        return self.process.succeeded and self.modelName is not None
-
-
-class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
-    """Starts, follows, stops and resumes training runs; loss curves as MRML plot nodes. No Qt here.
-
-    Blocking (console, scripts)::
-
-        logic = slicer.util.getModuleLogic("MRtoCTTraining")   # or MRtoCTTrainingLogic()
-        job = logic.train("/data/MR", "/data/CT", "/runs/pelvis-yang", preset="yang2018",
-                          settings={"iterations": 20000}, device="cuda:0")
-        job.modelName   # now listed by MR to CT Synthesis
-
-    Non-blocking (what the panel does): ``startTraining`` (or ``resumeTraining``) -> ``pollTraining(job)`` from a
-    timer until ``job.finished``; ``stopTraining(job)`` at any time.
-    """
-
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-
-    # ------------------------------------------------------------------------------------------- presets, settings
-
-    @staticmethod
-    def presetNames():
-        from MRtoCTSynthesisLib.config import PRESET_NAMES
-
-        return list(PRESET_NAMES)
-
-    @staticmethod
-    def presetDescription(name):
-        from MRtoCTSynthesisLib.training_process import preset_description
-
-        return preset_description(name)
-
-    @staticmethod
-    def presetSettings(name):
-        """The panel's settings (``SETTING_WIDGETS`` fields) of a preset, JSON-compatible (lists, not tuples)."""
-        from MRtoCTSynthesisLib.training_process import preset_settings
-
-        values = preset_settings(name)
-        return {field: list(values[field]) if isinstance(values[field], tuple) else values[field]
-                for field in SETTING_WIDGETS}
-
-    def setDefaultParameters(self, parameterNode):
-        defaults = {"Preset": DEFAULT_PRESET, "Device": "auto", "Processes": "1"}
-        for name, value in defaults.items():
-            if not parameterNode.GetParameter(name):
-                parameterNode.SetParameter(name, value)
-        if parameterNode.GetParameter("Preset") not in self.presetNames():  # e.g. saved by another version
-            parameterNode.SetParameter("Preset", DEFAULT_PRESET)
-        presetValues = self.presetSettings(parameterNode.GetParameter("Preset"))
-        for field, value in presetValues.items():
-            if not parameterNode.GetParameter(SETTING_PREFIX + field):
-                self.setSetting(parameterNode, field, value)
-
-    def applyPreset(self, parameterNode, name):
-        """Select preset ``name`` and set every Advanced setting to its value."""
-        values = self.presetSettings(name)
-        wasModified = parameterNode.StartModify()
-        parameterNode.SetParameter("Preset", name)
-        for field, value in values.items():
-            self.setSetting(parameterNode, field, value)
-        parameterNode.EndModify(wasModified)
-
-    @staticmethod
-    def setSetting(parameterNode, field, value):
-        if field not in SETTING_WIDGETS:
-            raise ValueError(f"unknown setting {field!r}; known: {sorted(SETTING_WIDGETS)}")
-        parameterNode.SetParameter(SETTING_PREFIX + field, json.dumps(value))
-
-    def settings(self, parameterNode):
-        """The Advanced settings stored in the parameter node: {TrainConfig field: value}."""
-        values = {}
-        for field in SETTING_WIDGETS:
-            text = parameterNode.GetParameter(SETTING_PREFIX + field)
-            if text:
-                values[field] = json.loads(text)
-        return values
-
-    # ------------------------------------------------------------------------------------------- dependencies
-
-    def setupPythonRequirements(self, askConfirmation=True):
-        """What the synthesis needs (PyTorch through the PyTorch extension, the engine's packages), plus matplotlib
-        for the trainer's preview and loss pictures. Returns False if the user declined an installation."""
-        if not MRtoCTSynthesis.MRtoCTSynthesisLogic().setupPythonRequirements(askConfirmation=askConfirmation):
-            return False
-        return MRtoCTCommon.installMissingRequirements(TRAINING_REQUIREMENTS, askConfirmation, "Training")
-
-    @staticmethod
-    def pythonExecutable():
-        """The interpreter for the trainer: Slicer's ``PythonSlicer`` (found the way the synthesis module finds it,
-        then beside ``sys.executable`` and in Slicer's bin folder), else ``sys.executable`` (outside Slicer)."""
-        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-        candidates = [shutil.which("PythonSlicer"), os.path.join(os.path.dirname(sys.executable), name)]
-        app = getattr(slicer, "app", None)
-        if app is not None and getattr(app, "slicerHome", None):
-            candidates.append(os.path.join(app.slicerHome, "bin", name))
-        return next((c for c in candidates if c and os.path.isfile(c)), sys.executable)
-
-    # ------------------------------------------------------------------------------------------- runs
-
-    @staticmethod
-    def runState(runFolder):
-        """What a run folder holds (``training_process.RunState``), or None for no folder."""
-        if not runFolder:
-            return None
-        from MRtoCTSynthesisLib.training_process import run_state
-
-        return run_state(runFolder)
-
-    def startTraining(self, mrFolder, ctFolder, runFolder, preset=DEFAULT_PRESET, settings=None, device="auto",
-                      processes=1, python=None):
-        """Check the data and settings, then start a new run in a child process; returns a ``TrainingJob``.
-
-        ``settings``: TrainConfig fields (the panel's Advanced settings, or any other such as ``ngf``); those equal to
-        the preset's are not passed on. Raises ValueError / DatasetError (a ValueError) with a clear message before
-        anything is created or started: no volumes, a CT in the MR folder, an unreadable file, a bad setting, a run
-        folder that already holds a run.
-        """
-        from MRtoCTSynthesisLib.training_process import TrainingProcess, config_overrides
-
-        overrides = config_overrides(preset, dict(settings or {}))
-        process = TrainingProcess(runFolder, mrFolder, ctFolder, preset=preset, overrides=overrides, device=device,
-                                  processes=processes, python=python or self.pythonExecutable())
-        process.start()
-        return self._newJob(process)
-
-    def resumeTraining(self, runFolder, mrFolder=None, ctFolder=None, device="auto", processes=1, python=None):
-        """Continue a stopped run (also one from an earlier Slicer session) from its last checkpoint. The data
-        folders default to those the run was started with; the settings are the run's own (config.json)."""
-        from MRtoCTSynthesisLib.training_process import TrainingProcess
-
-        process = TrainingProcess(runFolder, mrFolder or None, ctFolder or None, device=device, processes=processes,
-                                  resume=True, python=python or self.pythonExecutable())
-        process.start()
-        return self._newJob(process)
-
-    def startFromParameterNode(self, parameterNode, resume=False, python=None):
-        p = parameterNode
-        device, processes = p.GetParameter("Device") or "auto", int(p.GetParameter("Processes") or 1)
-        if resume:
-            return self.resumeTraining(p.GetParameter("RunFolder"), p.GetParameter("MRFolder"),
-                                       p.GetParameter("CTFolder"), device=device, processes=processes, python=python)
-        return self.startTraining(p.GetParameter("MRFolder"), p.GetParameter("CTFolder"), p.GetParameter("RunFolder"),
-                                  preset=p.GetParameter("Preset") or DEFAULT_PRESET, settings=self.settings(p),
-                                  device=device, processes=processes, python=python)
-
-    def _newJob(self, process):
-        job = TrainingJob(process)
-        self.lossPlotNodes(job.runFolder)  # the plot exists from the start (empty until the first iteration)
-        return job
-
-    def pollTraining(self, job):
-        """Follow a running job (never blocks): returns its new events; updates the loss plot; registers the model
-        when the "finished" event arrives."""
-        events = job.process.poll()
-        rows = job.pendingRows
-        for event in events:
-            kind = event["event"]
-            if kind == "start":  # a resumed run: the losses logged before its checkpoint
-                from MRtoCTSynthesisLib.training_process import read_losses
-
-                self.updateLossPlot(job.runFolder, read_losses(job.runFolder, below=int(event.get("iteration", 1))),
-                                    reset=True)
-                rows.clear()
-            elif kind == "iteration":
-                rows.append({"iteration": int(event["iteration"]), **(event.get("losses") or {}),
-                             "lr": event.get("lr")})
-            elif kind == "finished":
-                self._registerModel(job, event.get("model"))
-        if rows:
-            self.updateLossPlot(job.runFolder, rows)
-            rows.clear()
-        return events
-
-    def _registerModel(self, job, model):
-        from MRtoCTSynthesisLib.training_process import register_trained_model
-
-        try:
-            job.modelName = register_trained_model(model)
-        except Exception as error:
-            job.registrationError = str(error)
-            logging.error(f"MRtoCTTraining: cannot register the model {model}: {error}")
-
-    def stopTraining(self, job):
-        """Kill the job's process tree (torchrun workers included); the last checkpoint stays usable for Resume."""
-        job.process.stop()
-
-    def waitForTraining(self, job, timeout=None, interval=0.2):
-        """Block until the job ends (or ``timeout`` s pass), following its events; returns the job."""
-        deadline = None if timeout is None else time.time() + timeout
-        self.pollTraining(job)
-        while not job.finished and (deadline is None or time.time() < deadline):
-            time.sleep(interval)
-            self.pollTraining(job)
-        return job
-
-    def train(self, mrFolder, ctFolder, runFolder, preset=DEFAULT_PRESET, settings=None, device="auto",
-              processes=1, python=None, timeout=None):
-        """Train a model (blocking); returns the finished ``TrainingJob`` (``job.modelName`` is registered).
-        Raises RuntimeError if training fails or ``timeout`` s pass (the process is stopped then)."""
-        job = self.startTraining(mrFolder, ctFolder, runFolder, preset=preset, settings=settings, device=device,
-                                 processes=processes, python=python)
-        try:
-            self.waitForTraining(job, timeout=timeout)
-        finally:
-            if not job.finished:
-                self.stopTraining(job)
-        if not job.succeeded:
-            raise RuntimeError(f"training failed: {job.registrationError or job.process.error}")
-        return job
-
-    @staticmethod
-    def modelNameOfRun(runFolder):
-        """The registered name of a finished run's model (None if it is not registered)."""
-        from MRtoCTSynthesisLib.modelfile import local_models
-
-        model = (Path(runFolder) / "model.mrtoct.safetensors").resolve()
-        return next((name for name, path in local_models().items() if Path(path).resolve() == model), None)
-
-    @staticmethod
-    def useModelForSynthesis(name):
-        """Select model ``name`` in the MR to CT Synthesis module's parameter node."""
-        MRtoCTSynthesis.MRtoCTSynthesisLogic().getParameterNode().SetParameter("Model", name)
-
-    # ------------------------------------------------------------------------------------------- loss plot
-
-    @staticmethod
-    def _runKey(runFolder):
-        return str(Path(runFolder).expanduser().resolve())
-
-    def lossPlotNodes(self, runFolder, create=True):
-        """(table node, plot chart node) of a run's losses, found by the run folder; created if missing."""
-        scene = slicer.mrmlScene
-        key = self._runKey(runFolder)
-        found = {}
-        for className in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode"):
-            nodes = scene.GetNodesByClass(className)
-            for index in range(nodes.GetNumberOfItems()):
-                node = nodes.GetItemAsObject(index)
-                if node.GetAttribute(RUN_ATTRIBUTE) == key:
-                    found[className] = node
-                    break
-        if not create or len(found) == 2:
-            return found.get("vtkMRMLTableNode"), found.get("vtkMRMLPlotChartNode")
-        name = Path(key).name
-        tableNode = found.get("vtkMRMLTableNode")
-        if tableNode is None:
-            tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} losses"))
-            tableNode.SetAttribute(RUN_ATTRIBUTE, key)
-            column = vtk.vtkDoubleArray()
-            column.SetName("iteration")
-            tableNode.GetTable().AddColumn(column)
-            tableNode.SetLocked(True)  # written by the trainer's events, not by hand
-        chartNode = found.get("vtkMRMLPlotChartNode")
-        if chartNode is None:
-            chartNode = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(f"{name} loss curves"))
-            chartNode.SetAttribute(RUN_ATTRIBUTE, key)
-            chartNode.SetTitle(f"Training losses: {name}")
-            chartNode.SetXAxisTitle("iteration")
-            chartNode.SetYAxisTitle("loss")
-            chartNode.SetLegendVisibility(True)
-        return tableNode, chartNode
-
-    def lossSeriesNodes(self, runFolder):
-        """{loss name: plot series node} of a run's chart."""
-        _, chartNode = self.lossPlotNodes(runFolder, create=False)
-        series = {}
-        if chartNode is None:
-            return series
-        for index in range(chartNode.GetNumberOfPlotSeriesNodes()):
-            node = chartNode.GetNthPlotSeriesNode(index)
-            if node is not None:
-                series[node.GetYColumnName()] = node
-        return series
-
-    def updateLossPlot(self, runFolder, rows, reset=False):
-        """Append ``rows`` (dicts: iteration, loss values, lr) to the run's loss table (``reset``: replace it) and add
-        a plot series for each loss not plotted yet."""
-        tableNode, chartNode = self.lossPlotNodes(runFolder)
-        table = tableNode.GetTable()
-        if reset:
-            for index in range(table.GetNumberOfColumns()):
-                table.GetColumn(index).SetNumberOfTuples(0)
-        names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
-        rowCount = table.GetNumberOfRows()
-        newNames = []
-        for row in rows:
-            newNames += [k for k in row if k not in names and k not in newNames and k != "seconds"]
-        for name in sorted(newNames, key=lambda n: (n == "lr", LOSS_ORDER.index(n) if n in LOSS_ORDER else 99, n)):
-            column = vtk.vtkDoubleArray()
-            column.SetName(name)
-            column.SetNumberOfTuples(rowCount)
-            column.Fill(math.nan)
-            table.AddColumn(column)
-            names.append(name)
-        columns = [table.GetColumnByName(name) for name in names]
-        for row in rows:
-            for name, column in zip(names, columns):
-                value = row.get(name)
-                column.InsertNextValue(math.nan if value is None else float(value))
-        for column in columns:
-            column.Modified()
-        table.Modified()
-        tableNode.Modified()
-        self._addLossSeries(tableNode, chartNode, [n for n in names if n not in NOT_LOSSES])
-        return tableNode
-
-    def _addLossSeries(self, tableNode, chartNode, lossNames):
-        key = tableNode.GetAttribute(RUN_ATTRIBUTE)
-        present = self.lossSeriesNodes(key)
-        scene = tableNode.GetScene()
-        for name in lossNames:
-            if name in present:
-                continue
-            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode",
-                                             scene.GenerateUniqueName(f"{Path(key).name} {name}"))
-            series.SetAttribute(RUN_ATTRIBUTE, key)
-            series.SetAndObserveTableNodeID(tableNode.GetID())
-            series.SetXColumnName("iteration")
-            series.SetYColumnName(name)
-            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-            series.SetLineWidth(2 if name == "G_total" else 1)
-            series.SetColor(*LOSS_COLORS.get(name, (0.3, 0.3, 0.3)))
-            chartNode.AddAndObservePlotSeriesNodeID(series.GetID())
-
-    def loadRunIntoPlot(self, runFolder):
-        """The loss plot of an existing run folder from its losses.csv; returns the number of rows (0: none)."""
-        from MRtoCTSynthesisLib.training_process import read_losses
-
-        rows = read_losses(runFolder)
-        if rows:
-            self.updateLossPlot(runFolder, rows, reset=True)
-        return len(rows)
 
 
 #
@@ -881,6 +454,9 @@ class MRtoCTTrainingTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_TrainTinyModel()
+        if getattr(slicer, "app", None) is not None:  # the panel exists only in the application
+            self.setUp()
+            self.test_PanelStartAndStop()
 
     def test_TrainTinyModel(self):
         import tempfile
@@ -919,3 +495,26 @@ class MRtoCTTrainingTest(ScriptedLoadableModuleTest):
                 else:
                     os.environ["MRTOCT_MODEL_CACHE"] = previousCache
         self.delayDisplay("Test passed")
+
+    def test_PanelStartAndStop(self):
+        """The panel's real buttons (in Slicer only): Start checks the data in a thread, then trains; Stop ends it."""
+        import tempfile
+
+        from MRtoCTSynthesisLib.phantom import write_phantom_dataset
+
+        slicer.util.selectModule("MRtoCTTraining")
+        widget = slicer.util.getModuleWidget("MRtoCTTraining")
+        with tempfile.TemporaryDirectory() as folder:
+            write_phantom_dataset(folder, "head", 2, seed=0, shape=(32, 32, 24), spacing=(7.0, 7.0, 7.0))
+            p = widget.logic.getParameterNode()
+            for name, value in (("MRFolder", "mr"), ("CTFolder", "ct"), ("RunFolder", "panel-run")):
+                p.SetParameter(name, os.path.join(folder, value))
+            widget.ui.startButton.click()
+            deadline = time.time() + 120
+            while widget._job is None and time.time() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            self.assertIsNotNone(widget._job, widget.ui.statusLabel.text)
+            widget.ui.stopButton.click()
+            self.assertIsNone(widget._job)
+        self.delayDisplay("Panel test passed")

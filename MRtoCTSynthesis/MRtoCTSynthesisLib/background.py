@@ -44,6 +44,7 @@ CLI_MODULE = "MRtoCTSynthesisLib.cli"
 LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the MRtoCTSynthesisLib package
 STAGING_PREFIX = ".mrtoct-partial-"
 LOG_LINES = 400  # lines of the child's other output kept for error reports
+CANCEL_WAIT_SECONDS = 0.5  # how long cancel() waits for the killed child and its output (a GUI waits for cancel)
 
 
 class BackgroundProcess:
@@ -169,17 +170,20 @@ class BackgroundProcess:
         return updates
 
     def cancel(self) -> None:
-        """Kill the child and everything it started. Safe to call at any time."""
+        """Kill the child and everything it started; returns within about ``CANCEL_WAIT_SECONDS``, even when an
+        escaped grandchild still holds the output pipes open (the reader threads then end with it). Safe to call at
+        any time."""
         if self._process is None or self._finalized:
             return
         self.cancelled = True
         _kill_tree(self._process)
+        deadline = time.time() + CANCEL_WAIT_SECONDS
         try:
-            self._process.wait(timeout=10)
+            self._process.wait(timeout=CANCEL_WAIT_SECONDS)
         except subprocess.TimeoutExpired:  # pragma: no cover - the kill failed; still do not block the GUI
             pass
         for reader in self._readers:
-            reader.join(timeout=2)
+            reader.join(timeout=max(0.0, deadline - time.time()))
         self._drain()
         self.returncode = self._process.returncode
         self._finalize()
@@ -221,62 +225,22 @@ class BackgroundProcess:
         """Called once, after the child exited or was cancelled (``returncode`` and ``cancelled`` are set)."""
 
 
-class BackgroundSynthesis(BackgroundProcess):
-    """One ``mrtoct synthesize`` run in a child process; ``poll()`` never blocks."""
+class BackgroundBatch(BackgroundProcess):
+    """A batch command of the ``mrtoct`` CLI run with ``--progress-json``: JSON progress lines, then one
+    ``{"result": [...]}`` line with a record per input (``error`` None when it succeeded)."""
 
-    def __init__(self, inputs: Sequence[PathLike], out_dir: PathLike, model: PathLike, device: str = "auto",
-                 quality_map: bool = False, dicom_out: Optional[PathLike] = None, precision: str = "auto",
-                 batch_size: Optional[int] = None, python: Optional[PathLike] = None, module: str = CLI_MODULE,
-                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
-        """``python``, ``module``, ``extra_pythonpath``, ``env``: see ``BackgroundProcess``."""
-        self.inputs = [Path(p) for p in inputs]
-        if not self.inputs:
-            raise ValueError("no input volumes given")
-        out_dir = Path(out_dir)
-        super().__init__(python=python, module=module, extra_pythonpath=extra_pythonpath, env=env, cwd=out_dir)
-        self.out_dir = out_dir
-        self.dicom_out = Path(dicom_out) if dicom_out is not None else None
-        if self.dicom_out is not None and self.dicom_out.is_dir() and any(self.dicom_out.iterdir()):
-            raise ValueError(f"DICOM output folder {self.dicom_out} is not empty; choose an empty or new folder")
-        self.model, self.device, self.quality_map = str(model), str(device), bool(quality_map)
-        self.precision, self.batch_size = precision, batch_size
-        self.staging = self.out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    what = "the process"
 
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.progress = 0.0
         self.message = ""
         self.eta_seconds: Optional[float] = None
         self.results: Optional[list[dict]] = None
 
-    # ----------------------------------------------------------------------------------------------- command
-
-    def command(self) -> list[str]:
-        """The child's command line."""
-        arguments = ["synthesize", *map(str, self.inputs), "--model", self.model, "--out", str(self.staging),
-                     "--device", self.device, "--progress-json"]
-        if self.quality_map:
-            arguments.append("--quality-map")
-        if self.precision != "auto":
-            arguments += ["--precision", self.precision]
-        if self.batch_size is not None:
-            arguments += ["--batch-size", str(int(self.batch_size))]
-        if self.dicom_out is not None:
-            arguments += ["--dicom-out", str(self.staging / "dicom")]
-        return self.python_command(*arguments)
-
-    # ----------------------------------------------------------------------------------------------- lifecycle
-
-    def start(self) -> "BackgroundSynthesis":
-        return super().start()
-
-    def _prepare(self) -> None:
-        self.staging.mkdir(parents=True)
-
-    def _start_failed(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-
     @property
     def succeeded(self) -> bool:
-        """Finished, not cancelled, and every input synthesized."""
+        """Finished, not cancelled, and every input done."""
         return (self.finished and not self.cancelled and self.results is not None
                 and all(r.get("error") is None for r in self.results))
 
@@ -291,16 +255,7 @@ class BackgroundSynthesis(BackgroundProcess):
         if failed:
             return "\n".join(f"{Path(r['input']).name}: {r['error']}" for r in failed)
         detail = self.log_tail()
-        return f"the synthesis process exited with code {self.returncode}" + (f":\n{detail}" if detail else "")
-
-    def cancel(self) -> None:
-        """Kill the child and everything it started; remove its partial outputs. Safe to call at any time."""
-        super().cancel()
-
-    def __enter__(self) -> "BackgroundSynthesis":
-        return self
-
-    # ----------------------------------------------------------------------------------------------- parsing
+        return f"{self.what} exited with code {self.returncode}" + (f":\n{detail}" if detail else "")
 
     def _handle_line(self, kind: str, line: str) -> list[dict]:
         record = parse_json_line(line) if kind == "out" else None
@@ -323,6 +278,81 @@ class BackgroundSynthesis(BackgroundProcess):
         self.progress, self.message = progress, str(record.get("message", ""))
         self.eta_seconds = None if eta is None else max(0.0, float(eta))
         return {"progress": self.progress, "message": self.message, "eta_seconds": self.eta_seconds}
+
+
+class BackgroundSegmentation(BackgroundBatch):
+    """One ``mrtoct segment`` run (label maps ``<stem>_seg.nii.gz`` in ``out_dir``) in a child process."""
+
+    what = "the segmentation process"
+
+    def __init__(self, inputs: Sequence[PathLike], out_dir: PathLike, model: PathLike,
+                 synthesis_model: Optional[str] = None, sct_inputs: Optional[Sequence[PathLike]] = None,
+                 device: str = "auto", python: Optional[PathLike] = None, module: str = CLI_MODULE,
+                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
+        """``python``, ``module``, ``extra_pythonpath``, ``env``: see ``BackgroundProcess``."""
+        self.inputs = [Path(p) for p in inputs]
+        if not self.inputs:
+            raise ValueError("no input volumes given")
+        super().__init__(python=python, module=module, extra_pythonpath=extra_pythonpath, env=env, cwd=out_dir)
+        self.out_dir, self.model, self.device = Path(out_dir), str(model), str(device)
+        self.synthesis_model = synthesis_model
+        self.sct_inputs = None if sct_inputs is None else [Path(p) for p in sct_inputs]
+
+    def command(self) -> list[str]:
+        arguments = ["segment", *map(str, self.inputs), "--model", self.model, "--out", str(self.out_dir),
+                     "--device", self.device, "--no-masks", "--progress-json"]
+        if self.synthesis_model:
+            arguments += ["--synthesis-model", str(self.synthesis_model)]
+        if self.sct_inputs:
+            arguments += ["--sct", *map(str, self.sct_inputs)]
+        return self.python_command(*arguments)
+
+    def _prepare(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+
+class BackgroundSynthesis(BackgroundBatch):
+    """One ``mrtoct synthesize`` run in a child process; ``poll()`` never blocks."""
+
+    what = "the synthesis process"
+
+    def __init__(self, inputs: Sequence[PathLike], out_dir: PathLike, model: PathLike, device: str = "auto",
+                 quality_map: bool = False, dicom_out: Optional[PathLike] = None, precision: str = "auto",
+                 batch_size: Optional[int] = None, python: Optional[PathLike] = None, module: str = CLI_MODULE,
+                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
+        """``python``, ``module``, ``extra_pythonpath``, ``env``: see ``BackgroundProcess``."""
+        self.inputs = [Path(p) for p in inputs]
+        if not self.inputs:
+            raise ValueError("no input volumes given")
+        out_dir = Path(out_dir)
+        super().__init__(python=python, module=module, extra_pythonpath=extra_pythonpath, env=env, cwd=out_dir)
+        self.out_dir = out_dir
+        self.dicom_out = Path(dicom_out) if dicom_out is not None else None
+        if self.dicom_out is not None and self.dicom_out.is_dir() and any(self.dicom_out.iterdir()):
+            raise ValueError(f"DICOM output folder {self.dicom_out} is not empty; choose an empty or new folder")
+        self.model, self.device, self.quality_map = str(model), str(device), bool(quality_map)
+        self.precision, self.batch_size = precision, batch_size
+        self.staging = self.out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+
+    def command(self) -> list[str]:
+        """The child's command line."""
+        arguments = ["synthesize", *map(str, self.inputs), "--model", self.model, "--out", str(self.staging),
+                     "--device", self.device, "--progress-json"]
+        if self.quality_map:
+            arguments.append("--quality-map")
+        if self.precision != "auto":
+            arguments += ["--precision", self.precision]
+        if self.batch_size is not None:
+            arguments += ["--batch-size", str(int(self.batch_size))]
+        if self.dicom_out is not None:
+            arguments += ["--dicom-out", str(self.staging / "dicom")]
+        return self.python_command(*arguments)
+
+    def _prepare(self) -> None:
+        self.staging.mkdir(parents=True)
+
+    def _start_failed(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     # ----------------------------------------------------------------------------------------------- outputs
 
@@ -369,6 +399,70 @@ class BackgroundSynthesis(BackgroundProcess):
         record["output"] = final(record.get("output"))
         record["extra_outputs"] = [final(p) for p in record.get("extra_outputs") or []]
         return record
+
+
+class JsonCommand(BackgroundProcess):
+    """A short engine command whose answer is one JSON object on stdout (its last JSON line): asked from a child
+    process so that a GUI never imports torch or starts CUDA itself. ``result`` is that object once the child has
+    exited with code 0, else None (``log`` then says why)."""
+
+    def __init__(self, module: str, *arguments: str, python: Optional[PathLike] = None,
+                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
+        super().__init__(python=python, module=module, extra_pythonpath=extra_pythonpath, env=env)
+        self.arguments = [str(a) for a in arguments]
+        self.result: Optional[dict] = None
+        self._last_json: Optional[dict] = None
+
+    def command(self) -> list[str]:
+        return self.python_command(*self.arguments)
+
+    def _handle_line(self, kind: str, line: str) -> list:
+        record = parse_json_line(line) if kind == "out" else None
+        if isinstance(record, dict):
+            self._last_json = record
+        elif line.strip():
+            self.log.append(line)
+        return []
+
+    def _on_exit(self) -> None:
+        if not self.cancelled and self.returncode == 0:
+            self.result = self._last_json
+
+
+ACCELERATION_MODULE = "MRtoCTSynthesisLib.acceleration"
+FALLBACK_DEVICES = ("auto", "cpu")
+
+
+def acceleration_probe(python: Optional[PathLike] = None, module: str = ACCELERATION_MODULE,
+                       extra_pythonpath: Iterable[PathLike] = ()) -> JsonCommand:
+    """``python -m MRtoCTSynthesisLib.acceleration --json`` (not started): the devices torch sees and what precision
+    ``auto`` chooses on each, read with ``acceleration_choices(probe.result)`` once it has finished."""
+    return JsonCommand(module, "--json", python=python, extra_pythonpath=extra_pythonpath)
+
+
+def acceleration_choices(record: Optional[dict]) -> tuple[list[str], dict[str, dict]]:
+    """(devices, {device: {"precision", "backend", "reason"}}) from the acceleration JSON
+    ``{"cpu": {...}, "devices": ["cpu", "cuda:0", ...], "auto": {"<device>": {...}}}``.
+
+    ``devices`` always starts with "auto" and contains "cpu"; a missing, failed or malformed answer gives
+    ``FALLBACK_DEVICES`` and no automatic choices, so a panel still works before torch is installed."""
+    devices = list(FALLBACK_DEVICES)
+    choices: dict[str, dict] = {}
+    if not isinstance(record, dict):
+        return devices, choices
+    listed = record.get("devices")
+    if isinstance(listed, list):
+        devices += [str(d) for d in listed if isinstance(d, str) and d not in devices]
+    auto = record.get("auto")
+    if isinstance(auto, dict):
+        choices = {str(d): dict(c) for d, c in auto.items() if isinstance(c, dict)}
+    return devices, choices
+
+
+def model_list_probe(python: Optional[PathLike] = None, extra_pythonpath: Iterable[PathLike] = ()) -> JsonCommand:
+    """``python -m MRtoCTSynthesisLib.background models`` (not started): ``result["models"]`` is the catalog and
+    local model list (``modelfile.Catalog.list_models``), read in a child because the model code imports torch."""
+    return JsonCommand(__name__, "models", python=python, extra_pythonpath=extra_pythonpath)
 
 
 def quality_outputs(record: dict) -> dict[str, Path]:
@@ -450,3 +544,19 @@ def _descendants(pid: int) -> list[int]:
                 found.append(child)
                 todo.append(child)
     return found
+
+
+def _print_models() -> int:
+    import json
+
+    from .modelfile import Catalog
+
+    models = [{k: (str(v) if isinstance(v, Path) else v) for k, v in entry.items()} for entry in Catalog().list_models()]
+    print(json.dumps({"models": models}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["models"]:
+        sys.exit("usage: python -m MRtoCTSynthesisLib.background models")
+    sys.exit(_print_models())

@@ -1,12 +1,10 @@
 """The "MR to CT Segment" panel (.ui) loaded with a real Qt (PySide6, offscreen): every widget the module code uses
 exists with the right class, MRML selectors get the scene, and the panel renders (screenshot).
 
-Run ``python Testing/slicer_module/test_segment_ui.py --screenshot PATH`` to write the panel screenshot.
 """
 from __future__ import annotations
 
 import os
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -75,32 +73,10 @@ def test_every_mrml_selector_receives_the_scene():
 
 
 def render_panel(path: Path) -> Path:
-    """The panel while a segmentation runs (stand-ins for the ctk/qMRML widgets), written to ``path``."""
-    panel = load_panel(with_stand_ins=True)
-    find = lambda name: panel.findChild(QtWidgets.QWidget, name)  # noqa: E731
-    find("inputVolumeSelector").addItem("T1 pelvis")
-    find("sctVolumeSelector").addItem("Synthesize on the fly")
-    models = find("segmentationModelComboBox")
-    models.addItems(["pelvis-bones-muscles"])
-    models.insertSeparator(models.count())
-    models.addItem("Load from file...")
-    find("synthesisModelComboBox").addItems(["The one the segmentation model was trained with", "pelvis-2024"])
-    find("modelInfoLabel").setText("pelvis-bones-muscles: U-Net on MR + sCT, 12 bones and muscles (channels "
-                                   "mr+sct, license: Apache-2.0)")
-    find("deviceComboBox").addItems(["Automatic (GPU if available)", "CPU", "GPU 0: NVIDIA H100"])
-    find("applyButton").setText("Cancel")
-    find("applyButton").setEnabled(True)
-    find("progressBar").setValue(63)
-    find("statusLabel").setText("U-Net slices 40/64, about 3 s left")
-    return save_panel(panel, path, 430)
+    """The panel as the .ui defines it (stand-ins for the ctk/qMRML widgets; nothing filled in), written to ``path``.
+    Screenshots of the panels after real runs: ``panel_screenshots.py``."""
+    return save_panel(load_panel(with_stand_ins=True), path, 430)
 
 
 def test_panel_renders(qapp, tmp_path):
     assert_rendered(render_panel(tmp_path / "panel.png"), 380, 250)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "--screenshot":
-        sys.exit(f"usage: {sys.argv[0]} --screenshot PATH")
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    print(render_panel(Path(sys.argv[2])))

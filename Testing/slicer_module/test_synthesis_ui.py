@@ -1,12 +1,10 @@
 """The panel (.ui) loaded with a real Qt (PySide6, offscreen): every widget the module code uses exists with the
 right class, MRML selectors get the scene, and the panel renders (screenshot).
 
-Run ``python Testing/slicer_module/test_synthesis_ui.py --screenshot PATH`` to write the panel screenshot.
 """
 from __future__ import annotations
 
 import os
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -36,7 +34,7 @@ NAME_SUFFIX_CLASSES = [("CollapsibleButton", "ctkCollapsibleButton"), ("Selector
 
 
 def used_widget_names() -> set[str]:
-    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTCommon.py)."""
+    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTSlicer/panel.py)."""
     return ui_support.used_widget_names(MODULE_FILE)
 
 
@@ -85,38 +83,10 @@ def test_every_mrml_selector_receives_the_scene():
 
 
 def render_panel(path: Path) -> Path:
-    """The panel after a synthesis (stand-ins for the ctk/qMRML widgets), written to ``path``."""
-    panel = load_panel(with_stand_ins=True)
-    find = lambda name: panel.findChild(QtWidgets.QWidget, name)  # noqa: E731
-    find("inputVolumeSelector").addItem("T1 head")
-    find("outputVolumeSelector").addItem("Create new volume")
-    models = find("modelComboBox")
-    models.addItems(["phantom-head-demo", "pelvis-2024 (trained locally)"])
-    models.insertSeparator(models.count())
-    models.addItem("Load from file...")
-    find("modelInfoLabel").setText("Demonstration model trained on digital head phantoms (paired preset + "
-                                   "supervised L1); not for clinical use.")
-    find("deviceComboBox").addItems(["Automatic (GPU if available)", "CPU", "GPU 0: NVIDIA H100"])
-    find("precisionComboBox").addItems(["Automatic (half precision on GPU)", "Full precision (float32)"])
-    find("windowPresetComboBox").addItems(["CT wide (W 2000 / L 400)", "Bone (W 1000 / L 400)",
-                                           "Soft tissue (W 400 / L 40)", "Brain (W 80 / L 40)"])
-    find("qualityMapCheckBox").setChecked(True)
-    find("dicomExportCheckBox").setChecked(True)
-    find("dicomFolderPathLineEdit").setProperty("currentPath", "/data/planning/T1_head_sCT")
-    find("applyButton").setEnabled(True)
-    find("progressBar").setVisible(False)  # shown only while running
-    find("statusLabel").setText("Done: 'T1 head sCT' in 14 s on cuda:0. DICOM CT series (192 files) written to "
-                                "/data/planning/T1_head_sCT.")
-    find("showQualityMapButton").setEnabled(True)
-    return save_panel(panel, path, 430)
+    """The panel as the .ui defines it (stand-ins for the ctk/qMRML widgets; nothing filled in), written to ``path``.
+    Screenshots of the panels after real runs: ``panel_screenshots.py``."""
+    return save_panel(load_panel(with_stand_ins=True), path, 430)
 
 
 def test_panel_renders(qapp, tmp_path):
     assert_rendered(render_panel(tmp_path / "panel.png"), 380, 400)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "--screenshot":
-        sys.exit(f"usage: {sys.argv[0]} --screenshot PATH")
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    print(render_panel(Path(sys.argv[2])))

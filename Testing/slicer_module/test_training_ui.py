@@ -1,14 +1,8 @@
 """The training panel (.ui) loaded with a real Qt (PySide6, offscreen): every widget the module code uses exists with
-the right class, every preset's settings fit its widgets, and the panel renders (screenshot).
-
-Run ``python Testing/slicer_module/test_training_ui.py --screenshot PATH [--run RUN_FOLDER]`` to write the panel
-screenshot; with ``--run``, the panel shows that run folder's state (last iteration event, preview, log) as the
-module's own text helpers write it.
+the right class, every preset's settings fit its widgets, and the panel renders.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import sys
@@ -19,7 +13,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 try:
-    from PySide6 import QtCore, QtGui, QtWidgets
+    from PySide6 import QtWidgets
 except ImportError as error:  # pragma: no cover - depends on the environment
     pytest.skip(f"PySide6 is not installed ({error}); pip install PySide6-Essentials", allow_module_level=True)
 
@@ -39,11 +33,12 @@ NAME_SUFFIX_CLASSES = [("CollapsibleButton", "ctkCollapsibleButton"), ("PathLine
                        ("ProgressBar", "QProgressBar"), ("PlainTextEdit", "QPlainTextEdit"),
                        ("Button", "QPushButton"), ("Label", "QLabel")]
 STAND_INS = (ctkCollapsibleButton, qMRMLWidget, ctkPathLineEdit)
+TRAINING_LOGIC_FILE = REPO / "MRtoCTSynthesis" / "MRtoCTSlicer" / "training_logic.py"
 
 
 def setting_widgets() -> dict[str, tuple[str, ...]]:
-    """SETTING_WIDGETS of the module file (TrainConfig field -> widget names), read from its source."""
-    source = MODULE_FILE.read_text(encoding="utf-8")
+    """SETTING_WIDGETS of the training logic (TrainConfig field -> widget names), read from its source."""
+    source = TRAINING_LOGIC_FILE.read_text(encoding="utf-8")
     block = source[source.index("SETTING_WIDGETS = {"):]
     block = block[: block.index("}")]
     return {field: tuple(re.findall(r'"(\w+)"', names))
@@ -51,7 +46,7 @@ def setting_widgets() -> dict[str, tuple[str, ...]]:
 
 
 def used_widget_names() -> set[str]:
-    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTCommon.py), and the Advanced
+    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTSlicer/panel.py), and the Advanced
     settings' widgets it reaches by name."""
     names = ui_support.used_widget_names(MODULE_FILE)
     return names | {name for names in setting_widgets().values() for name in names}
@@ -137,83 +132,11 @@ def test_every_preset_value_fits_its_widget(qapp):
 # ------------------------------------------------------------------------------------------------ screenshot
 
 
-def _fill_from_run(panel, find, run: Path) -> None:
-    """The panel's live part as the module shows a run: its progress, losses, preview, log (module text helpers)."""
-    from conftest import load_training_module
-
-    training = load_training_module()
-    from MRtoCTSynthesisLib.events import iter_events
-    from MRtoCTSynthesisLib.training_process import TrainingProcess
-
-    process = TrainingProcess.replay(run)
-    log = find("logPlainTextEdit")
-    for event in iter_events(run / "events.jsonl"):
-        text = training.eventText(event)
-        if text:
-            log.appendPlainText(text)
-    progress = find("progressBar")
-    progress.setRange(0, int(process.iterations))
-    progress.setValue(int(process.iteration))
-    progress.setFormat("%v / %m iterations")
-    find("statusLabel").setText(training.progressText(process))
-    find("lossesLabel").setText(training.lossText(process.losses))
-    preview = run / "preview.png"  # the run folder's own (the events name it where the run was written)
-    if preview.is_file():
-        label = find("previewLabel")
-        label.setPixmap(QtGui.QPixmap(str(preview)).scaledToWidth(400, QtCore.Qt.SmoothTransformation))
-    log.verticalScrollBar().setValue(log.verticalScrollBar().maximum())
-    find("runStateLabel").setText("Training in this folder.")
-
-
-def render_panel(path: Path, run: Path | None = None) -> Path:
-    """The panel while a run trains (stand-ins for the ctk/qMRML widgets), written to ``path``. ``run``: fill the
-    progress, losses, preview and log from that run folder; else from a few illustrative lines."""
-    panel = load_panel(with_stand_ins=True)
-    find = lambda name: panel.findChild(QtWidgets.QWidget, name)  # noqa: E731
-    values = preset_values()["yang2018"]
-    if run is not None:  # the run's own settings
-        values = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    find("mrFolderPathLineEdit").setProperty("currentPath", "~/MRtoCT/phantoms/mr")
-    find("ctFolderPathLineEdit").setProperty("currentPath", "~/MRtoCT/phantoms/ct")
-    find("runFolderPathLineEdit").setProperty("currentPath", f"~/MRtoCT/runs/{run.name if run else 'head-yang2018'}")
-    find("presetComboBox").addItems(list(preset_values()))
-    find("presetComboBox").setCurrentText(values["preset"])
-    find("presetDescriptionLabel").setText(values["description"])
-    find("planeComboBox").addItems(["sagittal", "coronal", "axial"])
-    find("deviceComboBox").addItems(["Automatic (GPU if available)", "CPU"])
-    for field, names in setting_widgets().items():
-        if field != "plane":
-            for name, part in zip(names, values[field] if isinstance(values[field], list) else [values[field]]):
-                find(name).setValue(part)
-    for name in ("dataCollapsibleButton", "trainingCollapsibleButton", "advancedCollapsibleButton"):
-        find(name).setEnabled(False)  # as while training
-    find("stopButton").setEnabled(True)
-    find("showPlotButton").setEnabled(True)
-    if run is not None:
-        _fill_from_run(panel, find, run)
-    else:
-        find("progressBar").setRange(0, 2500)
-        find("progressBar").setValue(1210)
-        find("progressBar").setFormat("%v / %m iterations")
-        find("statusLabel").setText("Iteration 1210 of 2500 · 0.14 s/iteration (about 3 min 00 s left)")
-        find("lossesLabel").setText("G_total 3.06 · cycle 0.0772 · structure 0.151 · G_gan_ct 0.503 · D_ct 0.152")
-        image = QtGui.QImage(400, 110, QtGui.QImage.Format_RGB32)
-        image.fill(QtGui.QColor("black"))
-        find("previewLabel").setPixmap(QtGui.QPixmap.fromImage(image))
-        find("logPlainTextEdit").appendPlainText("Training started at iteration 1 of 2500 on cpu")
-    find("logCollapsibleButton").setCollapsed(False)
-    find("logPlainTextEdit").setFixedHeight(110)
-    return save_panel(panel, path, 440)
+def render_panel(path: Path) -> Path:
+    """The panel as the .ui defines it (stand-ins for the ctk/qMRML widgets; nothing filled in), written to ``path``.
+    Screenshots of the panels after real runs: ``panel_screenshots.py``."""
+    return save_panel(load_panel(with_stand_ins=True), path, 440)
 
 
 def test_panel_renders(qapp, tmp_path):
     assert_rendered(render_panel(tmp_path / "panel.png"), 400, 500)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="write the training panel screenshot")
-    parser.add_argument("--screenshot", required=True, type=Path)
-    parser.add_argument("--run", type=Path, help="a run folder whose state the panel shows")
-    options = parser.parse_args()
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    print(render_panel(options.screenshot, options.run))

@@ -1,6 +1,6 @@
 """Shared by the panel tests (test_synthesis_ui.py, test_training_ui.py): PySide6 stand-ins for the ctk/qMRML
 widgets, loading a module's .ui with them, the ``self.ui.<name>`` uses of a module file (and of the shared
-MRtoCTCommon.py), and rendering a panel to a screenshot.
+the shared panel template MRtoCTSlicer/panel.py), and rendering a panel to a screenshot.
 
 Import it after PySide6 is known to be importable (the test files skip first).
 """
@@ -16,12 +16,12 @@ from PySide6.QtUiTools import QUiLoader
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "MRtoCTSynthesis"
-# the Slicer-layer code both module widgets inherit: the widgets it reaches through self.ui count for both panels
-COMMON_FILE = MODULE_DIR / "MRtoCTCommon.py"
+# the panel template all three module widgets inherit: the widgets it reaches through self.ui count for every panel
+COMMON_FILE = MODULE_DIR / "MRtoCTSlicer" / "panel.py"
 
 
 def used_widget_names(module_file: Path) -> set[str]:
-    """Every ``self.ui.<name>`` that the module file's code uses, and the shared widget code (MRtoCTCommon.py)."""
+    """Every ``self.ui.<name>`` that the module file's code uses, and the shared panel template (MRtoCTSlicer/panel.py)."""
     return {name for path in (module_file, COMMON_FILE)
             for name in re.findall(r"self\.ui\.(\w+)", path.read_text(encoding="utf-8"))}
 

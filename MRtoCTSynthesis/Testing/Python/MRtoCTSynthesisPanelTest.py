@@ -48,7 +48,7 @@ class MRtoCTSynthesisPanelTest(unittest.TestCase):
         self.assertIsNone(self.widget._job, "the background synthesis did not finish in time")
 
     def test_background_synthesis_creates_the_sct(self):
-        self.widget.onApplyButton()
+        self.widget.ui.applyButton.click()
         self.assertIsNotNone(self.widget._job)
         self.assertEqual(self.widget.ui.applyButton.text, "Cancel")
         self._waitUntilIdle()
@@ -61,10 +61,10 @@ class MRtoCTSynthesisPanelTest(unittest.TestCase):
 
     def test_cancel_leaves_the_scene_unchanged(self):
         nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-        self.widget.onApplyButton()
+        self.widget.ui.applyButton.click()
         self.assertIsNotNone(self.widget._job)
         workDir = self.widget._job.workDir
-        self.widget.onApplyButton()  # the button reads "Cancel" now
+        self.widget.ui.applyButton.click()  # the button reads "Cancel" now
         self.assertIsNone(self.widget._job)
         self.assertEqual(self.widget.ui.applyButton.text, "Synthesize CT")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)

@@ -1,0 +1,209 @@
+"""The panel template of the three modules (PythonQt conventions): the .ui, the parameter node <-> GUI wiring with
+its re-entrance guard, one timer that follows the background job and the child-process probes, scene-close
+handling, and a Reload that also reloads this package and the engines.
+
+Nothing heavy runs in a slot: the job is a child process (``MRtoCTSynthesisLib.background``) polled every
+``POLL_INTERVAL_MSEC``; the device list, what ``auto`` precision chooses and the model list come from short child
+processes (``JsonCommand`` probes), so opening a panel neither imports torch nor starts CUDA in Slicer's process.
+"""
+import logging
+import sys
+
+import qt
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+from .choices import deviceItems, fillComboBox
+from .interpreter import pythonExecutable
+
+RELOADED_PACKAGES = ("MRtoCTSlicer", "MRtoCTSynthesisLib", "MRtoCTSegmentLib")
+
+
+class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """A subclass calls ``setupPanel`` from its ``setup`` and provides ``showParameters(parameterNode)`` (node ->
+    widgets, called with the guard set), ``storeParameters(parameterNode)`` (widgets -> node), ``pollJob(job)`` (new
+    updates of the running job; called by the timer), ``onJobFinished(job)`` and ``stopRunningJob(reason)``.
+    Its Logic provides ``getParameterNode``, ``setDefaultParameters`` and ``setupPythonRequirements``."""
+
+    POLL_INTERVAL_MSEC = 200
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._updatingGUIFromParameterNode = False
+        self._job = None
+        self._probes = []  # (JsonCommand, callback(result or None))
+        self._pollTimer = None
+        self.devices, self.automaticChoices = ["auto", "cpu"], {}
+
+    def setupPanel(self, uiFile, logic):
+        """The module's .ui in the panel (``self.ui``), the logic, the poll timer and the scene observers."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath(uiFile))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = logic
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(self.POLL_INTERVAL_MSEC)
+        self._pollTimer.timeout.connect(self.onPollTimer)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+    def cleanup(self):
+        self.stopRunningJob("Slicer is closing")
+        for probe, _ in self._probes:
+            probe.cancel()
+        self._probes = []
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event):
+        self.stopRunningJob("the scene was closed")
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onReload(self):
+        """Reload and Test: drop this package and the engines from ``sys.modules`` first, so the module file's
+        imports load their current code too (Slicer's Reload re-executes only the module file)."""
+        for name in list(sys.modules):
+            if name.split(".")[0] in RELOADED_PACKAGES:
+                del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    # ------------------------------------------------------------------------------------------- parameter node
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode):
+        if inputParameterNode:
+            self.logic.setDefaultParameters(inputParameterNode)
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode is not None:
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        self._updatingGUIFromParameterNode = True
+        try:
+            self.showParameters(self._parameterNode)
+        finally:
+            self._updatingGUIFromParameterNode = False
+
+    def updateParameterNodeFromGUI(self, *args):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        p = self._parameterNode
+        wasModified = p.StartModify()
+        self.storeParameters(p)
+        p.EndModify(wasModified)
+
+    def setFirstScalarVolumeAsInput(self, role="InputVolume"):
+        """A new parameter node gets the scene's first grey-level volume as its input."""
+        if self._parameterNode is not None and not self._parameterNode.GetNodeReference(role):
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.SetNodeReferenceID(role, volume.GetID())
+
+    # ------------------------------------------------------------------------------------------- job and probes
+
+    def startPolling(self, job):
+        self._job = job
+        self._pollTimer.start()
+
+    def startProbe(self, probe, callback):
+        """Start a ``JsonCommand`` child; ``callback(result)`` (None if it failed) runs from the timer when it ends."""
+        try:
+            probe.start()
+        except OSError as error:
+            logging.warning(f"{self.moduleName}: cannot start {probe.command()[0]}: {error}")
+            callback(None)
+            return
+        self._probes.append((probe, callback))
+        self._pollTimer.start()
+
+    def onPollTimer(self):
+        for probe, callback in list(self._probes):
+            probe.poll()
+            if probe.finished:
+                self._probes.remove((probe, callback))
+                if probe.result is None:
+                    logging.info(f"{self.moduleName}: {' '.join(probe.arguments)} gave no answer: {probe.log_tail(5)}")
+                callback(probe.result)
+        job = self._job
+        if job is not None:
+            try:
+                finished = self.pollJob(job)
+            except Exception as error:
+                self.stopRunningJob("the panel lost track of it")
+                slicer.util.errorDisplay(f"Lost track of the background process: {error}")
+                return
+            if finished and self._job is job:
+                self._job = None
+                self.onJobFinished(job)
+        if self._job is None and not self._probes:
+            self._pollTimer.stop()
+
+    def refreshDevices(self):
+        """Ask a child process which devices torch sees and what ``auto`` precision chooses on each."""
+        from MRtoCTSynthesisLib.background import acceleration_probe
+
+        self.startProbe(acceleration_probe(python=pythonExecutable()), self.onAccelerationAnswer)
+
+    def onAccelerationAnswer(self, result):
+        from MRtoCTSynthesisLib.background import acceleration_choices
+
+        self.devices, self.automaticChoices = acceleration_choices(result)
+        selected = self._parameterNode.GetParameter("Device") if self._parameterNode is not None else None
+        fillComboBox(self.ui.deviceComboBox, deviceItems(self.devices), selected=selected or "auto")
+        self.onDevicesChanged()
+
+    def onDevicesChanged(self):
+        """Called when the device list has been refilled (e.g. to update the precision menu)."""
+
+    def checkPythonRequirements(self, missingText):
+        """Before a run: install what is missing (after confirmation); then ask for the devices again (torch may have
+        just been installed). False, with ``missingText`` in the status line, if the user declined."""
+        self.ui.statusLabel.text = "Checking Python packages..."
+        if not self.logic.setupPythonRequirements(askConfirmation=True):
+            self.ui.statusLabel.text = missingText
+            return False
+        if len(self.devices) <= 2:
+            self.refreshDevices()
+        return True
+
+    # ------------------------------------------------------------------------------------------- subclass hooks
+
+    def showParameters(self, parameterNode):
+        raise NotImplementedError
+
+    def storeParameters(self, parameterNode):
+        raise NotImplementedError
+
+    def pollJob(self, job):
+        """Show the job's new updates; return True once it has finished."""
+        raise NotImplementedError
+
+    def onJobFinished(self, job):
+        raise NotImplementedError
+
+    def stopRunningJob(self, reason):
+        raise NotImplementedError
