@@ -22,6 +22,9 @@ MR [0, 100] to [0, 255] in their scanner's units and says nothing more; a window
 [0, 100] is read as [background, top of the body's intensities]: the body's 99.5th percentile (its robust
 maximum: the brightest 0.5 %, vessels and fat highlights, saturate) becomes 100.
 
+Supervised only (no GAN, no cycle; the diagnostic upper bound of the quality benchmark): the ``paired`` preset with
+``lambda_adversarial=0, lambda_cycle=0, lambda_supervised=1`` trains G_CT alone with L1(G_CT(MR), CT).
+
 All presets: Adam (lr 2e-4, beta1 0.5), learning rate constant for the first half of the iterations and decaying
 linearly to 0 over the second half (Hiasa sec. 2.2; the CycleGAN default), batch 1, image pool of 50.
 """
@@ -62,6 +65,7 @@ class TrainConfig:
     pbs_max_shift: int = 5                        # m in [-5, 5] of eq. 10
     validation_fraction: float = 0.1              # share of volumes (not slices) held out
     # --- losses
+    lambda_adversarial: float = 1.0               # weight of the two LSGAN generator terms (0: no discriminators)
     lambda_cycle: float = 10.0
     lambda_structure: float = 0.0                 # Yang lambda2 (MIND structure consistency)
     lambda_gc: float = 0.0                        # Hiasa lambda_GC (gradient consistency)
@@ -106,6 +110,12 @@ class TrainConfig:
     def lr_decay_start(self) -> int:
         return self.iterations // 2 if self.decay_start is None else self.decay_start
 
+    @property
+    def supervised_only(self) -> bool:
+        """Only the supervised L1 trains: G_CT alone, no discriminators, no G_MR updates."""
+        return not any((self.lambda_adversarial, self.lambda_cycle, self.lambda_structure, self.lambda_gc,
+                        self.lambda_identity))
+
     def validate(self) -> None:
         problems = []
         if self.plane not in ("sagittal", "coronal", "axial"):
@@ -135,9 +145,12 @@ class TrainConfig:
             problems.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.lambda_supervised and self.sampling != "paired":
             problems.append("lambda_supervised needs paired sampling (registered MR/CT pairs)")
-        for name in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity", "lambda_supervised", "lr"):
+        for name in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity", "lambda_supervised", "lr"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if self.supervised_only and not self.lambda_supervised:
+            problems.append("with lambda_adversarial, lambda_cycle, lambda_structure, lambda_gc and lambda_identity "
+                            "all 0, lambda_supervised must be > 0 (nothing would train the generator)")
         if self.ct_window[1] <= self.ct_window[0] or self.mr_window[1] <= self.mr_window[0]:
             problems.append("intensity windows need high > low")
         if problems:

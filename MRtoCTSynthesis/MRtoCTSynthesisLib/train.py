@@ -3,11 +3,12 @@
 G_CT: MR -> CT and G_MR: CT -> MR are trained against D_CT and D_MR with the loss of the preset
 (Yang eq. 9 / Hiasa eq. 6):
 
-    L_G = L_GAN(G_CT, D_CT) + L_GAN(G_MR, D_MR) + lambda_cycle L_cycle + lambda_structure L_structure
+    L_G = lambda_adversarial [L_GAN(G_CT, D_CT) + L_GAN(G_MR, D_MR)] + lambda_cycle L_cycle + lambda_structure L_structure
           + lambda_GC L_GC + lambda_identity L_identity + lambda_supervised L1(G_CT(MR), CT)   [paired only]
 
 with L_structure = eq. 8 (both directions summed) and L_GC = 1/2 (both directions) of Hiasa eq. 5. Updates alternate:
 G (with D fixed), then D (with G fixed) on images drawn from a pool of 50 earlier fakes (Zhu et al.).
+With only lambda_supervised > 0 (``TrainConfig.supervised_only``) a step is one L1 update of G_CT (one process).
 
 Run it with ``mrtoct train`` or ``torchrun --nproc_per_node=N -m MRtoCTSynthesisLib.train`` (same arguments).
 A run folder holds config.json, events.jsonl, losses.csv, loss_curves.png, preview.png, checkpoint.pt and, at the
@@ -204,6 +205,9 @@ class CycleGANTrainer:
         self.pool_ct, self.pool_mr = ImagePool(config.pool_size), ImagePool(config.pool_size)
         self.rng = np.random.default_rng([config.seed, self.world.rank])
         self.iteration = 0
+        if config.supervised_only and self.world.size > 1:
+            raise ValueError("supervised-only training (all GAN, cycle and structure weights 0) runs in one process; "
+                             "start it without torchrun")
         self.preview_pairs = self._preview_pairs()
 
     def _distribute(self, module: nn.Module) -> nn.Module:
@@ -250,6 +254,8 @@ class CycleGANTrainer:
         """One G update then one D update; returns the loss terms (unweighted) and totals as floats."""
         c = self.config
         mr, ct = to_layout(mr.to(self.device), self.plan), to_layout(ct.to(self.device), self.plan)
+        if c.supervised_only:
+            return self._supervised_step(mr, ct)
         self.discriminators.requires_grad_(False)
         with self._autocast():
             out = self.G(mr, ct)
@@ -259,7 +265,7 @@ class CycleGANTrainer:
         d_ct_fake, d_mr_fake = d_ct_fake.float(), d_mr_fake.float()
         terms = {"G_gan_ct": L.lsgan_generator_loss(d_ct_fake), "G_gan_mr": L.lsgan_generator_loss(d_mr_fake),
                  "cycle": L.cycle_loss(out["rec_mr"], mr) + L.cycle_loss(out["rec_ct"], ct)}
-        weighted = terms["G_gan_ct"] + terms["G_gan_mr"] + c.lambda_cycle * terms["cycle"]
+        weighted = c.lambda_adversarial * (terms["G_gan_ct"] + terms["G_gan_mr"]) + c.lambda_cycle * terms["cycle"]
         if c.lambda_structure:
             terms["structure"] = (L.structure_loss(mr, out["fake_ct"], c.mind_region, c.mind_patch, c.mind_sigma)
                                   + L.structure_loss(ct, out["fake_mr"], c.mind_region, c.mind_patch, c.mind_sigma))
@@ -294,6 +300,18 @@ class CycleGANTrainer:
         self.sched_G.step()
         self.sched_D.step()
         return {name: float(value.detach()) for name, value in terms.items()}
+
+    def _supervised_step(self, mr: torch.Tensor, ct: torch.Tensor) -> dict:
+        """One update of G_CT alone with lambda_supervised L1(G_CT(MR), CT); the discriminators stay untouched."""
+        with self._autocast():
+            fake_ct = self.generators.G_CT(mr)
+        supervised = L.cycle_loss(fake_ct.float(), ct)
+        weighted = self.config.lambda_supervised * supervised
+        self.opt_G.zero_grad(set_to_none=True)
+        weighted.backward()
+        self.opt_G.step()
+        self.sched_G.step()  # the discriminators, their optimiser and schedule stay untouched
+        return {"supervised": float(supervised.detach()), "G_total": float(weighted.detach())}
 
     # ------------------------------------------------------------------------------------------- the loop
 
@@ -488,7 +506,7 @@ class CycleGANTrainer:
         c = self.config
         spec = {"architecture": "resnet_generator", "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": c.ngf,
                                                                 "n_blocks": c.n_blocks}}
-        weights = {k: getattr(c, k) for k in ("lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity",
+        weights = {k: getattr(c, k) for k in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity",
                                               "lambda_supervised")}
         windows = normalization_metadata(Normalization.from_config(c))
         intended = " ".join(filter(None, ("Research use only. Not for clinical use or treatment planning.",

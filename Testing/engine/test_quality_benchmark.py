@@ -1,8 +1,10 @@
-"""Smoke test of ``mrtoct bench quality``: two variants, three iterations, tiny phantoms and networks.
+"""Smoke test of ``mrtoct bench quality``: two variants, three iterations, tiny phantoms and networks; the same on a
+phantom-made folder in the paired (SynthRAD) layout with ``--data``.
 
 Checks the plumbing, not the science: the command writes its tables, figures, runs and report; the summary has a row
-per variant and the expected columns; paired t-tests against cyclegan are computed; a second invocation in the same
-folder skips the trained variants (resumable); the real-data folder is only read.
+per baseline and variant and the expected columns; paired t-tests against cyclegan are computed; a second invocation
+in the same folder skips the trained variants (resumable); the real-data and --data folders are only read. The
+baselines are checked against their definitions.
 """
 import csv
 import json
@@ -15,6 +17,7 @@ from MRtoCTSynthesisLib import quality as Q
 from MRtoCTSynthesisLib.cli import main as cli_main
 
 VARIANTS = ["cyclegan", "yang2018"]
+BASELINES = ["constant", "mr-lookup", "class-mean floor"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,8 @@ def read_csv(path):
 def test_outputs_exist(benchmark):
     out, _, _ = benchmark
     for name in ("RESULTS.md", "plan.json", "figures/boxplots_head.png", "figures/slices_head.png",
-                 "figures/real_scans_head.png", "tables/quality_summary.csv", "tables/quality_summary.json",
+                 "figures/real_scans_head.png", "figures/validation_head.png", "tables/quality_convergence.csv",
+                 "tables/baselines_head.json", "tables/quality_summary.csv", "tables/quality_summary.json",
                  "tables/quality_per_subject.csv", "tables/quality_ttests.csv", "tables/quality_real_scans.csv"):
         assert (out / name).is_file(), name
     for variant in VARIANTS:
@@ -62,14 +66,15 @@ def test_outputs_exist(benchmark):
 def test_summary_table_has_a_row_per_variant_and_the_metric_columns(benchmark):
     out, _, _ = benchmark
     rows = read_csv(out / "tables" / "quality_summary.csv")
-    assert [r["variant"] for r in rows] == VARIANTS
+    assert [r["variant"] for r in rows] == BASELINES + VARIANTS
+    assert float(rows[0]["mae_vs_constant"]) == 1.0
     for key in ("mae", "psnr", "ssim", "ssim_hg", "mae_bone", "mi_mr_sct", "saturated_pct"):
         for stat in ("mean", "sd"):
             assert f"{key}_{stat}" in rows[0]
     assert all(int(r["n_subjects"]) == 3 for r in rows)
     assert all(math.isfinite(float(r["mae_mean"])) for r in rows)
     per_subject = read_csv(out / "tables" / "quality_per_subject.csv")
-    assert len(per_subject) == 2 * 3
+    assert len(per_subject) == (len(BASELINES) + len(VARIANTS)) * 3
     train_seeds, test_seeds = Q.subject_seeds_of(Q.SETTINGS["tiny"]["head"])
     assert {int(r["subject_seed"]) for r in per_subject} == set(test_seeds)
     assert not set(train_seeds) & set(test_seeds)  # held-out subjects
@@ -97,7 +102,8 @@ def test_report_is_generated_from_the_run(benchmark):
     text = (out / "RESULTS.md").read_text(encoding="utf-8")
     for part in ("mrtoct bench quality", "## Machine", "torch", "## Budget and plan", "figures/boxplots_head.png",
                  "figures/slices_head.png", "figures/real_scans_head.png", "Reading (generated from the numbers)",
-                 "Interpretation (written by a person after the run)", "Yang's main claim", "absent.mha"):
+                 "Interpretation (written by a person after the run)", "Yang's main claim", "absent.mha",
+                 "Against the baselines", "MAE / constant", "class-mean floor (baseline)", "Convergence"):
         assert part in text, part
 
 
@@ -153,3 +159,106 @@ def test_reading_flags_saturated_variants_and_reports_p_values(tmp_path):
     assert "Saturation: cyclegan, yang2018 output" in text
     assert "does not reproduce" in text and "p = " in text
     assert "yang2018 vs paired" in text or "yang2018 1.0" in text or "vs paired" in text
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+
+def _subject(seed, shape=(24, 32, 32), spacing=(8.0, 8.0, 8.0)):
+    from MRtoCTSynthesisLib.phantom import make_phantom
+
+    return Q.Subject.of_phantom(make_phantom("head", seed, shape, spacing), f"s{seed}")
+
+
+def test_baselines_follow_their_definitions():
+    from MRtoCTSynthesisLib import volumes as V
+
+    train, test = [_subject(s) for s in (1, 2, 3)], _subject(9)
+    fitted = Q.fit_baselines(train, (0.0, 3500.0), 99.5, 3000.0)
+    inside = np.concatenate([V.array_of(s.ct)[Q.evaluation_mask(s)] for s in train])
+    assert fitted.constant_hu == pytest.approx(float(np.median(inside)))
+    mask = Q.evaluation_mask(test)
+    constant = fitted.predict("constant", test)
+    assert np.all(constant[mask] == pytest.approx(fitted.constant_hu)) and np.all(constant[~mask] == -1000.0)
+    floor = fitted.predict("class-mean floor", test)
+    labels, ct = V.array_of(test.labels, np.int32), V.array_of(test.ct)
+    some = int(labels[mask][0])
+    assert floor[mask & (labels == some)] == pytest.approx(ct[mask & (labels == some)].mean(), rel=1e-5)
+    # the lookup tells tissues apart by MR intensity alone: better than the constant, worse than perfect labels
+    scores = {name: Q.score_prediction(fitted.predict(name, test), test)["mae"] for name in Q.BASELINES}
+    assert scores["class-mean floor"] < scores["mr-lookup"] < scores["constant"]
+    assert fitted.predict("class-mean floor", Q.Subject("x", test.mr, test.ct)) is None  # no labels: no floor
+
+
+def test_the_reference_ct_scores_perfectly():
+    """Oracle: the reference CT through the evaluation gives MAE 0 (masks, grids and HU units agree)."""
+    from MRtoCTSynthesisLib import volumes as V
+
+    subject = _subject(4)
+    metrics = Q.score_prediction(V.array_of(subject.ct), subject)
+    assert metrics["mae"] == 0.0 and metrics["mae_bone"] == 0.0 and metrics["ssim"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------------- --data
+
+@pytest.fixture(scope="module")
+def paired_folder(tmp_path_factory):
+    """Five phantom subjects in the SynthRAD layout: <subject>/mr.nii.gz, ct.nii.gz, and a mask for some."""
+    import SimpleITK as sitk
+
+    from MRtoCTSynthesisLib import volumes as V
+    from MRtoCTSynthesisLib.phantom import make_phantom
+
+    folder = tmp_path_factory.mktemp("synthrad")
+    for index in range(5):
+        phantom = make_phantom("head", 500 + index, (24, 32, 32), (8.0, 8.0, 8.0))
+        sub = folder / f"1HA{index:03d}"
+        sub.mkdir()
+        sitk.WriteImage(phantom.mr, str(sub / "mr.nii.gz"))
+        sitk.WriteImage(phantom.ct, str(sub / "ct.nii.gz"))
+        if index % 2 == 0:
+            sitk.WriteImage(V.body_mask(phantom.ct, threshold=-500.0), str(sub / "mask.nii.gz"))
+    return folder
+
+
+def test_bench_quality_reads_a_paired_folder(paired_folder, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in paired_folder.rglob("*")}
+    out = tmp_path / "q"
+    args = ["bench", "quality", "--out", str(out), "--tiny", "--iterations", "2", "--variants", "supervised",
+            "--data", str(paired_folder), "--test-fraction", "0.4", "--real-data", "none", "--no-progress",
+            "--threads", "1"]
+    assert cli_main(args) == 0
+    rows = read_csv(out / "tables" / "quality_summary.csv")
+    assert [r["variant"] for r in rows] == ["constant", "mr-lookup", "supervised"]  # no labels: no floor
+    per_subject = read_csv(out / "tables" / "quality_per_subject.csv")
+    tested = {r["subject_name"] for r in per_subject}
+    trained = {p.name.split(".")[0] for p in (out / "data" / "head" / "train" / "mr").iterdir()}
+    assert len(tested) == 2 and not tested & trained  # 2 of 5 held out, never trained on
+    assert tested | trained == {f"1HA{i:03d}" for i in range(5)}
+    assert tested == set(Q.split_subjects([f"1HA{i:03d}" for i in range(5)], 0.4)[1])
+    assert "paired subjects of" in (out / "RESULTS.md").read_text(encoding="utf-8")
+    assert {p: p.stat().st_mtime_ns for p in paired_folder.rglob("*")} == before  # read only
+
+
+def test_a_paired_folder_without_ct_is_refused(tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mr.nii.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match="lacks ct"):
+        Q.paired_files(tmp_path)
+
+
+def test_pbs_shift_matches_yang_in_millimetres():
+    assert Q.SETTINGS["default"]["head"].pbs_max_shift == 2      # +-4 mm at 2 mm slices (Yang: +-5 x ~1 mm)
+    assert Q.SETTINGS["small"]["head"].pbs_max_shift == 1
+    assert Q.SETTINGS["paper"]["head"].pbs_max_shift == 5
+    config = Q.training_config("yang2018", Q.SETTINGS["default"]["head"], Q.NETWORKS["default"], 100, 0)
+    assert config.pbs_max_shift == 2 and config.lambda_structure == 5.0
+
+
+def test_control_variants_change_one_thing():
+    setting, net = Q.SETTINGS["tiny"]["head"], Q.NETWORKS["tiny"]
+    control = Q.training_config("cyclegan-cycle3", setting, net, 10, 0).to_dict()
+    hiasa = Q.training_config("hiasa2018", setting, net, 10, 0).to_dict()
+    assert {k for k in control if control[k] != hiasa[k]} == {"preset", "description", "lambda_gc"}
+    supervised = Q.training_config("supervised", setting, net, 10, 0)
+    assert supervised.supervised_only and supervised.sampling == "paired" and supervised.lambda_supervised == 1.0

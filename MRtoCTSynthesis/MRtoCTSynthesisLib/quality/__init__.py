@@ -5,6 +5,13 @@ Yang et al. 2018 (Fig. 4, 5) compare the conventional CycleGAN (``cyclegan``), C
 MAE, PSNR, SSIM and SSIM(HG) on 15 test subjects with paired t-tests against ``cyclegan``; Hiasa et al. 2018 show that
 the gradient-consistency loss (``hiasa2018``) raises the mutual information (MI) between MR and synthetic CT.
 
+Two controls isolate effects the papers' variants confound: ``cyclegan-cycle3`` (cyclegan with hiasa2018's
+lambda_cycle 3: hiasa2018 vs it isolates the GC loss) and ``supervised`` (L1 to the registered CT only, no GAN: the
+upper bound of what the generator learns from the data). Every table also shows baselines (``baselines``: a constant,
+an MR-intensity lookup fitted on the training pairs, and the class-mean floor of perfect labels), and each model's MAE
+as a fraction of the constant's. ``--data FOLDER`` replaces the phantoms by real paired subjects (one folder per
+subject with mr, ct and an optional mask, the SynthRAD layout).
+
 What the command does, per anatomy (head: Yang's sagittal setting; pelvis: Hiasa's coronal setting):
 
 1. writes paired phantom subjects for training (``<out>/data/<anatomy>/train``) and different, held-out subjects for
@@ -24,24 +31,28 @@ The command is resumable: a run whose model exists is skipped, a run with a chec
 (iterations) of the first invocation in ``--out`` is reused. ``--paper-scale`` switches to the papers' sizes (Yang
 384x256 canvas, ngf 64, 9 residual blocks, 2e5 iterations) for a GPU. ``--tiny`` (hidden) is for the smoke test.
 
-Modules: ``settings`` (variants, metrics, data settings, options), ``data`` (phantoms), ``evaluation`` (scoring),
+Modules: ``settings`` (variants, metrics, data settings, options), ``data`` (phantoms, --data subjects),
+``baselines`` (reference predictors), ``convergence`` (validation curves), ``evaluation`` (scoring),
 ``statistics`` (t-tests, summaries), ``figures``, ``real_scans``, ``plan`` (timing, plan, job status), ``run`` (the
 whole benchmark), ``reading`` and ``report`` (the Markdown report), ``command_line`` (``mrtoct bench quality``),
 ``machine``, ``output`` and ``formatting`` (small shared helpers).
 """
 from .command_line import add_quality_arguments, options_from_args, run_quality_from_args
-from .data import subject_seeds_of, test_phantoms, write_data
-from .evaluation import evaluate_run, score_subject
-from .plots import VARIANT_COLORS, box_plots, mid_slice, representative_figure
+from .baselines import BASELINES, Baselines, evaluation_mask, fit_baselines
+from .convergence import convergence, validation_curve
+from .data import (Subject, data_subjects, link_data, paired_files, split_subjects, subject_seeds_of, test_phantoms,
+                   write_data, written_subjects)
+from .evaluation import evaluate_baselines, evaluate_run, score_prediction, score_subject
+from .plots import VARIANT_COLORS, box_plots, mid_slice, representative_figure, validation_figure
 from .machine import machine_description
 from .plan import choose_iterations, job_dir, job_status, make_plan, measure, plan_key, print_plan
 from .reading import reading
 from .real_scans import apply_to_real, real_scan_paths
 from .report import write_report
 from .run import run_quality
-from .settings import (ANATOMIES, BASELINE, BONE_HU, CT_WINDOW_YANG, DATA_RANGE_HU, DEFAULT_REAL_DATA, EXTRA_COLUMNS,
+from .settings import (ANATOMIES, BASELINE, BONE_HU, EFFECTS, VARIANT_PRESETS, preset_of, CT_WINDOW_YANG, DATA_RANGE_HU, DEFAULT_REAL_DATA, EXTRA_COLUMNS,
                        METRIC_INFO, METRICS, MR_PERCENTILE_VALUE_YANG, MR_WINDOW_YANG, NETWORKS, PAPER_ITERATIONS, PLAN,
                        REAL_SCANS, SATURATED_HU, SATURATED_SHARE, SETTINGS, TEST_DATA_SEED, TEST_METRICS,
                        TRAIN_DATA_SEED, UNITS, VARIANTS, YANG_METRICS, Network, Options, Setting, overrides_of,
                        training_config)
-from .statistics import comparisons, paired_ttest, subject_means, summary_rows, ttest_rows
+from .statistics import comparisons, paired_ttest, seed_spread, subject_means, summary_rows, ttest_rows

@@ -22,6 +22,14 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--paper-scale", action="store_true",
                        help="quality: the papers' sizes (384x256 head canvas at 1 mm, ngf 64, 9 blocks, 2e5 "
                             "iterations) for a GPU")
+    group.add_argument("--small", action="store_true",
+                       help="quality: the small CPU check (4 mm head, 64x64 canvas, ngf 16): degenerate for a GAN, "
+                            "for quick checks of the data path only")
+    group.add_argument("--data", help="quality: real paired data instead of phantoms: a folder with one folder per "
+                                      "subject holding mr.<ext> and ct.<ext> (registered, same grid) and optionally "
+                                      "mask.<ext> (SynthRAD layout); read only")
+    group.add_argument("--test-fraction", type=float, default=1 / 3,
+                       help="quality: share of the --data subjects held out for testing (default 1/3)")
     group.add_argument("--real-data", default=str(DEFAULT_REAL_DATA),
                        help="quality: folder of real head MR scans (read only; 'none' to skip)")
     group.add_argument("--real-scans", nargs="+", default=list(REAL_SCANS),
@@ -31,8 +39,8 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
                        help="quality: variants to compare (default all five)")
     group.add_argument("--train-subjects", type=int, help="quality: training phantoms (default 30)")
     group.add_argument("--test-subjects", type=int, help="quality: test phantoms (default 15)")
-    group.add_argument("--ngf", type=int, help="quality: generator width (default 16; paper 64)")
-    group.add_argument("--ndf", type=int, help="quality: discriminator width (default 32; paper 64)")
+    group.add_argument("--ngf", type=int, help="quality: generator width (default 32; paper 64)")
+    group.add_argument("--ndf", type=int, help="quality: discriminator width (default 64; paper 64)")
     group.add_argument("--n-blocks", type=int, help="quality: residual blocks (default 6; paper 9)")
     group.add_argument("--device", default="auto", help="quality: auto (CUDA, then CPU), cpu, cuda")
     group.add_argument("--threads", type=int,
@@ -45,9 +53,14 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    if args.paper_scale and args.tiny:
-        raise ValueError("--paper-scale and --tiny exclude each other")
-    scale = "paper" if args.paper_scale else ("tiny" if args.tiny else "default")
+    if sum((args.paper_scale, args.tiny, args.small)) > 1:
+        raise ValueError("--paper-scale, --small and --tiny exclude each other")
+    scale = "paper" if args.paper_scale else ("tiny" if args.tiny else ("small" if args.small else "default"))
+    data = Path(args.data) if args.data else None
+    if data is not None and args.anatomy == "both":
+        raise ValueError("--data holds one anatomy: choose --anatomy head or pelvis (its slicing setting)")
+    if data is not None and not data.is_dir():
+        raise ValueError(f"--data {data} is not a folder (one folder per subject with mr and ct files)")
     base = NETWORKS[scale]
     network = Network(args.ngf or base.ngf, args.ndf or base.ndf, args.n_blocks or base.n_blocks)
     if args.iterations is not None and args.iterations < 1:
@@ -57,6 +70,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         if value is not None and value < 2:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 2")
     real = None if str(args.real_data).lower() == "none" else Path(args.real_data)
+    if data is not None and args.out and Path(args.out).resolve().is_relative_to(data.resolve()):
+        raise ValueError("--out must not be inside --data (the data folder is never written)")
     if real is not None and args.out and Path(args.out).resolve().is_relative_to(real.resolve()):
         raise ValueError("--out must not be inside --real-data (the real-data folder is never written)")
     out = Path(args.out or "benchmarks/quality")
@@ -70,6 +85,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
         command.append("--paper-scale")
     if args.tiny:
         command.append("--tiny")
+    if args.small:
+        command.append("--small")
+    if data is not None:
+        command += ["--data", str(data), "--test-fraction", f"{args.test_fraction:g}"]
     if list(args.variants) != list(VARIANTS):
         command += ["--variants", *args.variants]
     for flag in ("train_subjects", "test_subjects", "ngf", "ndf", "n_blocks"):
@@ -92,7 +111,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    train_subjects=args.train_subjects, test_subjects=args.test_subjects, real_data=real,
                    real_scans=tuple(args.real_scans), report=Path(args.report) if args.report else None,
                    device=args.device, progress=not args.no_progress, command=shlex.join(command),
-                   timing_steps=(1, 2) if args.tiny else (3, 5), plan_only=args.plan_only, threads=args.threads)
+                   timing_steps=(1, 2) if args.tiny else (3, 5), plan_only=args.plan_only, threads=args.threads,
+                   data=data, test_fraction=args.test_fraction)
 
 
 def run_quality_from_args(args: argparse.Namespace) -> int:

@@ -1,13 +1,35 @@
-"""The phantom subjects: held-out test seeds, and the training and test data written under ``<out>/data``."""
+"""The subjects: phantoms (held-out test seeds; training and test data written under ``<out>/data``), or real paired
+data read from a folder of subject folders (``--data``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .output import _dump, _jsonable, _say
 from .settings import TEST_DATA_SEED, TRAIN_DATA_SEED, Setting
+
+PAIRED_ROLES = ("mr", "ct", "mask")     # file stems in a subject folder (SynthRAD: mr.nii.gz, ct.nii.gz, mask.nii.gz)
+
+
+@dataclass
+class Subject:
+    """One paired subject: MR, its registered CT (HU, same grid), an optional evaluation mask and label map."""
+
+    name: str
+    mr: object                       # SimpleITK images
+    ct: object
+    mask: Optional[object] = None    # None: the CT body mask (CT > -500 HU, closed, holes filled)
+    labels: Optional[object] = None  # phantoms only: the exact tissue labels (for the class-mean floor)
+    seed: Optional[int] = None       # phantoms only
+
+    @classmethod
+    def of_phantom(cls, phantom, name: str) -> "Subject":
+        return cls(name, phantom.mr, phantom.ct, None, phantom.labels, int(phantom.seed))
 
 
 def subject_seeds_of(setting: Setting) -> tuple[list[int], list[int]]:
@@ -45,8 +67,106 @@ def write_data(out: Path, setting: Setting) -> Path:
     return root
 
 
-def test_phantoms(setting: Setting) -> list:
+def test_phantoms(setting: Setting) -> list[Subject]:
     from ..phantom import make_phantom
 
-    return [make_phantom(setting.anatomy, seed, setting.shape, setting.spacing)
-            for seed in subject_seeds_of(setting)[1]]
+    return [Subject.of_phantom(make_phantom(setting.anatomy, seed, setting.shape, setting.spacing),
+                               f"{setting.anatomy}_{index:03d}")
+            for index, seed in enumerate(subject_seeds_of(setting)[1])]
+
+
+def written_subjects(folder: Path) -> list[Subject]:
+    """The paired subjects written by ``write_data`` in ``folder`` (mr/, ct/ and labels/ of the same names)."""
+    from .. import volumes as V
+    from ..dataset import find_volumes, volume_stem
+
+    subjects = []
+    for path in find_volumes(folder / "mr", "MR"):
+        name = volume_stem(path)
+        labels = folder / "labels" / path.name
+        subjects.append(Subject(name, V.read_volume(path), V.read_volume(folder / "ct" / path.name), None,
+                                V.read_volume(labels) if labels.exists() else None))
+    return subjects
+
+
+# ----------------------------------------------------------------------------------------- real paired data (--data)
+
+def paired_files(folder: Path) -> dict[str, dict[str, Path]]:
+    """``{subject: {"mr": path, "ct": path[, "mask": path]}}`` for every sub-folder of ``folder`` (sorted by name).
+
+    A subject folder holds ``mr.<ext>`` and ``ct.<ext>`` (the CT registered to the MR, on its grid) and optionally
+    ``mask.<ext>`` (the evaluation mask), as the SynthRAD challenge ships them. Raises ValueError naming the problem.
+    """
+    from .. import volumes as V
+    from ..dataset import volume_stem
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--data {folder} is not a folder; it must hold one folder per subject with mr and ct files")
+    subjects = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = {volume_stem(p).lower(): p for p in sub.iterdir() if p.is_file()
+                 and p.name.lower().endswith(V.VOLUME_SUFFIXES)}
+        missing = [r for r in ("mr", "ct") if r not in files]
+        if missing:
+            raise ValueError(f"subject folder {sub} lacks {' and '.join(missing)} (expected e.g. mr.nii.gz and "
+                             "ct.nii.gz, optionally mask.nii.gz)")
+        subjects[sub.name] = {r: files[r] for r in PAIRED_ROLES if r in files}
+    if len(subjects) < 3:
+        raise ValueError(f"--data {folder} holds {len(subjects)} subject folders; at least 3 are needed (training, "
+                         "validation and test subjects)")
+    return subjects
+
+
+def split_subjects(names: list[str], test_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic split of the subject names (sorted) into training and test subjects (at least 2 for training)."""
+    from ..train import split_validation
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"--test-fraction must be in (0, 1), got {test_fraction}")
+    train, test = split_validation(sorted(names), test_fraction, TEST_DATA_SEED)
+    if len(train) < 2 or not test:
+        raise ValueError(f"{len(names)} subjects give {len(train)} training and {len(test)} test subjects; "
+                         "add subjects or change --test-fraction")
+    return train, test
+
+
+def link_data(out: Path, anatomy: str, folder: Path, test_fraction: float) -> tuple[Path, list[str], list[str]]:
+    """Training folders ``<out>/data/<anatomy>/train/{mr,ct}/<subject>.<ext>`` as links to the --data files (never
+    copied or modified); returns (root, training names, test names)."""
+    from .. import volumes as V
+
+    files = paired_files(folder)
+    train, test = split_subjects(list(files), test_fraction)
+    root = out / "data" / anatomy
+    record = {"data": str(Path(folder).resolve()), "train": train, "test": test}
+    marker = root / "complete.json"
+    if marker.exists() and json.loads(marker.read_text(encoding="utf-8")) == record:
+        return root, train, test
+    if root.exists():
+        shutil.rmtree(root)
+    for name in train:
+        mr, ct = V.read_volume(files[name]["mr"]), V.read_volume(files[name]["ct"])
+        if mr.GetSize() != ct.GetSize():
+            raise ValueError(f"subject {name}: the CT ({ct.GetSize()}) is not on the MR's grid ({mr.GetSize()}); "
+                             "paired data needs the CT registered and resampled onto the MR")
+        for role in ("mr", "ct"):
+            source = files[name][role]
+            suffix = source.name[len(source.name.split(".")[0]):]
+            target = root / "train" / role / f"{name}{suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(source.resolve(), target)
+    _dump(marker, record)
+    return root, train, test
+
+
+def data_subjects(folder: Path, names: list[str]) -> list[Subject]:
+    """The named subjects of a --data folder, read (MR, CT, and the mask when the folder has one)."""
+    from .. import volumes as V
+
+    files = paired_files(folder)
+    subjects = []
+    for name in names:
+        mask = V.read_volume(files[name]["mask"]) if "mask" in files[name] else None
+        subjects.append(Subject(name, V.read_volume(files[name]["mr"]), V.read_volume(files[name]["ct"]), mask))
+    return subjects

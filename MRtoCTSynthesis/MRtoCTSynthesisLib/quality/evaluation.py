@@ -1,4 +1,5 @@
-"""Scoring: one test subject synthesized and compared with its CT, and a trained run over all test subjects."""
+"""Scoring: one test subject synthesized (or predicted by a baseline) and compared with its CT in its evaluation mask,
+and a trained run over all test subjects."""
 from __future__ import annotations
 
 import json
@@ -10,30 +11,46 @@ from .output import _dump
 from .settings import DATA_RANGE_HU, SATURATED_HU, TEST_METRICS, Setting
 
 
-def score_subject(bundle, phantom, device: str) -> tuple[dict, np.ndarray]:
-    """Synthesize one test subject and score it in the CT body mask (Yang's metrics, MAE per tissue, MI)."""
+def score_subject(bundle, subject, device: str) -> tuple[dict, np.ndarray]:
+    """Synthesize one test subject (``data.Subject``) and score it (``score_prediction``)."""
     from .. import volumes as V
-    from ..metrics import evaluate, mutual_information
     from ..synthesis import synthesize
 
-    sct = V.array_of(synthesize(phantom.mr, bundle, device=device, batch_size=16).sct)
-    ct, mr = V.array_of(phantom.ct), V.array_of(phantom.mr)
-    mask = V.array_of(V.body_mask(phantom.ct, threshold=-500.0)) > 0
-    metrics = evaluate(sct, ct, mask, DATA_RANGE_HU, spacing=phantom.ct.GetSpacing()[::-1])
+    sct = V.array_of(synthesize(subject.mr, bundle, device=device, batch_size=16).sct)
+    return score_prediction(sct, subject), sct
+
+
+def score_prediction(sct: np.ndarray, subject) -> dict:
+    """An sCT (HU, the subject's grid) scored in the subject's evaluation mask: Yang's metrics, MAE per tissue, MI."""
+    from .. import volumes as V
+    from ..metrics import evaluate, mutual_information
+    from .baselines import evaluation_mask
+
+    ct, mr = V.array_of(subject.ct), V.array_of(subject.mr)
+    if sct.shape != ct.shape:
+        raise ValueError(f"subject {subject.name}: the sCT {sct.shape} is not on the CT's grid {ct.shape}")
+    mask = evaluation_mask(subject)
+    metrics = evaluate(sct, ct, mask, DATA_RANGE_HU, spacing=subject.ct.GetSpacing()[::-1])
     metrics["mi_mr_sct"] = mutual_information(mr, sct, mask)
     metrics["mi_mr_ct"] = mutual_information(mr, ct, mask)
     metrics["saturated_pct"] = 100.0 * float(np.mean(sct[mask] <= SATURATED_HU))
     metrics["ct_air_pct"] = 100.0 * float(np.mean(ct[mask] <= SATURATED_HU))
-    return {k: float(v) for k, v in metrics.items()}, sct
+    return {k: float(v) for k, v in metrics.items()}
 
 
-def evaluate_run(model_path: Path, setting: Setting, phantoms: list, device: str) -> list[dict]:
+def subject_row(index: int, subject) -> dict:
+    return {"subject": index, "subject_name": subject.name,
+            "subject_seed": -1 if subject.seed is None else int(subject.seed)}
+
+
+def evaluate_run(model_path: Path, setting: Setting, subjects: list, device: str) -> list[dict]:
     """Per-subject metrics of one trained model, cached beside the model (keyed by the model file and subjects)."""
     from ..modelfile import load_model
 
     stat = model_path.stat()
     key = {"model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns,
-           "subjects": [int(p.seed) for p in phantoms], "shape": list(setting.shape), "spacing": list(setting.spacing)}
+           "subjects": [s.name if s.seed is None else int(s.seed) for s in subjects],
+           "shape": list(setting.shape), "spacing": list(setting.spacing)}
     cache = model_path.parent / TEST_METRICS
     if cache.exists():
         stored = json.loads(cache.read_text(encoding="utf-8"))
@@ -41,8 +58,21 @@ def evaluate_run(model_path: Path, setting: Setting, phantoms: list, device: str
             return stored["rows"]
     bundle = load_model(model_path)
     rows = []
-    for index, phantom in enumerate(phantoms):
-        metrics, _ = score_subject(bundle, phantom, device)
-        rows.append({"subject": index, "subject_seed": int(phantom.seed), **metrics})
+    for index, subject in enumerate(subjects):
+        metrics, _ = score_subject(bundle, subject, device)
+        rows.append({**subject_row(index, subject), **metrics})
     _dump(cache, {"key": key, "rows": rows})
+    return rows
+
+
+def evaluate_baselines(baselines, subjects: list) -> dict[str, list[dict]]:
+    """Per-subject metrics of every baseline that can predict these subjects (``baselines.BASELINES``)."""
+    from .baselines import BASELINES
+
+    rows = {}
+    for name in BASELINES:
+        for index, subject in enumerate(subjects):
+            sct = baselines.predict(name, subject)
+            if sct is not None:
+                rows.setdefault(name, []).append({**subject_row(index, subject), **score_prediction(sct, subject)})
     return rows

@@ -11,7 +11,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import test_phantoms
 from .evaluation import score_subject
 from .machine import machine_description
 from .output import _dump, _jsonable, _say
@@ -20,7 +19,7 @@ from .settings import PAPER_ITERATIONS, PLAN, Options, Setting, training_config
 
 
 def measure(options: Options, setting: Setting, data_root: Path, variants: Sequence[str],
-            phantom, scans: list[Path]) -> dict:
+            subject, scans: list[Path]) -> dict:
     """Seconds per iteration per variant (median of timed steps after warm-up) and seconds to evaluate a subject."""
     import torch
 
@@ -56,7 +55,7 @@ def measure(options: Options, setting: Setting, data_root: Path, variants: Seque
             model = trainer.finish(0.0)
             bundle = load_model(model)
             began = time.perf_counter()
-            score_subject(bundle, phantom, options.device)
+            score_subject(bundle, subject, options.device)
             result["eval_seconds_per_subject"] = time.perf_counter() - began
             if scans:
                 from .. import volumes as V
@@ -80,7 +79,9 @@ def choose_iterations(budget_s: float, elapsed_s: float, per_iteration_total: fl
 def plan_key(options: Options) -> dict:
     return _jsonable({"anatomies": options.anatomies, "variants": options.variants, "seeds": options.seeds,
                       "scale": options.scale, "network": asdict(options.net()),
-                      "settings": [asdict(s) for s in options.settings()]})
+                      "settings": [asdict(s) for s in options.settings()],
+                      **({"data": str(Path(options.data).resolve()), "test_fraction": options.test_fraction}
+                         if options.data is not None else {})})
 
 
 def print_plan(plan: dict, options: Options) -> None:
@@ -136,8 +137,10 @@ def _done_iterations(options: Options, job: dict) -> int:
     return done
 
 
-def make_plan(options: Options, data_roots: dict, setup_began: float) -> dict:
-    """Measure, then fix the iterations (explicit, paper scale, or from the budget); reuse a stored plan."""
+def make_plan(options: Options, data_roots: dict, setup_began: float, test_subjects: dict) -> dict:
+    """Measure, then fix the iterations (explicit, paper scale, or from the budget); reuse a stored plan.
+
+    ``test_subjects``: anatomy -> its test subjects (the first is synthesized to time the evaluation)."""
     stored_path = options.out / PLAN
     key = plan_key(options)
     if stored_path.exists():
@@ -154,12 +157,12 @@ def make_plan(options: Options, data_roots: dict, setup_began: float) -> dict:
     _say("measuring seconds per iteration (a few warm-up steps, then timed steps) ...")
     measured, eval_seconds = {}, 0.0
     for setting in options.settings():
-        phantom = test_phantoms(Setting(**{**asdict(setting), "test_subjects": 1}))[0]
-        m = measure(options, setting, data_roots[setting.anatomy], options.variants, phantom,
+        subjects = test_subjects[setting.anatomy]
+        m = measure(options, setting, data_roots[setting.anatomy], options.variants, subjects[0],
                     scans if setting.anatomy == "head" else [])
         measured[setting.anatomy] = m
         runs = len(options.variants) * len(options.seeds)
-        eval_seconds += m["eval_seconds_per_subject"] * (setting.test_subjects * runs + len(options.variants))
+        eval_seconds += m["eval_seconds_per_subject"] * (len(subjects) * runs + len(options.variants))
         eval_seconds += m["real_seconds_per_scan"] * len(scans) * len(options.variants)
     eval_seconds += 20.0 * len(options.settings())  # figures, tables, report
     jobs = [{"anatomy": s.anatomy, "variant": v, "seed": seed,

@@ -16,7 +16,7 @@ from .statistics import subject_means
 
 
 VARIANT_COLORS = {"cyclegan": "#9e9e9e", "cyclegan-pbs": "#80b1d3", "paired": "#b3de69", "yang2018": "#fb8072",
-                  "hiasa2018": "#bebada"}
+                  "hiasa2018": "#bebada", "cyclegan-cycle3": "#d9d9d9", "supervised": "#fdb462"}
 
 
 def box_plots(rows: list[dict], anatomy: str, variants: Sequence[str], tests: list[dict], path: Path,
@@ -107,3 +107,38 @@ def representative_figure(phantom, scts: dict, metrics: dict, setting: Setting, 
                            suptitle=f"{setting.anatomy} test subject {subject} (the first, not selected), middle "
                                     f"{setting.plane} slice\nCT window [{CT_WINDOW[0]:.0f}, {CT_WINDOW[1]:.0f}] HU; "
                                     "metrics of the whole subject")
+
+
+def validation_figure(run_dirs: Sequence[Path], path: Path, title: str) -> Path:
+    """The validation curve of every run (``convergence.validation_curve``), one panel per validation metric; the
+    last fifth of training, over which convergence is judged, is shaded."""
+    from .. import figures  # noqa: F401  (selects the Agg backend)
+    import matplotlib.pyplot as plt
+
+    from .convergence import LAST_SHARE, validation_curve
+
+    curves = {}
+    for run in run_dirs:
+        metric, its, values = validation_curve(run)
+        if len(its):
+            curves.setdefault(metric, []).append((Path(run).name, its, values))
+    labels = {"mae_hu": "validation MAE (HU, whole canvas)", "cycle_l1_mr": "validation cycle L1 of the MR"}
+    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(6 * max(1, len(curves)), 4), squeeze=False,
+                             layout="constrained")
+    for ax, (metric, runs) in zip(axes.flat, curves.items()):
+        for name, its, values in runs:
+            ax.plot(its, values, marker="o", markersize=2, label=name,
+                    color=VARIANT_COLORS.get(name.rsplit("-seed", 1)[0]))
+        end = max(float(its[-1]) for _, its, _ in runs)
+        ax.axvspan(end * (1 - LAST_SHARE), end, color="0.9", zorder=0)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(labels.get(metric, metric))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if not curves:
+        axes.flat[0].text(0.5, 0.5, "no validation events", ha="center", va="center")
+    fig.suptitle(f"{title} (shaded: the last fifth, where a converged run is flat)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .formatting import _fmt, _p_text
-from .settings import BASELINE, METRIC_INFO, SATURATED_HU, SATURATED_SHARE, UNITS, YANG_METRICS, Options
+from .settings import BASELINE, EFFECTS, METRIC_INFO, SATURATED_HU, SATURATED_SHARE, UNITS, YANG_METRICS, Options
 
 
 def _test(tests: list[dict], anatomy: str, variant: str, reference: str, metric: str) -> Optional[dict]:
@@ -65,6 +65,7 @@ def reading(options: Options, plan: dict, summary: list[dict], tests: list[dict]
                      "worse-ns": "opposite direction to the paper, not significant", "none": "no difference"}
     for setting in options.settings():
         a = setting.anatomy
+        lines += _baseline_lines(summary, a, variants)
         lines.append(f"**{a.capitalize()} phantoms ({setting.paper} setting, n = {setting.test_subjects} test "
                      f"subjects, {iterations} iterations, {len(options.seeds)} training seed(s)).**")
         lines.append("")
@@ -142,6 +143,7 @@ def reading(options: Options, plan: dict, summary: list[dict], tests: list[dict]
                          f"{word}{_both_saturated(saturated, 'hiasa2018')}. {sentence}. "
                          f"Boundary proxies: {hg}; {bone}. Note: hiasa2018 also uses "
                          "lambda_cycle 3 where cyclegan uses 10, so this comparison is not a pure GC-loss ablation.")
+        lines += _effect_lines(tests, summary, a, variants)
         lines.append("")
     if real_rows:
         lines.append("**Real head MR scans** (no ground truth; MI(MR, sCT) in the MR body mask, first seed):")
@@ -159,6 +161,46 @@ def reading(options: Options, plan: dict, summary: list[dict], tests: list[dict]
                  f"{len(options.seeds)} training seed(s) (variation between training runs is "
                  f"{'shown in the per-seed table' if len(options.seeds) > 1 else 'not measured'}); "
                  "p-values are not corrected for the number of comparisons (neither paper corrects them).")
+    return lines
+
+
+TARGETS = {"yang2018": 0.5, "paired": 0.35, "supervised": 0.35}  # issue 12: MAE as a fraction of the constant's
+
+
+def _baseline_lines(summary: list[dict], anatomy: str, variants: Sequence[str]) -> list[str]:
+    """Each model's MAE against the baselines: below the constant at all, and the targets of issue 12."""
+    constant = _summary(summary, anatomy, "constant")
+    if constant is None:
+        return []
+    lookup, floor = _summary(summary, anatomy, "mr-lookup"), _summary(summary, anatomy, "class-mean floor")
+    lines = [f"**Against the baselines ({anatomy}).** Constant {_fmt(constant['mae_mean'], 1)} HU"
+             + (f", MR lookup {_fmt(lookup['mae_mean'], 1)} HU ({_fmt(lookup['mae_vs_constant'], 2)} of the constant)"
+                if lookup else "")
+             + (f", class-mean floor {_fmt(floor['mae_mean'], 1)} HU ({_fmt(floor['mae_vs_constant'], 2)})"
+                if floor else "") + ".", ""]
+    for variant in variants:
+        row = _summary(summary, anatomy, variant)
+        if row is None:
+            continue
+        ratio = row["mae_vs_constant"]
+        target = TARGETS.get(variant, 1.0)
+        beats_lookup = lookup is not None and row["mae_mean"] < lookup["mae_mean"]
+        lines.append(f"- {variant}: MAE {_fmt(row['mae_mean'], 1)} HU = {_fmt(ratio, 2)} of the constant's "
+                     f"(target <= {target:g}: {'met' if ratio <= target else 'NOT met'}"
+                     + (f"; {'better' if beats_lookup else 'not better'} than the MR lookup" if lookup else "")
+                     + ").")
+    lines.append("")
+    return lines
+
+
+def _effect_lines(tests: list[dict], summary: list[dict], anatomy: str, variants: Sequence[str]) -> list[str]:
+    """One line per isolated effect (``EFFECTS``: the variant and a control that differs in that one thing)."""
+    lines = []
+    for effect, (variant, control) in EFFECTS.items():
+        if variant in variants and control in variants:
+            parts = [_compare_line(tests, summary, anatomy, variant, control, m, 0.05)[0] for m in ("mae", "ssim_hg",
+                                                                                                     "mi_mr_sct")]
+            lines.append(f"- Isolated effect of {effect} ({variant} vs {control}): " + "; ".join(parts) + ".")
     return lines
 
 

@@ -7,16 +7,19 @@ import shutil
 import time
 from pathlib import Path
 
-from .data import test_phantoms, write_data
-from .evaluation import evaluate_run, score_subject
-from .plots import box_plots, representative_figure
+from .baselines import BASELINES, fit_baselines
+from .convergence import convergence
+from .data import data_subjects, link_data, test_phantoms, write_data, written_subjects
+from .evaluation import evaluate_baselines, evaluate_run, score_subject
+from .output import _dump
+from .plots import box_plots, representative_figure, validation_figure
 from .formatting import _fmt
 from .machine import machine_description
 from .output import _say
 from .plan import job_dir, job_status, make_plan, print_plan
 from .real_scans import apply_to_real, real_scan_paths
 from .report import write_report
-from .settings import METRICS, VARIANTS, Options, Setting, training_config
+from .settings import METRICS, MR_PERCENTILE_VALUE_YANG, MR_WINDOW_YANG, VARIANTS, Options, Setting, training_config
 from .statistics import summary_rows, ttest_rows
 
 
@@ -58,8 +61,8 @@ def _run_quality(options: Options) -> dict:
         _say(f"warning: load average {load} with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs: "
              "other jobs share the machine, and busy OpenMP threads can make each step many times slower; "
              "--threads 1 is steadier on a shared machine (timings then differ from an idle machine's)")
-    data_roots = {s.anatomy: write_data(options.out, s) for s in options.settings()}
-    plan = make_plan(options, data_roots, began)
+    data_roots, test_subjects, train_subjects = prepare_subjects(options)
+    plan = make_plan(options, data_roots, began, test_subjects)
     iterations = plan["iterations"]
     print_plan(plan, options)
     if options.plan_only:
@@ -99,33 +102,48 @@ def _run_quality(options: Options) -> dict:
 
     # ---------------------------------------------------------------- evaluation
     per_subject, train_seconds, figures, all_tests, all_summary = [], {}, {}, [], []
-    phantoms = {}
+    converged, baselines_fitted = [], {}
     for setting in options.settings():
-        phantoms[setting.anatomy] = test_phantoms(setting)
+        a = setting.anatomy
+        baselines_fitted[a] = fit_baselines(train_subjects(a), MR_WINDOW_YANG, 99.5, MR_PERCENTILE_VALUE_YANG)
+        _dump(options.out / "tables" / f"baselines_{a}.json", baselines_fitted[a].to_json())
+        _say(f"baselines ({a}): constant {baselines_fitted[a].constant_hu:.1f} HU, MR lookup and class-mean floor "
+             f"on {len(test_subjects[a])} test subjects")
+        for name, rows in evaluate_baselines(baselines_fitted[a], test_subjects[a]).items():
+            per_subject += [{"anatomy": a, "variant": name, "seed": -1, **row} for row in rows]
         for variant in options.variants:
             for seed in options.seeds:
                 model = job_dir(options, setting.anatomy, variant, seed) / MODEL
                 meta = read_metadata(model)
                 train_seconds[(setting.anatomy, variant, seed)] = float(meta["training"].get("seconds", 0.0))
-                _say(f"evaluate {setting.anatomy}/{variant} seed {seed} on {len(phantoms[setting.anatomy])} test "
-                     "subjects")
-                for row in evaluate_run(model, setting, phantoms[setting.anatomy], options.device):
+                _say(f"evaluate {setting.anatomy}/{variant} seed {seed} on {len(test_subjects[a])} test subjects")
+                for row in evaluate_run(model, setting, test_subjects[a], options.device):
                     per_subject.append({"anatomy": setting.anatomy, "variant": variant, "seed": seed, **row})
+                converged.append({"anatomy": a, "variant": variant, "seed": seed,
+                                  **convergence(model.parent, iterations)})
         tests = ttest_rows(per_subject, setting.anatomy, options.variants)
-        summary = summary_rows(per_subject, setting.anatomy, options.variants, options.seeds, train_seconds)
+        present = [b for b in BASELINES if any(r["variant"] == b and r["anatomy"] == a for r in per_subject)]
+        summary = summary_rows(per_subject, setting.anatomy, options.variants, options.seeds, train_seconds,
+                               baselines=present)
         all_tests += tests
         all_summary += summary
         figures[setting.anatomy] = {
             "boxplots": box_plots(per_subject, setting.anatomy, options.variants, tests,
                                   options.out / "figures" / f"boxplots_{setting.anatomy}.png",
-                                  f"{setting.anatomy} phantoms, {setting.paper} setting, {iterations} iterations, "
-                                  f"n = {setting.test_subjects} test subjects"),
-            "slices": _representative(options, setting, phantoms[setting.anatomy][0], per_subject),
+                                  f"{setting.anatomy} {'subjects' if options.data else 'phantoms'}, "
+                                  f"{setting.paper} setting, {iterations} iterations, "
+                                  f"n = {len(test_subjects[a])} test subjects"),
+            "slices": _representative(options, setting, test_subjects[a][0], per_subject),
+            "validation": validation_figure([job_dir(options, a, v, s) for v in options.variants
+                                             for s in options.seeds],
+                                            options.out / "figures" / f"validation_{a}.png",
+                                            f"{a}: validation during training"),
         }
     tables = options.out / "tables"
-    write_table(per_subject, tables, "quality_per_subject", echo=False)
-    write_table(all_summary, tables, "quality_summary", echo=False)
-    write_table(all_tests, tables, "quality_ttests", echo=False)
+    for rows, name in ((per_subject, "quality_per_subject"), (all_summary, "quality_summary"),
+                       (all_tests, "quality_ttests"), (converged, "quality_convergence")):
+        if rows:  # one variant has no t-tests
+            write_table(rows, tables, name, echo=False)
     _print_summary(all_summary)
 
     # ---------------------------------------------------------------- real scans
@@ -143,10 +161,34 @@ def _run_quality(options: Options) -> dict:
 
     machine_end = machine_description(options.device)
     report = write_report(options, plan, per_subject, all_summary, all_tests, figures, real_rows, real_figure,
-                          real_message, train_seconds, machine_start, machine_end, time.time() - began)
+                          real_message, train_seconds, machine_start, machine_end, time.time() - began, converged,
+                          {a: b.constant_hu for a, b in baselines_fitted.items()})
     _say(f"report: {report}")
     return {"report": report, "summary": all_summary, "ttests": all_tests, "per_subject": per_subject,
+            "convergence": converged,
             "real": real_rows, "figures": figures, "real_figure": real_figure, "plan": plan, "tables": tables}
+
+
+def prepare_subjects(options: Options) -> tuple[dict, dict, object]:
+    """Training folders per anatomy, test subjects per anatomy, and a function giving the training subjects (for
+    the baselines): phantoms written under <out>/data, or the --data folder's subjects (linked, never copied)."""
+    roots, tests, train_names = {}, {}, {}
+    for setting in options.settings():
+        a = setting.anatomy
+        if options.data is None:
+            roots[a], tests[a] = write_data(options.out, setting), test_phantoms(setting)
+        else:
+            roots[a], train_names[a], test = link_data(options.out, a, options.data, options.test_fraction)
+            tests[a] = data_subjects(options.data, test)
+            _say(f"--data {options.data}: {len(train_names[a])} training subjects (the trainer holds out "
+                 f"{setting.validation_fraction:g} of them for validation), {len(test)} test subjects: {', '.join(test)}")
+
+    def train_subjects(anatomy: str) -> list:
+        if options.data is None:
+            return written_subjects(roots[anatomy] / "train")
+        return data_subjects(options.data, train_names[anatomy])
+
+    return roots, tests, train_subjects
 
 
 def _representative(options: Options, setting: Setting, phantom, per_subject: list[dict]) -> Path:

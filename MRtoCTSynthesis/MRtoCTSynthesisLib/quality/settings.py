@@ -7,8 +7,18 @@ from pathlib import Path
 from typing import Optional
 
 
-VARIANTS = ("cyclegan", "cyclegan-pbs", "paired", "yang2018", "hiasa2018")
+VARIANTS = ("cyclegan", "cyclegan-pbs", "paired", "yang2018", "hiasa2018", "cyclegan-cycle3", "supervised")
+# variant -> (preset, overrides of its loss weights): controls that isolate one effect each
+VARIANT_PRESETS = {
+    "cyclegan-cycle3": ("cyclegan", {"lambda_cycle": 3.0}),   # hiasa2018 without GC: isolates the GC loss
+    "supervised": ("paired", {"lambda_adversarial": 0.0, "lambda_cycle": 0.0, "lambda_supervised": 1.0}),  # L1 only
+}
 BASELINE = "cyclegan"
+# effect -> (variant, its control): each comparison changes one thing
+EFFECTS = {"PBS": ("cyclegan-pbs", "cyclegan"), "MIND": ("yang2018", "cyclegan-pbs"),
+           "GC": ("hiasa2018", "cyclegan-cycle3"), "pairing": ("paired", "cyclegan"),
+           "supervision": ("supervised", "paired")}
+YANG_PBS_SHIFT_MM = 5.0                     # Yang eq. 10: m in [-5, 5] slices of about 1 mm
 ANATOMIES = ("head", "pelvis")
 DATA_RANGE_HU = 4500.0                      # Yang: PSNR peak and SSIM dynamic range for CT in [-1000, 3500] HU
 SATURATED_HU = -990.0                       # sCT at or below this counts as "generator output at tanh -1"
@@ -48,6 +58,12 @@ class Setting:
     test_subjects: int
     validation_fraction: float = 0.1
 
+    @property
+    def pbs_max_shift(self) -> int:
+        """Yang's +-5 mm of PBS shift in slices of this setting (at least 1, at most eq. 10's border of 5)."""
+        thickness = {"sagittal": self.spacing[0], "coronal": self.spacing[1], "axial": self.spacing[2]}[self.plane]
+        return int(min(5, max(1, round(YANG_PBS_SHIFT_MM / thickness))))
+
 
 @dataclass(frozen=True)
 class Network:
@@ -56,12 +72,20 @@ class Network:
     n_blocks: int
 
 
-# default (2-core CPU): natural-size anatomy on a 64x64 (head) / 48x80 (pelvis) canvas at 4 / 5 mm pixels.
-# Head: 48x64x64 voxels of 4 mm hold the whole head (170x240x230 mm) unscaled; sagittal slices are 64x64.
-# Pelvis: 80x56x48 voxels of 5 mm hold the pelvis (400x250x240 mm); coronal slices are 48x80.
+# default: natural-size anatomy at 2 / 2.5 mm (a skull of 3-4 voxels), canvases of at least 128 pixels a side so
+# that the 70x70 PatchGAN judges patches, not the whole image.
+# Head: 88x128x128 voxels of 2 mm hold the whole head (170x240x230 mm) unscaled; sagittal slices are 128x128.
+# Pelvis: 160x104x96 voxels of 2.5 mm hold the pelvis (400x250x240 mm); coronal slices are 96x160 on 128x160.
+# small (quick CPU checks only; degenerate for a GAN): 4 / 5 mm, 64x64 / 48x80 canvases, a one-voxel skull.
 # 30 training subjects (27 train + 3 validation) and 15 test subjects, as Yang's 27/3/15 split.
 SETTINGS = {
     "default": {
+        "head": Setting("head", "Yang 2018 (sagittal)", "sagittal", (88, 128, 128), (2.0, 2.0, 2.0), (128, 128),
+                        (136, 136), (2.0, 2.0), 30, 15),
+        "pelvis": Setting("pelvis", "Hiasa 2018 (coronal)", "coronal", (160, 104, 96), (2.5, 2.5, 2.5), (128, 160),
+                          (136, 168), (2.5, 2.5), 30, 15),
+    },
+    "small": {
         "head": Setting("head", "Yang 2018 (sagittal)", "sagittal", (48, 64, 64), (4.0, 4.0, 4.0), (64, 64), (72, 72),
                         (4.0, 4.0), 30, 15),
         "pelvis": Setting("pelvis", "Hiasa 2018 (coronal)", "coronal", (80, 56, 48), (5.0, 5.0, 5.0), (48, 80),
@@ -80,7 +104,8 @@ SETTINGS = {
                           (28, 44), (10.0, 10.0), 4, 3, 0.25),
     },
 }
-NETWORKS = {"default": Network(16, 32, 6), "paper": Network(64, 64, 9), "tiny": Network(4, 4, 1)}
+NETWORKS = {"default": Network(32, 64, 6), "small": Network(16, 32, 6), "paper": Network(64, 64, 9),
+            "tiny": Network(4, 4, 1)}
 PAPER_ITERATIONS = 200_000
 
 
@@ -92,7 +117,9 @@ class Options:
     seeds: tuple = (0,)
     anatomies: tuple = ("head",)
     variants: tuple = VARIANTS
-    scale: str = "default"                 # default | paper | tiny
+    scale: str = "default"                 # default | small | paper | tiny
+    data: Optional[Path] = None            # paired subject folders (<subject>/mr, ct[, mask]) instead of phantoms
+    test_fraction: float = 1 / 3           # share of --data subjects held out for testing (Yang: 15 of 45)
     network: Optional[Network] = None
     train_subjects: Optional[int] = None
     test_subjects: Optional[int] = None
@@ -126,24 +153,35 @@ class Options:
         return self.report or self.out / "RESULTS.md"
 
 
+def preset_of(variant: str) -> tuple[str, dict]:
+    """The engine preset a variant starts from and its loss-weight overrides (none for the five papers' variants)."""
+    return VARIANT_PRESETS.get(variant, (variant, {}))
+
+
 def training_config(variant: str, setting: Setting, net: Network, iterations: int, seed: int):
-    """The preset ``variant`` in the benchmark's common data setting; only losses and sampling stay the preset's."""
+    """The preset ``variant`` in the benchmark's common data setting; only losses and sampling stay the preset's.
+
+    PBS uses Yang's shift in millimetres (``Setting.pbs_max_shift``); validation runs 20 times per run so that
+    convergence can be read from the curve."""
     from ..config import preset
 
+    name, losses = preset_of(variant)
     every = max(1, min(1000, iterations // 10))
-    return preset(variant, plane=setting.plane, image_size=setting.image_size, augment_pad=setting.augment_pad,
+    losses = {"lambda_supervised": 0.0, **losses}
+    return preset(name, plane=setting.plane, image_size=setting.image_size, augment_pad=setting.augment_pad,
                   pixel_spacing_mm=setting.pixel_spacing_mm, ct_window=CT_WINDOW_YANG, mr_window=MR_WINDOW_YANG,
                   mr_percentile_value=MR_PERCENTILE_VALUE_YANG, ngf=net.ngf, ndf=net.ndf, n_blocks=net.n_blocks,
-                  iterations=iterations, seed=seed, lambda_supervised=0.0,
+                  iterations=iterations, seed=seed, pbs_max_shift=setting.pbs_max_shift,
                   validation_fraction=setting.validation_fraction, checkpoint_every=every, preview_every=every,
-                  validate_every=every, log_every=max(1, min(25, every)))
+                  validate_every=max(1, min(1000, iterations // 20)), log_every=max(1, min(25, every)), **losses)
 
 
 def overrides_of(variant: str, config) -> dict:
     """Fields where the benchmark's configuration differs from the preset (what the report must declare)."""
     from ..config import preset
 
-    base, used = preset(variant).to_dict(), config.to_dict()
+    name, losses = preset_of(variant)
+    base, used = preset(name, **losses).to_dict(), config.to_dict()
     skip = {"iterations", "seed", "checkpoint_every", "preview_every", "validate_every", "log_every", "ngf", "ndf",
             "n_blocks", "image_size", "augment_pad", "pixel_spacing_mm", "validation_fraction"}
     return {k: (base[k], used[k]) for k in used if k not in skip and base[k] != used[k]}
