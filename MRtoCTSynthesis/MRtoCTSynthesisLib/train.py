@@ -11,7 +11,9 @@ G (with D fixed), then D (with G fixed) on images drawn from a pool of 50 earlie
 
 Run it with ``mrtoct train`` or ``torchrun --nproc_per_node=N -m MRtoCTSynthesisLib.train`` (same arguments).
 A run folder holds config.json, events.jsonl, losses.csv, loss_curves.png, preview.png, checkpoint.pt and, at the
-end, model.mrtoct.safetensors. ``--resume`` continues a killed run from its last checkpoint exactly.
+end, model.mrtoct.safetensors. ``--resume`` continues a killed run from its last checkpoint exactly, under torchrun too
+(with the same number of processes: the checkpoint holds every rank's RNG states and image pools). N processes
+draw N x batch_size slices per step and DDP averages their gradients; the learning rate is not scaled.
 """
 from __future__ import annotations
 
