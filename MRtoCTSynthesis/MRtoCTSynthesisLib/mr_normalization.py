@@ -24,7 +24,7 @@ from skimage.filters import threshold_otsu
 
 SCALP_DEPTH_MM = 10.0      # the white-matter peak is sought this deep inside the head
 MIN_CLASS_SHARE = 0.2      # the white-matter class holds at least this share of the voxels searched
-MAX_SAMPLES = 200_000       # FCM on a regular subsample: the class centres move by far less than the noise
+MAX_SAMPLES = 200_000       # FCM on a regular subsample of at most this many voxels (three 1D centres)
 _PEAK_BINS = 128
 _PEAK_SMOOTHING_BINS = 2.0  # Gaussian sigma of the histogram smoothing before its mode is taken
 
@@ -78,7 +78,8 @@ def inner_head(array: np.ndarray, spacing: Sequence[float], depth_mm: float = SC
     inner = distance_transform_edt(head, sampling=tuple(float(s) for s in spacing)) >= depth_mm
     if not inner.any():
         raise NormalizationError(f"no voxel lies {depth_mm:g} mm inside the head: the MR is too small or not a "
-                                 "head; choose the 'percentile' MR scaling for it")
+                                 "head, and Yang's white-matter peak needs one (models for other MR: train with "
+                                 "--mr-scaling percentile)")
     return inner
 
 
@@ -93,8 +94,7 @@ def white_matter_peak(array: np.ndarray, spacing: Sequence[float], classes: int 
     _, memberships = fuzzy_c_means(values, classes)
     hard = memberships.argmax(axis=1)
     white = next((k for k in range(classes - 1, -1, -1) if np.mean(hard == k) >= MIN_CLASS_SHARE), classes - 1)
-    brightest = values[hard == white]
-    counts, edges = np.histogram(brightest, bins=_PEAK_BINS)
+    counts, edges = np.histogram(values[hard == white], bins=_PEAK_BINS)
     offsets = np.arange(-4 * int(_PEAK_SMOOTHING_BINS), 4 * int(_PEAK_SMOOTHING_BINS) + 1)
     kernel = np.exp(-offsets ** 2 / (2 * _PEAK_SMOOTHING_BINS ** 2))
     smoothed = np.convolve(counts.astype(np.float64), kernel / kernel.sum(), mode="same")
