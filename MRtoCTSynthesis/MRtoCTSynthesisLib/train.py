@@ -12,7 +12,9 @@ With only lambda_supervised > 0 (``TrainConfig.supervised_only``) a step is one 
 
 Run it with ``mrtoct train`` or ``torchrun --nproc_per_node=N -m MRtoCTSynthesisLib.train`` (same arguments).
 A run folder holds config.json, events.jsonl, losses.csv, loss_curves.png, preview.png, checkpoint.pt and, at the
-end, model.mrtoct.safetensors. ``--resume`` continues a killed run from its last checkpoint exactly.
+end, model.mrtoct.safetensors. ``--resume`` continues a killed run from its last checkpoint exactly, under torchrun too
+(with the same number of processes: the checkpoint holds every rank's RNG states and image pools). N processes
+draw N x batch_size slices per step and DDP averages their gradients; the learning rate is not scaled.
 """
 from __future__ import annotations
 
@@ -469,16 +471,22 @@ class CycleGANTrainer:
         """Restore everything a step depends on, on every rank, so the run continues as if never interrupted."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         ranks = state.get("ranks") or [{key: state[key] for key in ("pool_ct", "pool_mr", "rng", "torch_rng")}]
-        if len(ranks) != self.world.size:
-            raise ValueError(f"{path} was written by {len(ranks)} training process(es) but this run has "
-                             f"{self.world.size}; resume with the same number (torchrun --nproc_per_node="
-                             f"{len(ranks)}) to continue it exactly")
+        if len(ranks) != self.world.size and self.world.is_main:
+            log.warning("%s was written by %d training process(es) and this run has %d: training continues, but not "
+                        "exactly as the uninterrupted run would (another effective batch; ranks without a saved state "
+                        "start fresh RNG streams and empty pools). Resume with %d process(es) to continue exactly.",
+                        path, len(ranks), self.world.size, len(ranks))
         self.generators.load_state_dict(state["generators"])
         self.discriminators.load_state_dict(state["discriminators"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.sched_G.load_state_dict(state["sched_G"])
         self.sched_D.load_state_dict(state["sched_D"])
+        self.iteration = int(state["iteration"])
+        if self.world.is_main:
+            truncate_rows(self.run_dir / "losses.csv", self.iteration)
+        if self.world.rank >= len(ranks):
+            return
         mine = ranks[self.world.rank]
         self.pool_ct.load(mine["pool_ct"], self.device)
         self.pool_mr.load(mine["pool_mr"], self.device)
@@ -489,9 +497,6 @@ class CycleGANTrainer:
         torch.set_rng_state(mine["torch_rng"])
         if self.device.type == "cuda" and mine.get("cuda_rng") is not None and mine["cuda_rng"].numel():
             torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
-        self.iteration = int(state["iteration"])
-        if self.world.is_main:
-            truncate_rows(self.run_dir / "losses.csv", self.iteration)
 
     # ------------------------------------------------------------------------------------------- the model
 

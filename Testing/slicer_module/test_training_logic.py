@@ -381,11 +381,11 @@ def test_overrides_and_the_trainer_command_line(tmp_path):
                                                      config_overrides, override_arguments)
 
     values = {**{k: v for k, v in preset("yang2018").to_dict().items() if k not in ("description", "extra")},
-              "image_size": [128, 96], "lambda_structure": 2.5, "lr": 1e-4, "iterations": 3000, "n4": True}
+              "image_size": [128, 96], "lambda_structure": 2.5, "lr": 1e-4, "iterations": 3000, "n4": False}
     overrides = config_overrides("yang2018", values)
     # only what differs from the preset; a new canvas keeps the preset's augmentation margin (16 x 28)
     assert overrides == {"image_size": (128, 96), "augment_pad": (144, 124), "lambda_structure": 2.5, "lr": 1e-4,
-                         "iterations": 3000, "n4": True}
+                         "iterations": 3000, "n4": False}
 
     job = TrainingProcess(tmp_path / "run", "/data/mr", "/data/ct", "yang2018", overrides, device="cuda:1",
                           python="/opt/Slicer/bin/PythonSlicer")
@@ -393,7 +393,7 @@ def test_overrides_and_the_trainer_command_line(tmp_path):
     assert command[:2] == ["/opt/Slicer/bin/PythonSlicer", "-c"] and repr(TRAIN_MODULE) in command[2]
     arguments = command[3:]
     for option in (["--mr", "/data/mr"], ["--ct", "/data/ct"], ["--preset", "yang2018"], ["--device", "cuda:1"],
-                   ["--image-size", "128", "96"], ["--lambda-structure", "2.5"], ["--n4", "true"]):
+                   ["--image-size", "128", "96"], ["--lambda-structure", "2.5"], ["--n4", "false"]):
         index = arguments.index(option[0])
         assert arguments[index:index + len(option)] == option
     assert "--no-progress" in arguments and "--resume" not in arguments
