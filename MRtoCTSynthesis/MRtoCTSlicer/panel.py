@@ -92,7 +92,8 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         if inputParameterNode:
             self.logic.setDefaultParameters(inputParameterNode)
-        if self._parameterNode is not None:
+        if self._parameterNode is not None and self.hasObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):  # not after exit()
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
         if self._parameterNode is not None:

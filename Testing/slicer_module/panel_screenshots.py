@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -38,6 +39,9 @@ def _scene(slicer):
         app.SetModuleLogic(name, logic)
     slicer.mrmlScene = scene
     scene._keep_alive = (app, logics)
+    # slicer.modules.<name>.logic(), which slicer.util's segmentation helpers call (absent in slicer-core)
+    slicer.modules = types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=lambda l=l: l)
+                                              for name, l in logics})
     return scene
 
 

@@ -80,6 +80,23 @@ def test_synthesis_panel_precision_menu_says_what_auto_chose(harness, module):
     assert widget.logic.getParameterNode().GetParameter("Precision") == "float16"
 
 
+def test_synthesis_panel_runs_in_a_child_and_shows_the_sct(harness, module, scene, mr_node, tiny_model):
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    p = widget.logic.getParameterNode()
+    p.SetNodeReferenceID("InputVolume", mr_node.GetID())
+    p.SetParameter("Model", str(tiny_model))
+    p.SetParameter("Device", "cpu")
+    widget.ui.applyButton.click()
+    assert widget.ui.applyButton.text == "Cancel"
+    assert widget_harness.pump(lambda: widget._job is None, timeout=180)
+    assert harness.errors == []
+    sct = p.GetNodeReference("OutputVolume")
+    assert sct is not None and sct.GetName() == "T1 pelvis sCT"
+    assert widget.ui.statusLabel.text.startswith("Done: 'T1 pelvis sCT' in ")
+    assert widget.ui.applyButton.text == "Synthesize CT"
+
+
 def _two_seg_models(tiny_seg_model, model_cache):
     import shutil
 

@@ -10,7 +10,7 @@ Slicer's widgets speak PythonQt; PySide6 speaks its own dialect. The adapter her
 - Small PySide6 stand-ins for Slicer's ``qMRMLNodeComboBox`` (holds a current node, emits
   ``currentNodeChanged``), ``ctkPathLineEdit``, ``ctkSliderWidget`` and ``ctkCollapsibleButton``.
 - ``slicer.util.loadUI`` / ``childWidgetVariables`` load the module's .ui with QUiLoader; ``slicer.app`` has what
-  the panels call; ``slicer.util.errorDisplay`` / ``confirmOkCancelDisplay`` record the message instead of
+  the panels call (no layout manager: there are no slice views); ``slicer.util.errorDisplay`` / ``confirmOkCancelDisplay`` record the message instead of
   showing a box.
 
 What this cannot catch: a PythonQt-only difference (PythonQt's overload choice, its conversion of vtk objects
@@ -165,7 +165,8 @@ def install(monkeypatch, slicer, module_names=()) -> Recorder:
     app = QtWidgets.QApplication.instance()
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(
         processEvents=app.processEvents, connect=lambda *a: None, disconnect=lambda *a: None,
-        setOverrideCursor=lambda *a: None, restoreOverrideCursor=lambda *a: None, testingEnabled=lambda: False),
+        setOverrideCursor=lambda *a: None, restoreOverrideCursor=lambda *a: None, testingEnabled=lambda: False,
+        layoutManager=lambda: None),  # no slice views: setSliceViewerLayers still sets the scene's composite nodes
         raising=False)
     base = sys.modules["slicer.ScriptedLoadableModule"].ScriptedLoadableModuleWidget
 
