@@ -90,6 +90,13 @@ def zero_spacing_nrrd(tmp, model):
     return synthesize(tmp, model, tmp / "mr.nhdr")
 
 
+def degenerate_direction_nrrd(tmp, model):
+    sitk.WriteImage(mr_image(), str(tmp / "mr.nhdr"))
+    header = (tmp / "mr.nhdr").read_text(encoding="utf-8")
+    (tmp / "mr.nhdr").write_text(header.replace("(0,2,0)", "(2,0,0)"), encoding="utf-8")  # two equal axes
+    return synthesize(tmp, model, tmp / "mr.nhdr")
+
+
 def with_voxel(value):
     def setup(tmp, model):
         image = mr_image()
@@ -218,7 +225,8 @@ CASES = [
     Case("header declares 32000^3 voxels (352-byte file)", header_declares_too_much, 1, r"processing needs about"),
     Case("NIfTI pixdim 0", pixdim_zero, 1, r"voxel spacing \(pixdim\) \[0\.0"),
     Case("NRRD spacing 0", zero_spacing_nrrd, 1, r"Zero-valued spacing is not supported"),
-    Case("degenerate direction matrix", degenerate_direction, 1, r"orthonormal direction cosines"),
+    Case("degenerate direction matrix (NIfTI sform)", degenerate_direction, 1, r"orthonormal direction cosines"),
+    Case("degenerate direction matrix (NRRD)", degenerate_direction_nrrd, 1, r"Bad direction, determinant is 0"),
     Case("NaN voxels (.nii.gz)", with_voxel(np.nan), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("inf voxels (.nii.gz)", with_voxel(np.inf), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("a CT given as the MR", ct_as_mr, 1, r"like a CT in HU"),
