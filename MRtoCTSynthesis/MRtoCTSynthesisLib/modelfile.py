@@ -232,7 +232,7 @@ class ModelBundle:
 
 def save_model(path: PathLike, metadata: Mapping[str, Any],
                networks: Mapping[str, Union[nn.Module, StateDict]]) -> Path:
-    """Validate metadata and weights, then write the bundle atomically; returns the path.
+    """Validate metadata and weights, then write the bundle atomically, read back in full; returns the path.
 
     "format", "format_version" and "engine_version" default to this engine's. ``networks`` maps network names
     (as in metadata["networks"]) to modules or state dicts. Convention: name files ``<name>.mrtoct.safetensors``.
@@ -250,7 +250,8 @@ def save_model(path: PathLike, metadata: Mapping[str, Any],
     tensors = {f"{name}.{key}": value.detach().to("cpu").contiguous()
                for name, weights in state_dicts.items() for key, value in weights.items()}
     header = {METADATA_KEY: text, WEIGHTS_HASH_KEY: weights_digest(tensors)}
-    return write_atomically(Path(path), lambda temp: save_file(tensors, str(temp), metadata=header))
+    return write_atomically(Path(path), lambda temp: save_file(tensors, str(temp), metadata=header),
+                            verify=lambda temp: _read(temp, with_weights=True))  # complete, checksum intact
 
 
 def _check_container(path: Path) -> None:

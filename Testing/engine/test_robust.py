@@ -23,7 +23,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from helpers import REPO, TINY_TRAIN_ARGS, make_volume, tiny_model, tiny_phantom_dataset
+from helpers import REAL_DATA, REPO, TINY_TRAIN_ARGS, make_volume, requires_real_data, tiny_model, tiny_phantom_dataset
 from MRtoCTSynthesisLib import synthesis as S
 from MRtoCTSynthesisLib import volumes as V
 from MRtoCTSynthesisLib.atomic import write_atomically
@@ -101,6 +101,23 @@ def test_1_a_short_write_is_an_error_and_nothing_is_published(model, tmp_path, m
     assert not (tmp_path / "out").exists() and not (tmp_path / "dicom").exists()  # no file, no empty folder
 
 
+def test_1_a_model_file_written_short_is_not_published(model, tmp_path, monkeypatch):
+    from MRtoCTSynthesisLib import modelfile
+
+    real_save = modelfile.save_file
+
+    def short_save(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) - 100])
+
+    bundle = load_model(model)
+    monkeypatch.setattr(modelfile, "save_file", short_save)
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        modelfile.save_model(tmp_path / "m.mrtoct.safetensors", bundle.metadata, bundle.state_dicts)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     folder = tmp_path / "full"
@@ -113,7 +130,7 @@ def tiny_tmpfs(tmp_path):
 
 
 def test_1_a_real_full_disk_is_reported_and_leaves_nothing(model, tmp_path, tiny_tmpfs):
-    source = V.write_volume(mr(size=(96, 96, 64), spacing=(1.0, 1.0, 1.0)), tmp_path / "mr.nii.gz")
+    source = V.write_volume(mr(size=(80, 80, 48), spacing=(1.0, 1.0, 1.0)), tmp_path / "mr.nii.gz")  # > 1 MB out
     done = subprocess.run([sys.executable, "-m", "MRtoCTSynthesisLib.cli", "synthesize", str(source), "--model",
                            str(model), "--out", str(tiny_tmpfs / "out"), "--dicom-out", str(tiny_tmpfs / "dicom"),
                            "--device", "cpu", "--quality-map"], env=ENV, capture_output=True, text=True, timeout=300)
@@ -161,8 +178,8 @@ def test_3_a_second_run_into_the_same_dicom_out_is_refused_first_and_keeps_the_f
 
 # ------------------------------------------------------------------------------- 4. interrupts
 
-def start_batch(model, tmp_path, n=3):
-    inputs = [V.write_volume(mr(size=(160, 160, 96), spacing=(1.0, 1.0, 1.0), seed=s), tmp_path / f"mr{s}.nii.gz")
+def start_batch(model, tmp_path, n=2):
+    inputs = [V.write_volume(mr(size=(144, 144, 80), spacing=(1.0, 1.0, 1.0), seed=s), tmp_path / f"mr{s}.nii.gz")
               for s in range(n)]
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "MRtoCTSynthesisLib.cli", "synthesize", *map(str, inputs),
@@ -420,3 +437,12 @@ def test_13_the_dicom_export_validates_under_dciodvfy(model, tmp_path):
     assert dciodvfy_errors(written) == []
     joined = pydicom.dcmread(next((tmp_path / "dicom" / "mr_dicom").iterdir()))
     assert joined.StudyInstanceUID == STUDY and joined.FrameOfReferenceUID == FRAME
+
+
+@requires_real_data
+def test_6_real_cts_are_refused_as_mr_and_real_mrs_are_accepted():
+    for name in ("pelvis_ct.nii.gz", "head_ct_ge_dicom"):
+        with pytest.raises(V.VolumeError, match="like a CT in HU"):
+            S.check_mr_input(V.read_volume(REAL_DATA / name))
+    for name in ("head_t1_rire001.mha", "head_t1gd_brain1.nrrd", "pelvis_mr_t2.nii.gz"):
+        S.check_mr_input(V.read_volume(REAL_DATA / name))  # no false alarm on real MRs
