@@ -446,3 +446,15 @@ def test_6_real_cts_are_refused_as_mr_and_real_mrs_are_accepted():
             S.check_mr_input(V.read_volume(REAL_DATA / name))
     for name in ("head_t1_rire001.mha", "head_t1gd_brain1.nrrd", "pelvis_mr_t2.nii.gz"):
         S.check_mr_input(V.read_volume(REAL_DATA / name))  # no false alarm on real MRs
+
+
+@requires_real_data
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy (Debian package dicom3tools) is not installed; .ci/run installs it")
+def test_13_an_export_joining_a_real_dicom_study_validates_under_dciodvfy(tmp_path):
+    from MRtoCTSynthesisLib.dicom_export import write_ct_series
+
+    reference = REAL_DATA / "head_ct_ge_dicom"
+    small = sitk.Cast(V.read_volume(reference)[::8, ::8, :], sitk.sitkFloat32)
+    files = write_ct_series(small, tmp_path / "sct", reference_dicom=reference)
+    assert dciodvfy_errors(files) == []
