@@ -4,8 +4,8 @@ A bundle is ONE safetensors file: the weights of each network under prefixed key
 "G_MR.<param>" optionally, used by the quality map) and the JSON metadata (schema in ``validate_metadata``) as a
 string under the header-metadata key "mrtoct", and the SHA-256 of the tensors (``weights_digest``) under
 "mrtoct_weights_sha256", checked at every load (files saved before it existed load with a note), so damage to a
-model given by path is found like damage to a catalog model. safetensors holds raw tensors only, so loading a model can never
-run code: pickle checkpoints (torch.save) are recognised by their magic bytes and refused, never unpickled.
+model given by path is found like damage to a catalog model. safetensors holds raw tensors only, so loading a model
+can never run code: pickle checkpoints (torch.save) are recognised by their magic bytes and refused, never unpickled.
 
 The catalog (Resources/Models/catalog.json) names released models with their sha256; a name resolves to the file
 bundled next to the catalog or to the user cache (``model_cache_dir()``), always after a hash check. Models trained
