@@ -458,3 +458,23 @@ def test_13_an_export_joining_a_real_dicom_study_validates_under_dciodvfy(tmp_pa
     small = sitk.Cast(V.read_volume(reference)[::8, ::8, :], sitk.sitkFloat32)
     files = write_ct_series(small, tmp_path / "sct", reference_dicom=reference)
     assert dciodvfy_errors(files) == []
+
+
+def test_4_an_interrupt_during_publishing_waits_until_the_set_is_complete(tmp_path, monkeypatch):
+    from MRtoCTSynthesisLib.atomic import OutputSet
+
+    outputs = OutputSet()
+    for name in ("a.txt", "b.txt"):
+        outputs.file(tmp_path / name, lambda p, name=name: p.write_text(name, encoding="utf-8"))
+    real_replace, seen = os.replace, []
+
+    def replace_then_signal(source, dest):  # SIGINT arrives between the two renames
+        real_replace(source, dest)
+        seen.append(dest)
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.publish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
