@@ -17,8 +17,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 Verify = Callable[[Path], None]
 _MARK = ".partial-"
@@ -150,9 +153,11 @@ class OutputSet:
 
     def publish(self) -> list[Path]:
         """Rename every staged output over its destination (a replaced folder is removed only after its successor
-        is in place); returns the destinations."""
-        for temp, dest in self.staged:
-            _publish_one(temp, dest)
+        is in place); returns the destinations. SIGINT and SIGTERM wait until all are renamed, so an interrupt never
+        splits the set."""
+        with _signals_deferred():
+            for temp, dest in self.staged:
+                _publish_one(temp, dest)
         published = [dest for _, dest in self.staged]
         self.staged = []
         return published
@@ -161,6 +166,31 @@ class OutputSet:
         for temp, _ in self.staged:
             discard(temp)
         self.staged = []
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM received inside the block are handled (by their previous handlers) right after it.
+
+    Python handles signals in the main thread only, so elsewhere the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {kind: signal.signal(kind, lambda signum, frame: received.append((signum, frame))) for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind, handler in previous.items():
+            signal.signal(kind, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for signum, frame in received[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 def _publish_one(temp: Path, dest: Path) -> None:

@@ -36,9 +36,9 @@ def _add_preview(p: argparse.ArgumentParser) -> None:
 @command("preview", "PNG of the normalised middle slices (what the networks see) of one or more volumes")(_add_preview)
 def _preview(args: argparse.Namespace) -> int:
     from .config import preset
+    from .dataset import looks_like_ct
     from .figures import orthogonal_panels, save_panel_grid
     from .preprocessing import Normalization, prepare_volume
-    from .dataset import looks_like_ct
     from .volumes import array_of, read_volume, slices_to_volume
 
     norm = Normalization.from_config(preset(args.preset))
@@ -140,7 +140,7 @@ def _add_series(p: argparse.ArgumentParser) -> None:
 
 @command("series", "list the DICOM series of a folder; '*' marks the one read when --series is not given")(_add_series)
 def _series(args: argparse.Namespace) -> int:
-    from .dicom_series import choose_series, listing, list_series
+    from .dicom_series import RULE, choose_series, list_series, listing
     from .volumes import VolumeError
 
     found = list_series(args.folder)
@@ -149,8 +149,7 @@ def _series(args: argparse.Namespace) -> int:
     except VolumeError:
         chosen = None
     print(listing(found, chosen) if found else f"{args.folder}: no DICOM image series")
-    print("rule: one 3D volume only; ORIGINAL before DERIVED; then most slices; then lowest SeriesNumber. "
-          "Choose another with --series UID|number")
+    print(f"'*' = the series read by default ({RULE}); choose another with --series UID|number")
     return 0 if chosen is not None else 1
 
 

@@ -26,6 +26,7 @@ from .dicom_geometry import describe_series
 from .volume_checks import VolumeError
 
 log = logging.getLogger(__name__)
+RULE = "one 3D volume; ORIGINAL before DERIVED; then most slices; then lowest SeriesNumber"
 
 
 @dataclass
@@ -133,7 +134,6 @@ def choose_series(folder: Union[str, os.PathLike], series: Optional[Union[str, i
         raise VolumeError(f"{folder}: none of its DICOM series is one 3D volume:\n{listing(found)}")
     chosen = min(candidates, key=lambda s: (not s.original, -len(s.files), s.number is None, s.number or 0, s.uid))
     if len(found) > 1:
-        log.warning("%s holds %d DICOM series; reading the one marked '*' (ORIGINAL before DERIVED, then most "
-                    "slices, then lowest number); choose another with --series UID|number:\n%s",
-                    folder, len(found), listing(found, chosen))
+        log.warning("%s holds %d DICOM series; reading the one marked '*' (%s); choose another with --series "
+                    "UID|number:\n%s", folder, len(found), RULE, listing(found, chosen))
     return chosen

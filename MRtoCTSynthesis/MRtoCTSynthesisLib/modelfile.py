@@ -4,8 +4,8 @@ A bundle is ONE safetensors file: the weights of each network under prefixed key
 "G_MR.<param>" optionally, used by the quality map) and the JSON metadata (schema in ``validate_metadata``) as a
 string under the header-metadata key "mrtoct", and the SHA-256 of the tensors (``weights_digest``) under
 "mrtoct_weights_sha256", checked at every load (files saved before it existed load with a note), so damage to a
-model given by path is found like damage to a catalog model. safetensors holds raw tensors only, so loading a model can never
-run code: pickle checkpoints (torch.save) are recognised by their magic bytes and refused, never unpickled.
+model given by path is found like damage to a catalog model. safetensors holds raw tensors only, so loading a model
+can never run code: pickle checkpoints (torch.save) are recognised by their magic bytes and refused, never unpickled.
 
 The catalog (Resources/Models/catalog.json) names released models with their sha256; a name resolves to the file
 bundled next to the catalog or to the user cache (``model_cache_dir()``), always after a hash check. Models trained
@@ -232,7 +232,7 @@ class ModelBundle:
 
 def save_model(path: PathLike, metadata: Mapping[str, Any],
                networks: Mapping[str, Union[nn.Module, StateDict]]) -> Path:
-    """Validate metadata and weights, then write the bundle atomically; returns the path.
+    """Validate metadata and weights, then write the bundle atomically, read back in full; returns the path.
 
     "format", "format_version" and "engine_version" default to this engine's. ``networks`` maps network names
     (as in metadata["networks"]) to modules or state dicts. Convention: name files ``<name>.mrtoct.safetensors``.
@@ -250,7 +250,8 @@ def save_model(path: PathLike, metadata: Mapping[str, Any],
     tensors = {f"{name}.{key}": value.detach().to("cpu").contiguous()
                for name, weights in state_dicts.items() for key, value in weights.items()}
     header = {METADATA_KEY: text, WEIGHTS_HASH_KEY: weights_digest(tensors)}
-    return write_atomically(Path(path), lambda temp: save_file(tensors, str(temp), metadata=header))
+    return write_atomically(Path(path), lambda temp: save_file(tensors, str(temp), metadata=header),
+                            verify=lambda temp: _read(temp, with_weights=True))  # complete, checksum intact
 
 
 def _check_container(path: Path) -> None:

@@ -90,6 +90,13 @@ def zero_spacing_nrrd(tmp, model):
     return synthesize(tmp, model, tmp / "mr.nhdr")
 
 
+def degenerate_direction_nrrd(tmp, model):
+    sitk.WriteImage(mr_image(), str(tmp / "mr.nhdr"))
+    header = (tmp / "mr.nhdr").read_text(encoding="utf-8")
+    (tmp / "mr.nhdr").write_text(header.replace("(0,2,0)", "(2,0,0)"), encoding="utf-8")  # two equal axes
+    return synthesize(tmp, model, tmp / "mr.nhdr")
+
+
 def with_voxel(value):
     def setup(tmp, model):
         image = mr_image()
@@ -218,7 +225,8 @@ CASES = [
     Case("header declares 32000^3 voxels (352-byte file)", header_declares_too_much, 1, r"processing needs about"),
     Case("NIfTI pixdim 0", pixdim_zero, 1, r"voxel spacing \(pixdim\) \[0\.0"),
     Case("NRRD spacing 0", zero_spacing_nrrd, 1, r"Zero-valued spacing is not supported"),
-    Case("degenerate direction matrix", degenerate_direction, 1, r"orthonormal direction cosines"),
+    Case("degenerate direction matrix (NIfTI sform)", degenerate_direction, 1, r"orthonormal direction cosines"),
+    Case("degenerate direction matrix (NRRD)", degenerate_direction_nrrd, 1, r"Bad direction, determinant is 0"),
     Case("NaN voxels (.nii.gz)", with_voxel(np.nan), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("inf voxels (.nii.gz)", with_voxel(np.inf), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("a CT given as the MR", ct_as_mr, 1, r"like a CT in HU"),
@@ -232,7 +240,8 @@ CASES = [
     Case("model: corrupted metadata header", model_header_corrupt, 2, r"the model file is damaged"),
     Case("model: flipped bytes in the weights", model_weights_flipped, 2, r"weights do not match the checksum"),
     Case("model: NaN weights", model_nan_weights, 2, r"NaN or infinite weights"),
-    Case("model: negative normalisation value", model_negative_normalisation, 2, r"'value' must be a finite number > 0"),
+    Case("model: negative normalisation value", model_negative_normalisation, 2,
+         r"'value' must be a finite number > 0"),
     Case("train --checkpoint-every 0", checkpoint_every_zero, 2, r"checkpoint_every must be >= 1"),
     Case("train --out is a file", train_out_is_a_file, 2, r"--out .* is a file"),
     Case("train --resume, a checkpoint with pickled objects", malicious_checkpoint, 2, r"refused unread"),

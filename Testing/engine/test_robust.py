@@ -23,7 +23,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from helpers import REPO, TINY_TRAIN_ARGS, make_volume, tiny_model, tiny_phantom_dataset
+from helpers import REAL_DATA, REPO, TINY_TRAIN_ARGS, make_volume, requires_real_data, tiny_model, tiny_phantom_dataset
 from MRtoCTSynthesisLib import synthesis as S
 from MRtoCTSynthesisLib import volumes as V
 from MRtoCTSynthesisLib.atomic import write_atomically
@@ -46,7 +46,8 @@ def mr(size=(20, 18, 12), spacing=(2.0, 2.0, 2.0), seed=0) -> sitk.Image:
 
 
 def temporaries(folder: Path) -> list[str]:
-    return sorted(str(p) for p in Path(folder).rglob("*") if ".partial-" in p.name) if Path(folder).exists() else []
+    """Hidden files and folders: the temporaries of a write in progress (or left behind)."""
+    return sorted(str(p) for p in Path(folder).rglob(".*")) if Path(folder).exists() else []
 
 
 def write_mr_series(folder: Path, uid: str, number: int, n_slices: int, gap: float = 2.0, orientation: str = "axial",
@@ -100,6 +101,23 @@ def test_1_a_short_write_is_an_error_and_nothing_is_published(model, tmp_path, m
     assert not (tmp_path / "out").exists() and not (tmp_path / "dicom").exists()  # no file, no empty folder
 
 
+def test_1_a_model_file_written_short_is_not_published(model, tmp_path, monkeypatch):
+    from MRtoCTSynthesisLib import modelfile
+
+    real_save = modelfile.save_file
+
+    def short_save(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) - 100])
+
+    bundle = load_model(model)
+    monkeypatch.setattr(modelfile, "save_file", short_save)
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        modelfile.save_model(tmp_path / "m.mrtoct.safetensors", bundle.metadata, bundle.state_dicts)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     folder = tmp_path / "full"
@@ -112,7 +130,7 @@ def tiny_tmpfs(tmp_path):
 
 
 def test_1_a_real_full_disk_is_reported_and_leaves_nothing(model, tmp_path, tiny_tmpfs):
-    source = V.write_volume(mr(size=(96, 96, 64), spacing=(1.0, 1.0, 1.0)), tmp_path / "mr.nii.gz")
+    source = V.write_volume(mr(size=(80, 80, 48), spacing=(1.0, 1.0, 1.0)), tmp_path / "mr.nii.gz")  # > 1 MB out
     done = subprocess.run([sys.executable, "-m", "MRtoCTSynthesisLib.cli", "synthesize", str(source), "--model",
                            str(model), "--out", str(tiny_tmpfs / "out"), "--dicom-out", str(tiny_tmpfs / "dicom"),
                            "--device", "cpu", "--quality-map"], env=ENV, capture_output=True, text=True, timeout=300)
@@ -160,8 +178,8 @@ def test_3_a_second_run_into_the_same_dicom_out_is_refused_first_and_keeps_the_f
 
 # ------------------------------------------------------------------------------- 4. interrupts
 
-def start_batch(model, tmp_path, n=3):
-    inputs = [V.write_volume(mr(size=(160, 160, 96), spacing=(1.0, 1.0, 1.0), seed=s), tmp_path / f"mr{s}.nii.gz")
+def start_batch(model, tmp_path, n=2):
+    inputs = [V.write_volume(mr(size=(144, 144, 80), spacing=(1.0, 1.0, 1.0), seed=s), tmp_path / f"mr{s}.nii.gz")
               for s in range(n)]
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "MRtoCTSynthesisLib.cli", "synthesize", *map(str, inputs),
@@ -298,11 +316,14 @@ def test_8_nifti_pixdim_zero_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------- 9 and 10. messages
 
-def test_9_and_10_zero_spacing_keeps_itks_reason_and_nan_voxels_are_refused_by_the_api(model, tmp_path):
+def test_9_and_10_zero_spacing_and_degenerate_direction_keep_itks_reason_and_nan_voxels_are_refused_by_the_api(model, tmp_path):
     sitk.WriteImage(mr(), str(tmp_path / "mr.nhdr"))
     header = (tmp_path / "mr.nhdr").read_text(encoding="utf-8")
     (tmp_path / "mr.nhdr").write_text(header.replace("(0,2,0)", "(0,0,0)"), encoding="utf-8")
     with pytest.raises(V.VolumeError, match="Zero-valued spacing is not supported"):
+        V.read_volume(tmp_path / "mr.nhdr")
+    (tmp_path / "mr.nhdr").write_text(header.replace("(0,2,0)", "(2,0,0)"), encoding="utf-8")
+    with pytest.raises(V.VolumeError, match="Bad direction, determinant is 0"):  # ITK's reason, not its last line
         V.read_volume(tmp_path / "mr.nhdr")
     image = mr()
     array = sitk.GetArrayFromImage(image)
@@ -344,11 +365,15 @@ def test_11_progress_to_a_pipe_prints_each_state_once(model, tmp_path):
     assert states and len(states) == len(set(states)), states
 
 
-def test_11_segment_commands_do_not_import_the_cli():
-    code = ("import sys, MRtoCTSegmentLib.commands as c; from MRtoCTSynthesisLib.progress import BatchProgress; "
-            "print('MRtoCTSynthesisLib.cli' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "False", done.stderr
+def test_11_no_import_circle_between_the_segment_commands_and_the_cli():
+    import ast
+
+    def imported(path):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+    assert "MRtoCTSynthesisLib.cli" not in imported(REPO / "MRtoCTSegment" / "MRtoCTSegmentLib" / "commands.py")
+    assert "MRtoCTSynthesisLib.progress" in imported(REPO / "MRtoCTSegment" / "MRtoCTSegmentLib" / "commands.py")
 
 
 # ------------------------------------------------------------------------------- 12. DICOM folders with several series
@@ -412,3 +437,44 @@ def test_13_the_dicom_export_validates_under_dciodvfy(model, tmp_path):
     assert dciodvfy_errors(written) == []
     joined = pydicom.dcmread(next((tmp_path / "dicom" / "mr_dicom").iterdir()))
     assert joined.StudyInstanceUID == STUDY and joined.FrameOfReferenceUID == FRAME
+
+
+@requires_real_data
+def test_6_real_cts_are_refused_as_mr_and_real_mrs_are_accepted():
+    for name in ("pelvis_ct.nii.gz", "head_ct_ge_dicom"):
+        with pytest.raises(V.VolumeError, match="like a CT in HU"):
+            S.check_mr_input(V.read_volume(REAL_DATA / name))
+    for name in ("head_t1_rire001.mha", "head_t1gd_brain1.nrrd", "pelvis_mr_t2.nii.gz"):
+        S.check_mr_input(V.read_volume(REAL_DATA / name))  # no false alarm on real MRs
+
+
+@requires_real_data
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy (Debian package dicom3tools) is not installed; .ci/run installs it")
+def test_13_an_export_joining_a_real_dicom_study_validates_under_dciodvfy(tmp_path):
+    from MRtoCTSynthesisLib.dicom_export import write_ct_series
+
+    reference = REAL_DATA / "head_ct_ge_dicom"
+    small = sitk.Cast(V.read_volume(reference)[::8, ::8, :], sitk.sitkFloat32)
+    files = write_ct_series(small, tmp_path / "sct", reference_dicom=reference)
+    assert dciodvfy_errors(files) == []
+
+
+def test_4_an_interrupt_during_publishing_waits_until_the_set_is_complete(tmp_path, monkeypatch):
+    from MRtoCTSynthesisLib.atomic import OutputSet
+
+    outputs = OutputSet()
+    for name in ("a.txt", "b.txt"):
+        outputs.file(tmp_path / name, lambda p, name=name: p.write_text(name, encoding="utf-8"))
+    real_replace, seen = os.replace, []
+
+    def replace_then_signal(source, dest):  # SIGINT arrives between the two renames
+        real_replace(source, dest)
+        seen.append(dest)
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.publish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
