@@ -62,8 +62,9 @@ def against_baselines(bundle) -> dict:
     from MRtoCTSynthesisLib.quality import BASELINES, Subject, fit_baselines, score_prediction, score_subject
 
     subject = lambda seed: Subject.of_phantom(make_phantom("head", seed, SHAPE, SPACING), str(seed))  # noqa: E731
+    mr = bundle.metadata["mr_normalization"]
     fitted = fit_baselines([subject(s) for s in subject_seeds(SEED, SUBJECTS)], tuple(bundle.metadata["mr_window"]),
-                           bundle.metadata["mr_normalization"]["percentile"], bundle.metadata["mr_normalization"]["value"])
+                           mr["percentile"], mr["value"])
     tests = [subject(s) for s in TEST_SEEDS]
     mae = {name: [score_prediction(fitted.predict(name, t), t)["mae"] for t in tests] for name in BASELINES}
     mae[bundle.metadata["name"]] = [score_subject(bundle, t, "cpu")[0]["mae"] for t in tests]
