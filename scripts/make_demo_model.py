@@ -3,6 +3,12 @@
     python scripts/make_demo_model.py train   --work /tmp/demo      # phantoms + training (about 10 min on 2 cores)
     python scripts/make_demo_model.py finalize --work /tmp/demo     # evaluate, write the card, bundle, catalog
     python scripts/make_demo_model.py finalize --model RUN/model.mrtoct.safetensors --note "..."   # any trained model
+    python scripts/make_demo_model.py baselines [--model M] --out benchmarks/demo_model/baselines.json
+
+Every card and the ``baselines`` stage put the model's MAE next to the quality benchmark's baselines on the same test
+phantoms (``MRtoCTSynthesisLib.quality.baselines``: a constant HU, an MR-intensity lookup fitted on the training
+phantoms, the class-mean floor of perfect labels) and as a fraction of the constant's MAE. A model above 1 has not
+learned the mapping; issue 12 asks a shipped demo model for <= 0.5.
 
 Finalize evaluates the model on phantom subjects never used in training, writes the card (what it was trained on,
 its measured metrics, that it is a demonstration model, not for clinical use) into the model's metadata, copies it
@@ -25,7 +31,7 @@ from MRtoCTSynthesisLib import volumes as V
 from MRtoCTSynthesisLib.demo import DEMO_SEED, DEMO_SHAPE, DEMO_SPACING
 from MRtoCTSynthesisLib.metrics import evaluate, mutual_information
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
-from MRtoCTSynthesisLib.phantom import make_phantom, write_phantom_dataset
+from MRtoCTSynthesisLib.phantom import make_phantom, subject_seeds, write_phantom_dataset
 from MRtoCTSynthesisLib.synthesis import synthesize
 from MRtoCTSynthesisLib.train import main as train_main
 
@@ -50,6 +56,24 @@ def train(work: Path) -> None:
                 "--out", str(work / NAME), *TRAIN_ARGS])
 
 
+def against_baselines(bundle) -> dict:
+    """MAE of the model and of each baseline on the TEST_SEEDS phantoms (baselines fitted on the training phantoms),
+    each also as a fraction of the constant's MAE."""
+    from MRtoCTSynthesisLib.quality import BASELINES, Subject, fit_baselines, score_prediction, score_subject
+
+    subject = lambda seed: Subject.of_phantom(make_phantom("head", seed, SHAPE, SPACING), str(seed))  # noqa: E731
+    mr = bundle.metadata["mr_normalization"]
+    fitted = fit_baselines([subject(s) for s in subject_seeds(SEED, SUBJECTS)], tuple(bundle.metadata["mr_window"]),
+                           mr["percentile"], mr["value"])
+    tests = [subject(s) for s in TEST_SEEDS]
+    mae = {name: [score_prediction(fitted.predict(name, t), t)["mae"] for t in tests] for name in BASELINES}
+    mae[bundle.metadata["name"]] = [score_subject(bundle, t, "cpu")[0]["mae"] for t in tests]
+    constant = float(np.mean(mae["constant"]))
+    return {"constant_hu": round(fitted.constant_hu, 1), "test_subject_seeds": list(TEST_SEEDS),
+            "mae": {k: round(float(np.mean(v)), 1) for k, v in mae.items()},
+            "mae_vs_constant": {k: round(float(np.mean(v)) / constant, 3) for k, v in mae.items()}}
+
+
 def finalize(model: Path, note: str) -> None:
     bundle = load_model(model)
     per_subject = []
@@ -61,6 +85,7 @@ def finalize(model: Path, note: str) -> None:
                             "mi_mr_sct": mutual_information(mr, sct, mask)})
     metrics = {k: round(float(np.mean([m[k] for m in per_subject])), 4) for k in per_subject[0]}
     metrics["subjects"] = len(per_subject)
+    metrics["baselines"] = against_baselines(bundle)
     meta = dict(bundle.metadata)
     meta.update(
         name=NAME, license="CC-BY-4.0",
@@ -87,12 +112,20 @@ def finalize(model: Path, note: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=["train", "finalize"])
+    parser.add_argument("stage", choices=["train", "finalize", "baselines"])
     parser.add_argument("--work", type=Path, help="train: working folder; finalize: its model is used by default")
     parser.add_argument("--model", type=Path, help="finalize: the trained model file to bundle")
     parser.add_argument("--note", default=PAIRED_NOTE, help="finalize: how it was trained, for the card")
+    parser.add_argument("--out", type=Path, help="baselines: JSON file to write (default: print only)")
     args = parser.parse_args()
     if args.stage == "train":
         train(args.work)
+    elif args.stage == "baselines":
+        result = against_baselines(load_model(args.model or MODELS / f"{NAME}{SUFFIX}"))
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n", encoding="utf-8")
     else:
         finalize(args.model or args.work / NAME / ("model" + SUFFIX), args.note)

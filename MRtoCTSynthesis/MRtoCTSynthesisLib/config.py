@@ -145,7 +145,8 @@ class TrainConfig:
             problems.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.lambda_supervised and self.sampling != "paired":
             problems.append("lambda_supervised needs paired sampling (registered MR/CT pairs)")
-        for name in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity", "lambda_supervised", "lr"):
+        for name in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity",
+                     "lambda_supervised", "lr"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if self.supervised_only and not self.lambda_supervised:

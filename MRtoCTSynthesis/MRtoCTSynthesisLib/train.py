@@ -3,8 +3,9 @@
 G_CT: MR -> CT and G_MR: CT -> MR are trained against D_CT and D_MR with the loss of the preset
 (Yang eq. 9 / Hiasa eq. 6):
 
-    L_G = lambda_adversarial [L_GAN(G_CT, D_CT) + L_GAN(G_MR, D_MR)] + lambda_cycle L_cycle + lambda_structure L_structure
-          + lambda_GC L_GC + lambda_identity L_identity + lambda_supervised L1(G_CT(MR), CT)   [paired only]
+    L_G = lambda_adversarial [L_GAN(G_CT, D_CT) + L_GAN(G_MR, D_MR)] + lambda_cycle L_cycle
+          + lambda_structure L_structure + lambda_GC L_GC + lambda_identity L_identity
+          + lambda_supervised L1(G_CT(MR), CT)   [paired only]
 
 with L_structure = eq. 8 (both directions summed) and L_GC = 1/2 (both directions) of Hiasa eq. 5. Updates alternate:
 G (with D fixed), then D (with G fixed) on images drawn from a pool of 50 earlier fakes (Zhu et al.).
@@ -511,8 +512,8 @@ class CycleGANTrainer:
         c = self.config
         spec = {"architecture": "resnet_generator", "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": c.ngf,
                                                                 "n_blocks": c.n_blocks}}
-        weights = {k: getattr(c, k) for k in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity",
-                                              "lambda_supervised")}
+        weights = {k: getattr(c, k) for k in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc",
+                                              "lambda_identity", "lambda_supervised")}
         windows = normalization_metadata(Normalization.from_config(c))
         intended = " ".join(filter(None, ("Research use only. Not for clinical use or treatment planning.",
                                           range_note(windows))))

@@ -28,8 +28,10 @@ What the command does, per anatomy (head: Yang's sagittal setting; pelvis: Hiasa
    scans (``--real-data``; read only), and a Markdown report whose "Reading" section is generated from the numbers.
 
 The command is resumable: a run whose model exists is skipped, a run with a checkpoint is continued, and the plan
-(iterations) of the first invocation in ``--out`` is reused. ``--paper-scale`` switches to the papers' sizes (Yang
-384x256 canvas, ngf 64, 9 residual blocks, 2e5 iterations) for a GPU. ``--tiny`` (hidden) is for the smoke test.
+(iterations) of the first invocation in ``--out`` is reused. The default setting is 2 mm phantoms on 128-pixel canvases
+with ngf 32; ``--small`` is a quick 4 mm CPU check (degenerate for a GAN); ``--paper-scale`` switches to the papers'
+sizes (Yang 384x256 canvas, ngf 64, 9 residual blocks, 2e5 iterations) for a GPU. ``--tiny`` (hidden) is for the
+smoke test.
 
 Modules: ``settings`` (variants, metrics, data settings, options), ``data`` (phantoms, --data subjects),
 ``baselines`` (reference predictors), ``convergence`` (validation curves), ``evaluation`` (scoring),
@@ -50,7 +52,8 @@ from .reading import reading
 from .real_scans import apply_to_real, real_scan_paths
 from .report import write_report
 from .run import run_quality
-from .settings import (ANATOMIES, BASELINE, BONE_HU, EFFECTS, VARIANT_PRESETS, preset_of, CT_WINDOW_YANG, DATA_RANGE_HU, DEFAULT_REAL_DATA, EXTRA_COLUMNS,
+from .settings import (ANATOMIES, BASELINE, BONE_HU, CT_WINDOW_YANG, DATA_RANGE_HU, DEFAULT_REAL_DATA, EFFECTS,
+                       EXTRA_COLUMNS, VARIANT_PRESETS, preset_of,
                        METRIC_INFO, METRICS, MR_PERCENTILE_VALUE_YANG, MR_WINDOW_YANG, NETWORKS, PAPER_ITERATIONS, PLAN,
                        REAL_SCANS, SATURATED_HU, SATURATED_SHARE, SETTINGS, TEST_DATA_SEED, TEST_METRICS,
                        TRAIN_DATA_SEED, UNITS, VARIANTS, YANG_METRICS, Network, Options, Setting, overrides_of,

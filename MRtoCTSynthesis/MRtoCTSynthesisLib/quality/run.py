@@ -181,7 +181,8 @@ def prepare_subjects(options: Options) -> tuple[dict, dict, object]:
             roots[a], train_names[a], test = link_data(options.out, a, options.data, options.test_fraction)
             tests[a] = data_subjects(options.data, test)
             _say(f"--data {options.data}: {len(train_names[a])} training subjects (the trainer holds out "
-                 f"{setting.validation_fraction:g} of them for validation), {len(test)} test subjects: {', '.join(test)}")
+                 f"{setting.validation_fraction:g} of them for validation), {len(test)} test subjects: "
+                 + ", ".join(test))
 
     def train_subjects(anatomy: str) -> list:
         if options.data is None:
