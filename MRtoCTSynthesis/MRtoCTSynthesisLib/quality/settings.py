@@ -25,6 +25,9 @@ SATURATED_HU = -990.0                       # sCT at or below this counts as "ge
 SATURATED_SHARE = 50.0                      # % of body voxels above which a variant is reported as saturated
 BONE_HU = 250.0
 CT_WINDOW_YANG, MR_WINDOW_YANG, MR_PERCENTILE_VALUE_YANG = (-1000.0, 3500.0), (0.0, 3500.0), 3000.0
+# the MR reference shared by every variant of an anatomy: Yang's white-matter peak where there is white matter,
+# the body percentile (config.py's hiasa2018 rule, here onto Yang's window) for the pelvis
+MR_SCALING = {"head": "wm_peak", "pelvis": "percentile"}
 TRAIN_DATA_SEED, TEST_DATA_SEED = 0, 7_000  # dataset seeds; subject seeds are spawned from them (never equal)
 REAL_SCANS = ("head_t1_rire001.mha", "head_t1gd_brain1.nrrd")
 DEFAULT_REAL_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "real"  # beside the checkout
@@ -170,6 +173,7 @@ def training_config(variant: str, setting: Setting, net: Network, iterations: in
     losses = {"lambda_supervised": 0.0, **losses}
     return preset(name, plane=setting.plane, image_size=setting.image_size, augment_pad=setting.augment_pad,
                   pixel_spacing_mm=setting.pixel_spacing_mm, ct_window=CT_WINDOW_YANG, mr_window=MR_WINDOW_YANG,
+                  mr_scaling=MR_SCALING[setting.anatomy], mr_percentile=99.5,
                   mr_percentile_value=MR_PERCENTILE_VALUE_YANG, ngf=net.ngf, ndf=net.ndf, n_blocks=net.n_blocks,
                   iterations=iterations, seed=seed, pbs_max_shift=setting.pbs_max_shift,
                   validation_fraction=setting.validation_fraction, checkpoint_every=every, preview_every=every,
