@@ -181,9 +181,10 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
         process.start()
         return self._newJob(process)
 
-    def resumeTraining(self, runFolder, mrFolder=None, ctFolder=None, device="auto", processes=1, python=None):
+    def resumeTraining(self, runFolder, mrFolder=None, ctFolder=None, device="auto", processes=None, python=None):
         """Continue a stopped run (also one from an earlier Slicer session) from its last checkpoint. The data
-        folders default to those the run was started with; the settings are the run's own (config.json)."""
+        folders and the process count default to those the run was started with; the settings are the run's own
+        (config.json)."""
         process = self.newTrainingProcess(mrFolder, ctFolder, runFolder, device=device, processes=processes,
                                           resume=True, python=python)
         process.start()
@@ -191,7 +192,7 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def newTrainingProcess(mrFolder, ctFolder, runFolder, preset=DEFAULT_PRESET, settings=None, device="auto",
-                           processes=1, resume=False, python=None):
+                           processes=None, resume=False, python=None):
         """A ``TrainingProcess`` not started yet (``resume``: the run's own settings; the folders may be None)."""
         from MRtoCTSynthesisLib.training_process import TrainingProcess, config_overrides
 

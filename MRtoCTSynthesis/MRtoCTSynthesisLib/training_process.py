@@ -299,12 +299,13 @@ class TrainingProcess(BackgroundProcess):
 
     def __init__(self, run_dir: PathLike, mr: Optional[PathLike] = None, ct: Optional[PathLike] = None,
                  preset: str = "yang2018", overrides: Optional[dict] = None, device: str = "auto",
-                 processes: int = 1, resume: bool = False, cache: Optional[PathLike] = None,
+                 processes: Optional[int] = None, resume: bool = False, cache: Optional[PathLike] = None,
                  python: Optional[PathLike] = None, module: str = TRAIN_MODULE,
                  extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
         """``overrides``: TrainConfig fields that differ from ``preset`` (ignored on resume: the run's config.json
         holds its settings). ``processes`` > 1: torchrun with that many processes (one per GPU; gloo on CPU).
-        On resume, ``mr``/``ct``/``cache`` default to the run's launch.json. ``python``, ``module``,
+        On resume, ``mr``/``ct``/``cache``/``processes`` default to the run's launch.json (the same process count
+        is what makes a resumed multi-process run exact). ``python``, ``module``,
         ``extra_pythonpath``, ``env``: see ``BackgroundProcess``."""
         if not run_dir or not str(run_dir).strip():
             raise ValueError(NO_RUN_FOLDER)
@@ -320,7 +321,7 @@ class TrainingProcess(BackgroundProcess):
             preset = recorded.get("preset") if recorded.get("preset") in PRESET_NAMES else preset
             overrides = {}
         self.preset, self.overrides = preset, dict(overrides or {})
-        self.processes = max(1, int(processes))
+        self.processes = max(1, int(processes if processes is not None else launch.get("processes", 1)))
         self.device = str(device or "auto")
         if self.processes > 1 and self.device.startswith("cuda:"):
             self.device = "cuda"  # each rank takes the GPU of its local rank
