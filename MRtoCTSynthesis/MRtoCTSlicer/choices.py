@@ -7,7 +7,8 @@ model back. ``fillComboBox`` makes the chosen item current again.
 """
 import qt
 
-PRECISIONS = ("auto", "bfloat16", "float16", "float32")
+from MRtoCTSynthesisLib.config import PRECISIONS
+
 PRECISION_LABELS = {"bfloat16": "bfloat16 (half range, GPU)", "float16": "float16 (half precision, GPU)",
                     "float32": "float32 (full precision)"}
 

@@ -54,9 +54,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .config import PRECISIONS
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PURPOSES = ("inference", "training")
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",

@@ -38,6 +38,7 @@ from typing import Any, Optional
 PRESET_NAMES = ("cyclegan", "cyclegan-pbs", "yang2018", "hiasa2018", "paired")
 SAMPLING_MODES = ("random", "pbs", "paired")
 MR_SCALINGS = ("wm_peak", "percentile", "none")    # preprocessing.MR_SCALINGS (kept here: no torch import)
+PRECISIONS = ("auto", "bfloat16", "float16", "float32")   # acceleration.py applies them (kept here: no torch import)
 GC_OPERATORS = ("central", "sobel", "prewitt")     # losses.GRADIENT_OPERATORS
 
 
@@ -139,8 +140,6 @@ class TrainConfig:
         for name in ("checkpoint_every", "preview_every", "validate_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (every N iterations), got {getattr(self, name)}")
-        from .acceleration import PRECISIONS
-
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.lambda_supervised and self.sampling != "paired":
