@@ -20,7 +20,7 @@ for _folder in (MODULE_DIR, MODULE_DIR.parent / "MRtoCTSynthesis"):
         sys.path.insert(0, str(_folder))
 
 from MRtoCTSlicer.choices import fillComboBox, selectData  # noqa: E402
-from MRtoCTSlicer.formatting import etaText, formatDuration  # noqa: E402
+from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
 from MRtoCTSlicer.interpreter import pythonExecutable  # noqa: E402
 from MRtoCTSlicer.nodes import updateVolumeNodeFromSitkImage  # noqa: E402
 from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
@@ -190,22 +190,8 @@ class MRtoCTSegmentWidget(MRtoCTModuleWidget):
         self.startPolling(job)
         self.updateButtonStates()
 
-    def pollJob(self, job):
-        updates = job.process.poll()
-        if updates:
-            self.ui.progressBar.setValue(int(100 * updates[-1]["progress"]))
-            self.ui.progressBar.format = "%p%" + etaText(updates[-1])
-            self.ui.statusLabel.text = updates[-1]["message"]
-        return job.process.finished
-
-    def cancelJob(self):
-        job, self._job = self._job, None
-        if job is None:
-            return
+    def cancelBackgroundJob(self, job):
         self.logic.cancelBackgroundSegmentation(job)
-        self.ui.progressBar.setVisible(False)
-        self.ui.statusLabel.text = "Cancelled; the scene was not changed."
-        self.updateButtonStates()
 
     def onJobFinished(self, job):
         self.ui.progressBar.setVisible(False)

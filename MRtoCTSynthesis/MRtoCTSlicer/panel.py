@@ -17,6 +17,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from .choices import deviceItems, fillComboBox
+from .formatting import etaText
 from .interpreter import pythonExecutable
 
 RELOADED_PACKAGES = ("MRtoCTSlicer", "MRtoCTSynthesisLib", "MRtoCTSegmentLib")
@@ -24,8 +25,9 @@ RELOADED_PACKAGES = ("MRtoCTSlicer", "MRtoCTSynthesisLib", "MRtoCTSegmentLib")
 
 class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """A subclass calls ``setupPanel`` from its ``setup`` and provides ``showParameters(parameterNode)`` (node ->
-    widgets, called with the guard set), ``storeParameters(parameterNode)`` (widgets -> node), ``pollJob(job)`` (new
-    updates of the running job; called by the timer), ``onJobFinished(job)`` and ``stopRunningJob(reason)``.
+    widgets, called with the guard set), ``storeParameters(parameterNode)`` (widgets -> node), ``onJobFinished(job)``,
+    ``stopRunningJob(reason)`` and either ``cancelBackgroundJob(job)`` (a file job: the default ``pollJob`` and
+    ``cancelJob`` serve it) or its own ``pollJob(job)`` (new updates of the running job; called by the timer).
     Its Logic provides ``getParameterNode``, ``setDefaultParameters`` and ``setupPythonRequirements``."""
 
     POLL_INTERVAL_MSEC = 200
@@ -163,6 +165,26 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is None and not self._probes:
             self._pollTimer.stop()
 
+    def pollJob(self, job):
+        """A file job's (synthesis, segmentation) newest update in the progress bar and the status line; True once
+        it has ended. The training panel has its own."""
+        updates = job.process.poll()
+        if updates:
+            self.ui.progressBar.setValue(int(100 * updates[-1]["progress"]))
+            self.ui.progressBar.format = "%p%" + etaText(updates[-1])
+            self.ui.statusLabel.text = updates[-1]["message"]
+        return job.process.finished
+
+    def cancelJob(self):
+        """Cancel the running job (``cancelBackgroundJob``, the subclass' hook); the scene stays as it was."""
+        job, self._job = self._job, None
+        if job is None:
+            return
+        self.cancelBackgroundJob(job)
+        self.ui.progressBar.setVisible(False)
+        self.ui.statusLabel.text = "Cancelled; the scene was not changed."
+        self.updateButtonStates()
+
     def refreshDevices(self):
         """Ask a child process which devices torch sees and what ``auto`` precision chooses on each."""
         from MRtoCTSynthesisLib.background import acceleration_probe
@@ -199,8 +221,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def storeParameters(self, parameterNode):
         raise NotImplementedError
 
-    def pollJob(self, job):
-        """Show the job's new updates; return True once it has finished."""
+    def cancelBackgroundJob(self, job):
         raise NotImplementedError
 
     def onJobFinished(self, job):
