@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from helpers import TINY_TRAIN_ARGS, tiny_phantom_dataset
+from helpers import TINY_TRAIN_ARGS
 from MRtoCTSynthesisLib.events import iter_events
 from MRtoCTSynthesisLib.modelfile import load_model
 from MRtoCTSynthesisLib.train import CHECKPOINT, MODEL
@@ -19,16 +19,6 @@ from MRtoCTSynthesisLib.train import CHECKPOINT, MODEL
 ITERATIONS, EVERY = 30, 5
 COMMON = ["--preset", "cyclegan", "--iterations", str(ITERATIONS), "--checkpoint-every", str(EVERY), "--seed", "5",
           "--pool-size", "3", "--n4", "false", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    return tiny_phantom_dataset(tmp_path_factory.mktemp("phantoms"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")

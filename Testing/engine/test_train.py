@@ -12,23 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_TRAIN_ARGS, tiny_phantom_dataset
+from helpers import TINY_TRAIN_ARGS
 from MRtoCTSynthesisLib.config import PRESETS, preset
 from MRtoCTSynthesisLib.dataset import DatasetError
 from MRtoCTSynthesisLib.events import iter_events
 from MRtoCTSynthesisLib.modelfile import load_model
 from MRtoCTSynthesisLib.train import CHECKPOINT, MODEL, linear_decay
 from MRtoCTSynthesisLib.train import main as train_main
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    return tiny_phantom_dataset(tmp_path_factory.mktemp("phantoms"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 def train(phantoms, out, *extra, cache=None):
