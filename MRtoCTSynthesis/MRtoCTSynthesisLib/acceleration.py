@@ -7,16 +7,20 @@ callable taking and returning float32 NCHW tensors, whose ``backend`` says what 
 Rules (measured on the project's machines; see docs/BENCHMARKS.md):
 
 * ``auto`` on a CPU picks bfloat16 only where the CPU computes it natively (AMX-BF16 or AVX512-BF16, with oneDNN's
-  bf16 kernels); elsewhere bf16 is emulated and about 100x slower than float32, so ``auto`` is float32 there.
+  bf16 kernels); elsewhere bf16 is emulated (on the AVX2 machine its GEMM ran at under 1 % of the float32 rate and
+  the generator 5-30x slower than in float32), so ``auto`` is float32 there.
   An explicit ``bfloat16`` is honoured anyway (with a note); ``float16`` on a CPU without native fp16 runs float32.
 * On CUDA ``auto`` is bfloat16 where the GPU supports it (compute capability >= 8), else float16 (>= 7), else float32;
   channels-last; batch 8.
 * Reduced precision runs under ``torch.autocast`` (weights stay float32; instance norm and the output stay float32).
 * ``torch.compile`` (inductor, with weight freezing for inference) is used where it pays: it needs a C++ compiler on
-  CPUs (Slicer on Windows has none) or Triton on GPUs, and a job large enough to repay the compilation (about 20-60 s
-  for a paper-size generator on 2 cores). If compiling fails at the first call the runner goes on eagerly.
-* CPU batch size 1: per slice, batches of 2-8 were slower (each 256x256 slice's ngf-64 activations are 16 MB;
-  larger batches leave the caches), in bf16 on AMX and in float32 on AVX2.
+  CPUs (Slicer on Windows has none) or Triton on GPUs, and a job large enough to repay the compilation (20-40 s for
+  a paper-size generator on 2 idle cores, several minutes on a loaded machine; inductor caches it on disk). On AMX
+  it halved the bf16 time (issue 11); in float32 on AVX2 it gained 1.1-1.4x. If compiling fails at the first call
+  the runner goes on eagerly. Training compiles only where bf16 is native or on GPUs.
+* CPU batch size 1: larger batches were slower per slice in bf16 on AMX (issue 11) and, on an idle AVX2 machine,
+  in float32 (batch 4: 2.3x the time per slice; each 256x256 slice's ngf-64 activations are 16 MB, larger batches
+  leave the caches). ``mrtoct bench speed`` reports the sweep on the machine at hand.
 
 Command-line contract (the Slicer panel calls exactly this in a child process; keep it stable)::
 
