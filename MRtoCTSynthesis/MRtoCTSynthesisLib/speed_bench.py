@@ -295,38 +295,47 @@ def run_speed(args: argparse.Namespace, out: Optional[Path] = None) -> int:
             row = gemm_rate(device, dtype)
             gemm[row["precision"]] = row
         report["gemm"] = list(gemm.values())
-        _show("GEMM (torch.matmul)", report["gemm"])
+        _show("GEMM (torch.matmul)", report["gemm"], report, out)
     if "synthesis" not in skip:
         report["synthesis"] = synthesis_speed(device, repeats, gemm, net, sizes)
-        _show(f"synthesis ({report['settings']['synthesis_network']})", report["synthesis"])
+        _show(f"synthesis ({report['settings']['synthesis_network']})", report["synthesis"], report, out)
     if "batch" not in skip:
         report["batch"] = batch_sweep(device, repeats, net, sizes[0])
-        _show("batch size (chosen precision and layout, eager)", report["batch"])
+        _show("batch size (chosen precision and layout, eager)", report["batch"], report, out)
     if "difference" not in skip:
         report["difference"], notes = sct_difference(device, Path(args.real_mr) if args.real_mr else None)
         report["notes"] += notes
-        _show(f"sCT difference against float32 ({DEMO_MODEL}, inside the body)", report["difference"])
+        _show(f"sCT difference against float32 ({DEMO_MODEL}, inside the body)", report["difference"], report, out)
     if "training" not in skip:
         report["training"] = training_speed(device, args.presets, size, ngf, n_blocks, repeats)
-        _show(f"training s/iteration ({size}x{size}, ngf {ngf}, {n_blocks} blocks, batch 1)", report["training"])
+        _show(f"training s/iteration ({size}x{size}, ngf {ngf}, {n_blocks} blocks, batch 1)", report["training"],
+              report, out)
     if "memory" not in skip:
         with tempfile.TemporaryDirectory(prefix="mrtoct-speed-") as scratch:
             mr_path = write_test_mr(Path(scratch) / "mr.mha", (512, 512, 300))
             report["memory"] = [synthesis_case(DEMO_MODEL, "demo model, 512x512x300 float32 MR", mr_path)]
-        _show("peak memory of a synthesis", report["memory"])
+        _show("peak memory of a synthesis", report["memory"], report, out)
     try:
         report["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (out / "speed.md").write_text(speed_markdown(report), encoding="utf-8")
+    _write(report, out)
     print(f"\nwritten: {out / 'speed.json'}, {out / 'speed.md'}")
     return 0
 
 
-def _show(title: str, rows: list[dict]) -> None:
+def _show(title: str, rows: list[dict], report: Optional[dict] = None, out: Optional[Path] = None) -> None:
+    """Print a section; with ``report`` and ``out``, also rewrite speed.json and speed.md with what is done so far
+    (a run stopped part-way keeps its finished sections)."""
     print(f"\n== {title}\n{format_table(rows)}", flush=True)
+    if report is not None and out is not None:
+        _write(report, out)
+
+
+def _write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "speed.md").write_text(speed_markdown(report), encoding="utf-8")
 
 
 def speed_markdown(report: dict) -> str:
