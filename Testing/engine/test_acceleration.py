@@ -52,7 +52,8 @@ def test_small_jobs_are_not_compiled():
 
 def test_network_gflop_counts_the_convolutions():
     net = torch.nn.Conv2d(2, 3, 5, padding=2)
-    assert A.network_gflop(net, (1, 2, 10, 10)) == pytest.approx(2 * 2 * 3 * 25 * 100 / 1e9)
+    assert A.network_gflop(net, (2, 2, 64, 48)) == pytest.approx(2 * 2 * 3 * 25 * 64 * 48 * 2 / 1e9)
+    assert A.network_gflop(ResnetGenerator(ngf=64, n_blocks=9), (1, 1, 256, 256)) == pytest.approx(97.46, abs=0.01)
 
 
 def _tiny_generator():
