@@ -16,8 +16,9 @@ Rules (measured on the project's machines; see docs/BENCHMARKS.md):
 * ``torch.compile`` (inductor, with weight freezing for inference) is used where it pays: it needs a C++ compiler on
   CPUs (Slicer on Windows has none) or Triton on GPUs, and a job large enough to repay the compilation (20-40 s for
   a paper-size generator on 2 idle cores, several minutes on a loaded machine; inductor caches it on disk). On AMX
-  it halved the bf16 time (issue 11); in float32 on AVX2 it gained 1.1-1.4x. If compiling fails at the first call
-  the runner goes on eagerly. Training compiles only where bf16 is native or on GPUs.
+  it halved the bf16 time (issue 11); in float32 on AVX2 it ranged from 0.71x to 1.33x of eager in four runs, so
+  on CPUs ``auto`` compiles only with native bf16 (``compile=True`` forces it). If compiling fails at the first
+  call the runner goes on eagerly.
 * CPU batch size 1 for paper-size networks (8 for small ones such as the demo model, where per-call overheads
   dominate): larger batches were slower per slice in bf16 on AMX (issue 11) and, on an idle AVX2 machine,
   in float32 (batch 4: 2.3x the time per slice; each 256x256 slice's ngf-64 activations are 16 MB, larger batches
@@ -236,7 +237,7 @@ def _precision_for(device: torch.device, requested: str) -> tuple[str, str, list
     if requested == "auto":
         if cpu_native_bf16():
             return "bfloat16", "the CPU computes bf16 natively (AMX/AVX512-BF16)", notes
-        return "float32", "the CPU has no native bf16 (it would be emulated, ~100x slower than float32)", notes
+        return "float32", "the CPU has no native bf16 (emulated it is 5-30x slower than float32)", notes
     if requested == "bfloat16" and not cpu_native_bf16():
         notes.append("bfloat16 on this CPU is emulated (no AMX/AVX512-BF16): correct but much slower than float32")
     if requested == "float16" and not cpu_native_fp16():
@@ -253,7 +254,7 @@ def resolve_plan(device: str | torch.device = "auto", precision: str = "auto", p
     ``work_gflop`` is the job's network work (None: large); compilation is chosen only where it is available and
     the work repays it, unless ``compile`` forces it on or off. ``batch_size`` None: the device's rule (on CPUs
     1, or 8 for networks under SMALL_SLICE_GFLOP per slice, ``slice_gflop``).
-    Training compiles only where bf16 is native or on GPUs (compiling forward and backward takes minutes on a CPU).
+    On CPUs only native bf16 is compiled (float32 on AVX2 gained nothing reliable); training likewise.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -271,9 +272,9 @@ def resolve_plan(device: str | torch.device = "auto", precision: str = "auto", p
     channels_last = kind == "cuda" or (kind == "cpu" and reduced)  # oneDNN's bf16 kernels are NHWC; fp32 AVX2: NCHW
     if compile is None:
         wanted = kind in COMPILE_MIN_GFLOP
-        if purpose == "training":
-            wanted = wanted and (kind == "cuda" or (reduced and cpu_native_bf16()))
-        elif work_gflop is not None:
+        if kind == "cpu":  # measured gains only with native bf16; in float32 on AVX2 0.7-1.3x (docs/BENCHMARKS.md)
+            wanted = wanted and reduced and cpu_native_bf16()
+        if purpose == "inference" and work_gflop is not None:
             wanted = wanted and work_gflop >= COMPILE_MIN_GFLOP[kind]
         use_compile = wanted and _compile_available(kind)[0]
     else:
