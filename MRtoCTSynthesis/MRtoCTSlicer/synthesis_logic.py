@@ -129,7 +129,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------------------------------- blocking synthesis
 
     def synthesize(self, inputVolume, model=DEFAULT_MODEL, device="auto", outputNode=None, qualityMap=False,
-                   precision="auto", batchSize=8, progress=None, cancel=None):
+                   precision="auto", batchSize=None, progress=None, cancel=None):
         """Synthesize a CT from ``inputVolume`` (blocking); returns the sCT scalar volume node.
 
         The sCT has the input's exact geometry (IJK-to-RAS, dimensions, parent transform), float32 HU voxels, a CT
@@ -149,7 +149,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
                                   "Seconds": f"{result.seconds:.2f}"})
 
     def synthesizeFiles(self, inputs, outputFolder, model=DEFAULT_MODEL, device="auto", qualityMap=False,
-                        dicomFolder=None, precision="auto", batchSize=8, progress=None, cancel=None):
+                        dicomFolder=None, precision="auto", batchSize=None, progress=None, cancel=None):
         """Synthesize CTs for many MR files (blocking, no scene change): ``<outputFolder>/<name>_sct.nii.gz`` each.
 
         ``inputs``: a list of volume files / DICOM series folders, or one folder whose volume files are all used.

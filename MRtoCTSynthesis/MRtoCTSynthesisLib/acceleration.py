@@ -7,22 +7,29 @@ callable taking and returning float32 NCHW tensors, whose ``backend`` says what 
 Rules (measured on the project's machines; see docs/BENCHMARKS.md):
 
 * ``auto`` on a CPU picks bfloat16 only where the CPU computes it natively (AMX-BF16 or AVX512-BF16, with oneDNN's
-  bf16 kernels); elsewhere bf16 is emulated and about 100x slower than float32, so ``auto`` is float32 there.
+  bf16 kernels); elsewhere bf16 is emulated (on the AVX2 machine its GEMM ran at under 1 % of the float32 rate and
+  the generator 5-30x slower than in float32), so ``auto`` is float32 there.
   An explicit ``bfloat16`` is honoured anyway (with a note); ``float16`` on a CPU without native fp16 runs float32.
 * On CUDA ``auto`` is bfloat16 where the GPU supports it (compute capability >= 8), else float16 (>= 7), else float32;
   channels-last; batch 8.
 * Reduced precision runs under ``torch.autocast`` (weights stay float32; instance norm and the output stay float32).
 * ``torch.compile`` (inductor, with weight freezing for inference) is used where it pays: it needs a C++ compiler on
-  CPUs (Slicer on Windows has none) or Triton on GPUs, and a job large enough to repay the compilation (about 20-60 s
-  for a paper-size generator on 2 cores). If compiling fails at the first call the runner goes on eagerly.
-* CPU batch size 1: per slice, batches of 2-8 were slower (each 256x256 slice's ngf-64 activations are 16 MB;
-  larger batches leave the caches), in bf16 on AMX and in float32 on AVX2.
+  CPUs (Slicer on Windows has none) or Triton on GPUs, and a job large enough to repay the compilation (20-40 s for
+  a paper-size generator on 2 idle cores, several minutes on a loaded machine; inductor caches it on disk). On AMX
+  it halved the bf16 time (issue 11); in float32 on AVX2 it ranged from 0.71x to 1.33x of eager in four runs, so
+  on CPUs ``auto`` compiles only with native bf16 (``compile=True`` forces it). If compiling fails at the first
+  call the runner goes on eagerly.
+* CPU batch size 1 for paper-size networks (8 for small ones such as the demo model, where per-call overheads
+  dominate): larger batches were slower per slice in bf16 on AMX (issue 11) and, on an idle AVX2 machine,
+  in float32 (batch 4: 2.3x the time per slice; each 256x256 slice's ngf-64 activations are 16 MB, larger batches
+  leave the caches). ``mrtoct bench speed`` reports the sweep on the machine at hand.
 
 Command-line contract (the Slicer panel calls exactly this in a child process; keep it stable)::
 
     python -m MRtoCTSynthesisLib.acceleration --json [--device auto|cpu|cuda:N]
 
-prints one JSON object and exits 0::
+prints one JSON object and exits 0 (or exits 2 with a one-line message on stderr for a ``--device`` torch cannot
+use)::
 
     {"cpu": {"model": str, "flags": [str], "capability": str, "native_bf16": bool, "native_fp16": bool,
              "threads": int, "logical_cpus": int, "cpp_compiler": str or null},
@@ -42,12 +49,13 @@ import copy
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import shutil
 import sys
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -63,7 +71,8 @@ PURPOSES = ("inference", "training")
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
                   "amx_tile", "amx_bf16", "amx_fp16", "asimd", "sve", "bf16")
 COMPILE_MIN_GFLOP = {"cpu": 20_000.0, "cuda": 2_000.0}   # work below this would not repay the compilation
-CPU_BATCH_SIZE, GPU_BATCH_SIZE = 1, 8
+CPU_BATCH_SIZE, SMALL_CPU_BATCH_SIZE, GPU_BATCH_SIZE = 1, 8, 8
+SMALL_SLICE_GFLOP = 10.0     # below this per slice (e.g. the demo model: 0.6), per-call overheads favour batches
 
 
 # ------------------------------------------------------------------------------------------- what the machine has
@@ -120,16 +129,10 @@ def cpu_native_fp16() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def cpp_compiler() -> Optional[str]:
-    """The C++ compiler inductor would use on a CPU, or None (then torch.compile cannot run on the CPU)."""
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        found = shutil.which(get_cpp_compiler())
-        if found:
-            return found
-    except Exception:
-        pass
-    names = ("cl",) if sys.platform == "win32" else ("g++", "c++", "clang++")
+    """The C++ compiler inductor would use on a CPU ($CXX, else the platform's usual names), or None (then
+    torch.compile cannot run on the CPU). Found on PATH only: importing inductor to ask it costs ~60 MB."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else []
+    names += ["cl"] if sys.platform == "win32" else ["g++", "c++", "clang++"]
     return next((shutil.which(n) for n in names if shutil.which(n)), None)
 
 
@@ -235,7 +238,7 @@ def _precision_for(device: torch.device, requested: str) -> tuple[str, str, list
     if requested == "auto":
         if cpu_native_bf16():
             return "bfloat16", "the CPU computes bf16 natively (AMX/AVX512-BF16)", notes
-        return "float32", "the CPU has no native bf16 (it would be emulated, ~100x slower than float32)", notes
+        return "float32", "the CPU has no native bf16 (emulated it is 5-30x slower than float32)", notes
     if requested == "bfloat16" and not cpu_native_bf16():
         notes.append("bfloat16 on this CPU is emulated (no AMX/AVX512-BF16): correct but much slower than float32")
     if requested == "float16" and not cpu_native_fp16():
@@ -246,12 +249,13 @@ def _precision_for(device: torch.device, requested: str) -> tuple[str, str, list
 
 def resolve_plan(device: str | torch.device = "auto", precision: str = "auto", purpose: str = "inference",
                  work_gflop: Optional[float] = None, compile: Optional[bool] = None,
-                 batch_size: Optional[int] = None) -> Plan:
+                 batch_size: Optional[int] = None, slice_gflop: Optional[float] = None) -> Plan:
     """The plan for ``device`` and a requested ``precision`` (one of PRECISIONS).
 
     ``work_gflop`` is the job's network work (None: large); compilation is chosen only where it is available and
-    the work repays it, unless ``compile`` forces it on or off. ``batch_size`` None: the device's rule.
-    Training compiles only where bf16 is native or on GPUs (compiling forward and backward takes minutes on a CPU).
+    the work repays it, unless ``compile`` forces it on or off. ``batch_size`` None: the device's rule (on CPUs
+    1, or 8 for networks under SMALL_SLICE_GFLOP per slice, ``slice_gflop``).
+    On CPUs only native bf16 is compiled (float32 on AVX2 gained nothing reliable); training likewise.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -267,19 +271,20 @@ def resolve_plan(device: str | torch.device = "auto", precision: str = "auto", p
     kind = torch_device.type
     reduced = resolved != "float32"
     channels_last = kind == "cuda" or (kind == "cpu" and reduced)  # oneDNN's bf16 kernels are NHWC; fp32 AVX2: NCHW
-    can_compile, why_not = _compile_available(kind)
     if compile is None:
-        wanted = can_compile and kind in COMPILE_MIN_GFLOP
-        if purpose == "training":
-            wanted = wanted and (kind == "cuda" or (reduced and cpu_native_bf16()))
-        elif work_gflop is not None:
+        wanted = kind in COMPILE_MIN_GFLOP
+        if kind == "cpu":  # measured gains only with native bf16; in float32 on AVX2 0.7-1.3x (docs/BENCHMARKS.md)
+            wanted = wanted and reduced and cpu_native_bf16()
+        if purpose == "inference" and work_gflop is not None:
             wanted = wanted and work_gflop >= COMPILE_MIN_GFLOP[kind]
-        use_compile = wanted
+        use_compile = wanted and _compile_available(kind)[0]
     else:
+        can_compile, why_not = _compile_available(kind)
         use_compile = compile and can_compile
         if compile and not can_compile:
             notes.append(f"torch.compile unavailable ({why_not}); running eagerly")
-    size = batch_size or (CPU_BATCH_SIZE if kind == "cpu" else GPU_BATCH_SIZE)
+    small = slice_gflop is not None and slice_gflop < SMALL_SLICE_GFLOP
+    size = batch_size or (GPU_BATCH_SIZE if kind != "cpu" else SMALL_CPU_BATCH_SIZE if small else CPU_BATCH_SIZE)
     return Plan(str(torch_device), resolved, channels_last, use_compile, size, reason, tuple(notes))
 
 
@@ -293,18 +298,32 @@ def _compile_available(kind: str) -> tuple[bool, str]:
     return False, f"not used on {kind}"
 
 
-def network_gflop(module: nn.Module, shape: Sequence[int]) -> float:
-    """GFLOP of one forward pass of ``module`` on an input of ``shape`` (N, C, H, W), counted on the meta device
-    (no memory, no compute): 2 x multiply-adds of the convolutions and matrix products."""
-    from torch.utils.flop_counter import FlopCounterMode
+def network_gflop(module: nn.Module, shape: Sequence[int], probe: int = 32) -> float:
+    """GFLOP of one forward pass of a fully convolutional ``module`` on an input of ``shape`` (N, C, H, W):
+    2 x the multiply-adds of its convolutions and transposed convolutions, counted on one ``probe`` x ``probe``
+    input and scaled by N H W / probe^2 (exact for the ResNet generator at multiples of 4). A real pass on a small
+    input, because running it on the meta device (or under FlopCounterMode) imports ~75 MB of torch modules."""
+    total = 0
 
+    def count(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            total += 2 * output.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+        elif isinstance(layer, nn.ConvTranspose2d):
+            total += 2 * inputs[0].numel() * layer.out_channels // layer.groups * math.prod(layer.kernel_size)
+
+    handles = [layer.register_forward_hook(count) for layer in module.modules()]
     try:
-        meta = copy.deepcopy(module).to("meta")
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            meta(torch.empty(tuple(shape), device="meta"))
-        return counter.get_total_flops() / 1e9
-    except Exception:  # a module that cannot run on meta tensors: treat the job as small (no compilation)
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        with torch.no_grad():
+            module(torch.zeros(1, shape[1], probe, probe, device=device))
+    except Exception:  # a module that cannot run on the probe: treat the job as small (no compilation)
         return 0.0
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total * shape[0] * shape[2] * shape[3] / probe ** 2 / 1e9
 
 
 # ------------------------------------------------------------------------------------------- applying the plan

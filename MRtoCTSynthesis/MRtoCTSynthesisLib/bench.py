@@ -31,7 +31,7 @@ import torch
 from . import losses as L
 from .config import preset
 from .modelfile import save_untrained_model
-from .tables import format_table, write_table
+from .tables import write_table
 
 BENCHMARKS = ("train", "synthesis")
 

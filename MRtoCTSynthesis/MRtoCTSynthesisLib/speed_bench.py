@@ -3,7 +3,8 @@
 Sections (each printed as it finishes, all written to ``<out>/speed.json`` and ``<out>/speed.md``):
 
 * machine: CPU model and the flags that matter (AVX2/AVX512/AMX/bf16), torch's capability, GPUs, load average;
-* GEMM: the machine's own dense matrix-product rate (torch.matmul, GFLOP/s = 2 n^3 / s) in float32 and bfloat16;
+* GEMM: the machine's own dense matrix-product rate (torch.matmul, GFLOP/s = 2 n^3 / s) in float32 and bfloat16,
+  and again within every synthesis round for the precisions being compared;
 * synthesis: the paper-size generator (ngf 64, 9 blocks, random weights) at 256x256 and 384x256, seconds per slice
   of the reference configuration (eager float32, NCHW, batch 1) and of the path ``auto`` chooses for a 270-slice
   volume, timed alternately; GFLOP/s (FLOPs counted by torch's FlopCounterMode) and the fraction of the GEMM rate of
@@ -31,8 +32,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .acceleration import (Plan, Runner, cpu_description, gpu_descriptions, network_gflop, pick_device,
-                           resolve_plan)
+from .acceleration import (DTYPES, Plan, Runner, cpu_description, cpu_native_bf16, cpu_native_fp16, gpu_descriptions,
+                           network_gflop, pick_device, resolve_plan)
 from .bench import bare_trainer, synthesis_case, write_test_mr
 from .config import PRESET_NAMES, preset
 from .networks import ResnetGenerator
@@ -85,18 +86,24 @@ def machine(device: torch.device) -> dict:
 
 # ------------------------------------------------------------------------------------------- GEMM
 
-def gemm_rate(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> dict:
-    """Dense n x n matrix product: n doubles from 512 until one product takes >= 0.25 s (or n = 4096 / 8192 on GPUs),
-    then the best of ``repeats``: GFLOP/s = 2 n^3 / s."""
-    limit = 8192 if device.type == "cuda" else 4096
-    n = 512
-    while True:
-        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        single = _seconds(lambda: a @ b, device)
-        if single >= 0.25 or n >= limit:
-            break
-        n *= 2
-    best = min(_seconds(lambda: a @ b, device) for _ in range(repeats))
+def gemm_size(device: torch.device, dtype: torch.dtype) -> int:
+    """n for the GEMM rate: 8192 on GPUs, 2048 on CPUs (near the peak rate), 512 where the CPU only emulates the
+    precision (a 2048 product would take minutes there)."""
+    if device.type == "cuda":
+        return 8192
+    emulated = (dtype == torch.bfloat16 and not cpu_native_bf16()) or (dtype == torch.float16 and not cpu_native_fp16())
+    return 512 if emulated else 2048
+
+
+def _gemm_seconds(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    return _seconds(lambda: a @ b, device)
+
+
+def gemm_rate(device: torch.device, dtype: torch.dtype, repeats: int = 3, n: Optional[int] = None) -> dict:
+    """Dense n x n matrix product, best of ``repeats``: GFLOP/s = 2 n^3 / s."""
+    n = n or gemm_size(device, dtype)
+    best = min(_gemm_seconds(device, dtype, n) for _ in range(repeats))
     return {"precision": str(dtype).replace("torch.", ""), "n": n, "gflop_per_s": round(2 * n ** 3 / best / 1e9, 1)}
 
 
@@ -118,8 +125,10 @@ def reference_plan(device: torch.device) -> Plan:
 
 def synthesis_speed(device: torch.device, repeats: int, gemm: dict, net: torch.nn.Module,
                     sizes=SYNTHESIS_SIZES) -> list[dict]:
-    """Seconds per slice of the reference and the chosen path, timed alternately; one-shot rows for the old
-    engine setting (batch 8) and for bf16 where it is not native (to show why ``auto`` avoids it)."""
+    """Seconds per slice of the reference and the chosen path, timed alternately, with a GEMM of each path's
+    precision in every round (so the fraction of the GEMM rate compares rates measured under the same load);
+    one-shot rows for the old engine setting (batch 8) and for bf16 where it is not native (why ``auto`` avoids it).
+    """
     rows = []
     for height, width in sizes:
         gflop = network_gflop(net, (1, 1, height, width))
@@ -135,18 +144,23 @@ def synthesis_speed(device: torch.device, repeats: int, gemm: dict, net: torch.n
             for start in range(0, unit, step):
                 runners[name](x[start:start + step])
 
+        precisions = {plan.precision: DTYPES[plan.precision] for plan in paths.values()}
         with torch.no_grad():
             for name in paths:  # the first call compiles where the plan says so
                 warm[name] = _seconds(lambda: run(name), device)
             times = {name: [] for name in paths}
+            gemms = {p: [] for p in precisions}
             for _ in range(repeats):
                 for name in paths:
                     times[name].append(_seconds(lambda: run(name), device) / unit)
+                for p, dtype in precisions.items():
+                    gemms[p].append(gemm_rate(device, dtype, 1, gemm.get(p, {}).get("n"))["gflop_per_s"])
+        same_load = {p: {"gflop_per_s": float(np.median(v))} for p, v in gemms.items()}
         reference = float(np.median(times["reference"]))
         for name, plan in paths.items():
             per_slice = float(np.median(times[name]))
             rows.append(_synthesis_row(f"{height}x{width}", name, plan, runners[name].backend, per_slice, gflop,
-                                       reference, gemm, warm[name], repeats))
+                                       reference, same_load, warm[name], repeats))
         if (height, width) == sizes[0]:
             rows += _one_shot_rows(net, device, gflop, height, width, reference, gemm, chosen)
     return rows
@@ -174,6 +188,7 @@ def _synthesis_row(size, name, plan, backend, per_slice, gflop, reference, gemm,
     return {"size": size, "path": name, "precision": plan.precision, "backend": backend, "batch": plan.batch_size,
             "s_per_slice": round(per_slice, 4), "slices_per_s": round(1 / per_slice, 3),
             "gflop_per_s": round(rate, 1), "x_reference": round(reference / per_slice, 2),
+            "gemm_gflop_per_s": round(gemm_rate_of, 1) if gemm_rate_of else "-",
             "percent_of_gemm": round(100 * rate / gemm_rate_of, 1) if gemm_rate_of else "-",
             "first_call_s": round(warm, 1) if warm is not None else "-", "rounds": rounds}
 
@@ -280,38 +295,47 @@ def run_speed(args: argparse.Namespace, out: Optional[Path] = None) -> int:
             row = gemm_rate(device, dtype)
             gemm[row["precision"]] = row
         report["gemm"] = list(gemm.values())
-        _show("GEMM (torch.matmul)", report["gemm"])
+        _show("GEMM (torch.matmul)", report["gemm"], report, out)
     if "synthesis" not in skip:
         report["synthesis"] = synthesis_speed(device, repeats, gemm, net, sizes)
-        _show(f"synthesis ({report['settings']['synthesis_network']})", report["synthesis"])
+        _show(f"synthesis ({report['settings']['synthesis_network']})", report["synthesis"], report, out)
     if "batch" not in skip:
         report["batch"] = batch_sweep(device, repeats, net, sizes[0])
-        _show("batch size (chosen precision and layout, eager)", report["batch"])
+        _show("batch size (chosen precision and layout, eager)", report["batch"], report, out)
     if "difference" not in skip:
         report["difference"], notes = sct_difference(device, Path(args.real_mr) if args.real_mr else None)
         report["notes"] += notes
-        _show(f"sCT difference against float32 ({DEMO_MODEL}, inside the body)", report["difference"])
+        _show(f"sCT difference against float32 ({DEMO_MODEL}, inside the body)", report["difference"], report, out)
     if "training" not in skip:
         report["training"] = training_speed(device, args.presets, size, ngf, n_blocks, repeats)
-        _show(f"training s/iteration ({size}x{size}, ngf {ngf}, {n_blocks} blocks, batch 1)", report["training"])
+        _show(f"training s/iteration ({size}x{size}, ngf {ngf}, {n_blocks} blocks, batch 1)", report["training"],
+              report, out)
     if "memory" not in skip:
         with tempfile.TemporaryDirectory(prefix="mrtoct-speed-") as scratch:
             mr_path = write_test_mr(Path(scratch) / "mr.mha", (512, 512, 300))
             report["memory"] = [synthesis_case(DEMO_MODEL, "demo model, 512x512x300 float32 MR", mr_path)]
-        _show("peak memory of a synthesis", report["memory"])
+        _show("peak memory of a synthesis", report["memory"], report, out)
     try:
         report["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (out / "speed.md").write_text(speed_markdown(report), encoding="utf-8")
+    _write(report, out)
     print(f"\nwritten: {out / 'speed.json'}, {out / 'speed.md'}")
     return 0
 
 
-def _show(title: str, rows: list[dict]) -> None:
+def _show(title: str, rows: list[dict], report: Optional[dict] = None, out: Optional[Path] = None) -> None:
+    """Print a section; with ``report`` and ``out``, also rewrite speed.json and speed.md with what is done so far
+    (a run stopped part-way keeps its finished sections)."""
     print(f"\n== {title}\n{format_table(rows)}", flush=True)
+    if report is not None and out is not None:
+        _write(report, out)
+
+
+def _write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "speed.md").write_text(speed_markdown(report), encoding="utf-8")
 
 
 def speed_markdown(report: dict) -> str:

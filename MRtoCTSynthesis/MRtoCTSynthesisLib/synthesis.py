@@ -106,8 +106,9 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm)
     source_window, target_window = norm.window(source), norm.window(target)
     count = prepared.slices.shape[0]
-    work = count * network_gflop(forward, (1, 1, *norm.image_size)) * (2 if quality_map else 1)
-    plan = resolve_plan(torch_device, precision, "inference", work, batch_size=batch_size)
+    per_slice = network_gflop(forward, (1, 1, *norm.image_size))
+    work = count * per_slice * (2 if quality_map else 1)
+    plan = resolve_plan(torch_device, precision, "inference", work, batch_size=batch_size, slice_gflop=per_slice)
     for note in plan.notes:
         log.info(note)
     run_forward = prepare(forward, plan)

@@ -52,7 +52,8 @@ def test_small_jobs_are_not_compiled():
 
 def test_network_gflop_counts_the_convolutions():
     net = torch.nn.Conv2d(2, 3, 5, padding=2)
-    assert A.network_gflop(net, (1, 2, 10, 10)) == pytest.approx(2 * 2 * 3 * 25 * 100 / 1e9)
+    assert A.network_gflop(net, (2, 2, 64, 48)) == pytest.approx(2 * 2 * 3 * 25 * 64 * 48 * 2 / 1e9)
+    assert A.network_gflop(ResnetGenerator(ngf=64, n_blocks=9), (1, 1, 256, 256)) == pytest.approx(97.46, abs=0.01)
 
 
 def _tiny_generator():
@@ -166,3 +167,20 @@ def test_bf16_training_checkpoint_resumes_exactly(tmp_path):
     resumed = _trainer("bfloat16", tmp_path)
     resumed.load_checkpoint(tmp_path / "checkpoint.pt")
     assert resumed.train_step(*batches[3]) == expected
+
+
+def test_training_falls_back_to_eager_when_compilation_fails(tmp_path, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("inductor: no C++ compiler")
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    from MRtoCTSynthesisLib.train import CycleGANTrainer
+
+    config = preset("cyclegan", image_size=(32, 32), augment_pad=None, ngf=4, n_blocks=1, ndf=4, iterations=5)
+    plan = A.Plan("cpu", "float32", False, True, 1, "test: compile forced")
+    trainer = CycleGANTrainer(config, _NoData(), tmp_path, torch.device("cpu"), show_progress=False, plan=plan)
+    assert not trainer.plan.compile and any("torch.compile failed" in n for n in trainer.plan.notes)
+    assert all(p.grad is None for p in trainer.generators.parameters())  # the trial pass left no gradients
+    losses = trainer.train_step(*_batches(1)[0])
+    assert np.isfinite(list(losses.values())).all()
