@@ -131,9 +131,10 @@ class SegTrainConfig:
 def make_normalization(config: SegTrainConfig, synthesis_metadata: Optional[dict]) -> Normalization:
     """The segmentation inputs' normalisation: MR scaling and windows of the synthesis model (so real MR at inference
     looks like G_MR's output in training), the CT window of the config or the synthesis model; plane and canvas of
-    the config."""
+    the config. Without a synthesis model: yang2018's, but with the body-percentile MR scaling, a rule for any
+    anatomy (the white-matter peak needs a head; the label tables also cover the pelvis)."""
     base = (normalization_from_metadata(synthesis_metadata) if synthesis_metadata is not None
-            else Normalization.from_config(preset("yang2018")))
+            else Normalization.from_config(preset("yang2018", mr_scaling="percentile")))
     return dataclasses.replace(base, plane=config.plane, image_size=tuple(config.image_size),
                                ct_window=tuple(config.ct_window or base.ct_window),
                                pixel_spacing_mm=config.pixel_spacing_mm)
