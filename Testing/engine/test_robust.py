@@ -178,13 +178,29 @@ def test_3_a_second_run_into_the_same_dicom_out_is_refused_first_and_keeps_the_f
 
 # ------------------------------------------------------------------------------- 4. interrupts
 
+def ctrl_c_reaches_python() -> None:
+    """SIGINT as a terminal's Ctrl-C delivers it. A runner started in the background of a non-interactive shell
+    (``cmd &``) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; these tests are about the
+    user's Ctrl-C, so they must not depend on how the test runner itself was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def interruptible():
+    """This process raises KeyboardInterrupt on SIGINT during the test (see ``ctrl_c_reaches_python``)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def start_batch(model, tmp_path, n=2):
     inputs = [V.write_volume(mr(size=(144, 144, 80), spacing=(1.0, 1.0, 1.0), seed=s), tmp_path / f"mr{s}.nii.gz")
               for s in range(n)]
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "MRtoCTSynthesisLib.cli", "synthesize", *map(str, inputs),
                                 "--model", str(model), "--out", str(out), "--device", "cpu", "--quality-map"],
-                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_reaches_python)
     return process, out
 
 
@@ -460,7 +476,7 @@ def test_13_an_export_joining_a_real_dicom_study_validates_under_dciodvfy(tmp_pa
     assert dciodvfy_errors(files) == []
 
 
-def test_4_an_interrupt_during_publishing_waits_until_the_set_is_complete(tmp_path, monkeypatch):
+def test_4_an_interrupt_during_publishing_waits_until_the_set_is_complete(tmp_path, monkeypatch, interruptible):
     from MRtoCTSynthesisLib.atomic import OutputSet
 
     outputs = OutputSet()
