@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .baselines import BASELINES, fit_baselines
+from .claims import claimed, holder
 from .convergence import convergence
 from .data import data_subjects, link_data, test_phantoms, write_data, written_subjects
 from .evaluation import evaluate_baselines, evaluate_run, score_subject
@@ -39,10 +40,6 @@ def run_quality(options: Options) -> dict:
 def _run_quality(options: Options) -> dict:
     import torch
 
-    from ..tables import write_table
-    from ..modelfile import read_metadata
-    from ..train import MODEL, build_trainer
-
     began = time.time()
     if options.device == "auto":
         options.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,8 +58,9 @@ def _run_quality(options: Options) -> dict:
         _say(f"warning: load average {load} with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs: "
              "other jobs share the machine, and busy OpenMP threads can make each step many times slower; "
              "--threads 1 is steadier on a shared machine (timings then differ from an idle machine's)")
-    data_roots, test_subjects, train_subjects = prepare_subjects(options)
-    plan = make_plan(options, data_roots, began, test_subjects)
+    with claimed(options.out, "setup", wait=True):  # one invocation writes the data and the plan, the others reuse
+        data_roots, test_subjects, train_subjects = prepare_subjects(options)
+        plan = make_plan(options, data_roots, began, test_subjects)
     iterations = plan["iterations"]
     print_plan(plan, options)
     if options.plan_only:
@@ -73,33 +71,65 @@ def _run_quality(options: Options) -> dict:
              "at -1000 HU at this budget (seen before with yang2018 at a small CPU budget)")
 
     # ---------------------------------------------------------------- training
-    net, todo = options.net(), [j for j in plan["jobs"] if job_status(options, j) != "trained"]
+    todo = [j for j in plan["jobs"] if job_status(options, j) != "trained"]
+    elsewhere = []
     for index, job in enumerate(plan["jobs"]):
-        setting = next(s for s in options.settings() if s.anatomy == job["anatomy"])
-        config = training_config(job["variant"], setting, net, iterations, job["seed"])
-        folder = job_dir(options, job["anatomy"], job["variant"], job["seed"])
-        status = job_status(options, job)
-        recorded = folder / "config.json"
-        if recorded.exists() and json.loads(recorded.read_text(encoding="utf-8")) != config.to_dict():
-            raise ValueError(f"{folder} holds a run with another configuration; remove it or choose another --out")
         label = f"{job['anatomy']}/{job['variant']} seed {job['seed']} ({index + 1}/{len(plan['jobs'])})"
-        if status == "trained":
-            _say(f"skip {label}: model exists ({folder / MODEL})")
-            continue
-        if status == "to train" and folder.exists():
-            shutil.rmtree(folder)  # a run killed before its first checkpoint: start it again
-        _say(f"train {label}: {iterations} iterations, about "
-             f"{job['seconds_per_iteration'] * iterations * 1.05 / 60:.1f} min"
-             + (" (resuming from its checkpoint)" if status == "resume" else ""))
-        root = data_roots[job["anatomy"]]
-        trainer = build_trainer(config, root / "train" / "mr", root / "train" / "ct", folder, options.device,
-                                cache_dir=options.out / "cache" / job["anatomy"], resume=status == "resume",
-                                show_progress=options.progress)
-        trainer.run()
-        del trainer
+        name = f"train-{job['anatomy']}-{job['variant']}-seed{job['seed']}"
+        with claimed(options.out, name) as mine:
+            if mine:
+                _train_job(options, job, label, iterations, data_roots)
+                continue
+        elsewhere.append(f"{label} by {holder(options.out, name) or 'a process that just finished'}")
+        _say(f"skip {label}: another process is training it ({elsewhere[-1]})")
     if todo:
         _say(f"training done ({len(todo)} runs this invocation)")
+    unfinished = [j for j in plan["jobs"] if job_status(options, j) != "trained"]
+    if unfinished:
+        _say(f"{len(unfinished)} runs are still training in other processes ({'; '.join(elsewhere)}): the last "
+             "invocation to finish evaluates and writes the report (run this command again if they were killed)")
+        return {"plan": plan, "training_elsewhere": elsewhere}
+    with claimed(options.out, "evaluation") as mine:
+        if not mine:
+            _say(f"{holder(options.out, 'evaluation')} is evaluating this benchmark already")
+            return {"plan": plan, "evaluating_elsewhere": True}
+        return _evaluate(options, plan, test_subjects, train_subjects, machine_start, began)
 
+
+def _train_job(options: Options, job: dict, label: str, iterations: int, data_roots: dict) -> None:
+    """Train one run of the plan (or resume it from its checkpoint); nothing when its model exists."""
+    from ..train import MODEL, build_trainer
+
+    setting = next(s for s in options.settings() if s.anatomy == job["anatomy"])
+    config = training_config(job["variant"], setting, options.net(), iterations, job["seed"])
+    folder = job_dir(options, job["anatomy"], job["variant"], job["seed"])
+    status = job_status(options, job)
+    recorded = folder / "config.json"
+    if recorded.exists() and json.loads(recorded.read_text(encoding="utf-8")) != config.to_dict():
+        raise ValueError(f"{folder} holds a run with another configuration; remove it or choose another --out")
+    if status == "trained":
+        _say(f"skip {label}: model exists ({folder / MODEL})")
+        return
+    if status == "to train" and folder.exists():
+        shutil.rmtree(folder)  # a run killed before its first checkpoint: start it again
+    _say(f"train {label}: {iterations} iterations, about "
+         f"{job['seconds_per_iteration'] * iterations * 1.05 / 60:.1f} min"
+         + (" (resuming from its checkpoint)" if status == "resume" else ""))
+    root = data_roots[job["anatomy"]]
+    trainer = build_trainer(config, root / "train" / "mr", root / "train" / "ct", folder, options.device,
+                            cache_dir=options.out / "cache" / job["anatomy"], resume=status == "resume",
+                            show_progress=options.progress)
+    trainer.run()
+
+
+def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects, machine_start: dict,
+              began: float) -> dict:
+    """Baselines, every trained run on the test subjects, tables, figures, real scans and the report."""
+    from ..tables import write_table
+    from ..modelfile import read_metadata
+    from ..train import MODEL
+
+    iterations = plan["iterations"]
     # ---------------------------------------------------------------- evaluation
     per_subject, train_seconds, figures, all_tests, all_summary = [], {}, {}, [], []
     converged, baselines_fitted = [], {}
