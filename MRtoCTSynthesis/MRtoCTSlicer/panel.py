@@ -1,5 +1,5 @@
-"""The panel template of the three modules (PythonQt conventions): the .ui, the parameter node <-> GUI wiring with
-its re-entrance guard, one timer that follows the background job and the child-process probes, scene-close
+"""The panel template of the three modules (PythonQt conventions): the .ui, the parameter node bound to the GUI
+(Slicer's parameterNodeWrapper, ``parameters``), one timer that follows the background job and the child-process probes, scene-close
 handling, and a Reload that also reloads this package and the engines.
 
 Nothing heavy runs in a slot: the job is a child process (``MRtoCTSynthesisLib.background``) polled every
@@ -14,18 +14,20 @@ import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.parameterNodeWrapper import SlicerParameterNamePropertyName
 from slicer.util import VTKObservationMixin
 
 from .choices import deviceItems, fillComboBox
 from .formatting import etaText
 from .interpreter import pythonExecutable
+from .parameters import ComboBoxDataToStrConnector
 
 RELOADED_PACKAGES = ("MRtoCTSlicer", "MRtoCTSynthesisLib", "MRtoCTSegmentLib")
 
 
 class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """A subclass calls ``setupPanel`` from its ``setup`` and provides ``showParameters(parameterNode)`` (node ->
-    widgets, called with the guard set), ``storeParameters(parameterNode)`` (widgets -> node), ``onJobFinished(job)``,
+    """A subclass calls ``setupPanel`` from its ``setup`` and provides ``showParameters(parameters)`` (what the bound
+    widgets do not show: model lists, labels, button states; called after every change), ``onJobFinished(job)``,
     ``stopRunningJob(reason)`` and either ``cancelBackgroundJob(job)`` (a file job: the default ``pollJob`` and
     ``cancelJob`` serve it) or its own ``pollJob(job)`` (new updates of the running job; called by the timer).
     Its Logic provides ``getParameterNode``, ``setDefaultParameters`` and ``setupPythonRequirements``."""
@@ -36,21 +38,25 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
+        self._parameterNode = None  # the module's parameterNodeWrapper (``parameters``)
+        self._parameterNodeGuiTag = None
+        self._dataComboBoxes = {}
         self._updatingGUIFromParameterNode = False
         self._job = None
         self._probes = []  # (JsonCommand, callback(result or None))
         self._pollTimer = None
         self.devices, self.automaticChoices = ["auto", "cpu"], {}
 
-    def setupPanel(self, uiFile, logic):
-        """The module's .ui in the panel (``self.ui``), the logic, the poll timer and the scene observers."""
+    def setupPanel(self, uiFile, logic, dataComboBoxes=None):
+        """The module's .ui in the panel (``self.ui``), the logic, the poll timer and the scene observers.
+        ``dataComboBoxes``: {parameter: name of a combo box filled at run time, each item's data the value}."""
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath(uiFile))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = logic
+        self._dataComboBoxes = {name: getattr(self.ui, widget) for name, widget in (dataComboBoxes or {}).items()}
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(self.POLL_INTERVAL_MSEC)
         self._pollTimer.timeout.connect(self.onPollTimer)
@@ -68,7 +74,8 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
-        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        """The panel is hidden: it stops following the parameter node (a running job still finishes into it)."""
+        self._disconnectParameterNode()
 
     def onSceneStartClose(self, caller, event):
         self.stopRunningJob("the scene was closed")
@@ -91,16 +98,33 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, inputParameterNode):
-        if inputParameterNode:
-            self.logic.setDefaultParameters(inputParameterNode)
-        if self._parameterNode is not None and self.hasObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):  # not after exit()
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode is not None:
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+    def setParameterNode(self, parameters):
+        """Bind the panel to ``parameters`` (the module's parameterNodeWrapper, or None): the widgets with a
+        ``SlicerParameterName`` in the .ui and the run-time combo boxes follow it and write into it.
+
+        ``connectParametersToGui`` rather than ``connectGui``: before Slicer 5.10 ``connectGui`` returns no tag, so
+        ``disconnectGui`` could not undo it and every module entry would bind the widgets once more."""
+        self._disconnectParameterNode()
+        self._parameterNode = parameters
+        if parameters is None:
+            return
+        widgets = {widget.property(SlicerParameterNamePropertyName): widget for widget in vars(self.ui).values()
+                   if widget.property(SlicerParameterNamePropertyName)}
+        widgets.update({name: ComboBoxDataToStrConnector(combo) for name, combo in self._dataComboBoxes.items()})
+        self._parameterNodeGuiTag = parameters.connectParametersToGui(widgets)
+        self.addObserver(parameters.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.onDevicesChanged()  # a connector may have reset a range the device list narrows
         self.updateGUIFromParameterNode()
+
+    def _disconnectParameterNode(self):
+        if self._parameterNode is None:
+            return
+        if self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        node = self._parameterNode.parameterNode
+        if self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
+            self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def updateGUIFromParameterNode(self, caller=None, event=None):
         if self._parameterNode is None or self._updatingGUIFromParameterNode:
@@ -111,20 +135,12 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updatingGUIFromParameterNode = False
 
-    def updateParameterNodeFromGUI(self, *args):
-        if self._parameterNode is None or self._updatingGUIFromParameterNode:
-            return
-        p = self._parameterNode
-        wasModified = p.StartModify()
-        self.storeParameters(p)
-        p.EndModify(wasModified)
-
-    def setFirstScalarVolumeAsInput(self, role="InputVolume"):
-        """A new parameter node gets the scene's first grey-level volume as its input."""
-        if self._parameterNode is not None and not self._parameterNode.GetNodeReference(role):
+    def setFirstScalarVolumeAsInput(self):
+        """Parameters without an input get the scene's first grey-level volume."""
+        if self._parameterNode is not None and self._parameterNode.inputVolume is None:
             volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if volume and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.SetNodeReferenceID(role, volume.GetID())
+                self._parameterNode.inputVolume = volume
 
     # ------------------------------------------------------------------------------------------- job and probes
 
@@ -195,7 +211,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MRtoCTSynthesisLib.background import acceleration_choices
 
         self.devices, self.automaticChoices = acceleration_choices(result)
-        selected = self._parameterNode.GetParameter("Device") if self._parameterNode is not None else None
+        selected = self._parameterNode.device if self._parameterNode is not None else None
         fillComboBox(self.ui.deviceComboBox, deviceItems(self.devices), selected=selected or "auto")
         self.onDevicesChanged()
 
@@ -215,10 +231,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------------------------- subclass hooks
 
-    def showParameters(self, parameterNode):
-        raise NotImplementedError
-
-    def storeParameters(self, parameterNode):
+    def showParameters(self, parameters):
         raise NotImplementedError
 
     def cancelBackgroundJob(self, job):

@@ -58,13 +58,13 @@ def test_synthesis_panel_keeps_the_chosen_model_across_module_entry(harness, mod
     widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
     assert widget_harness.pump(lambda: _idle(widget) and widget.ui.modelComboBox.findData(local_model) >= 0)
     p = widget.logic.getParameterNode()
-    p.SetParameter("Model", local_model)  # what "Use model" in the training panel does
+    p.model = local_model  # what "Use model" in the training panel does
     widget.exit()
     widget.enter()  # the user opens the module again: the model list is refilled
     assert widget_harness.pump(lambda: _idle(widget))
     widget.ui.qualityMapCheckBox.checked = True  # any later GUI change writes the GUI into the parameter node
-    assert p.GetParameter("QualityMap") == "true"
-    assert p.GetParameter("Model") == local_model
+    assert p.qualityMap is True
+    assert p.model == local_model
     assert widget.ui.modelComboBox.currentData == local_model
 
 
@@ -77,21 +77,19 @@ def test_synthesis_panel_precision_menu_says_what_auto_chose(harness, module):
     widget.ui.deviceComboBox.setCurrentIndex(widget.ui.deviceComboBox.findData("cpu"))
     assert combo.itemText(0) == "Automatic: float32 on cpu (eager)"
     combo.setCurrentIndex(combo.findData("float16"))
-    assert widget.logic.getParameterNode().GetParameter("Precision") == "float16"
+    assert widget.logic.getParameterNode().precision == "float16"
 
 
 def test_synthesis_panel_runs_in_a_child_and_shows_the_sct(harness, module, scene, mr_node, tiny_model):
     widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
     assert widget_harness.pump(lambda: _idle(widget))
     p = widget.logic.getParameterNode()
-    p.SetNodeReferenceID("InputVolume", mr_node.GetID())
-    p.SetParameter("Model", str(tiny_model))
-    p.SetParameter("Device", "cpu")
+    p.inputVolume, p.model, p.device = mr_node, str(tiny_model), "cpu"
     widget.ui.applyButton.click()
     assert widget.ui.applyButton.text == "Cancel"
     assert widget_harness.pump(lambda: widget._job is None, timeout=180)
     assert harness.errors == []
-    sct = p.GetNodeReference("OutputVolume")
+    sct = p.outputVolume
     assert sct is not None and sct.GetName() == "T1 pelvis sCT"
     assert widget.ui.statusLabel.text.startswith("Done: 'T1 pelvis sCT' in ")
     assert widget.ui.applyButton.text == "Synthesize CT"
@@ -114,15 +112,14 @@ def test_segment_panel_keeps_both_chosen_models_across_module_entry(harness, tin
     widget = widget_harness.open_panel(harness.segment.MRtoCTSegmentWidget)
     assert widget_harness.pump(lambda: _idle(widget) and widget.ui.synthesisModelComboBox.findData(local_model) >= 0)
     p = widget.logic.getParameterNode()
-    p.SetParameter("Model", second)
-    p.SetParameter("SynthesisModel", local_model)
+    p.model, p.synthesisModel = second, local_model
     widget.exit()
     widget.enter()
     assert widget_harness.pump(lambda: _idle(widget))
     widget.ui.deviceComboBox.setCurrentIndex(widget.ui.deviceComboBox.findData("cpu"))
-    assert p.GetParameter("Device") == "cpu"
-    assert p.GetParameter("Model") == second
-    assert p.GetParameter("SynthesisModel") == local_model
+    assert p.device == "cpu"
+    assert p.model == second
+    assert p.synthesisModel == local_model
     assert widget.ui.segmentationModelComboBox.currentData == second
 
 
@@ -130,10 +127,7 @@ def _segment_panel_on(harness, mr_node, model, synthesis):
     widget = widget_harness.open_panel(harness.segment.MRtoCTSegmentWidget)
     assert widget_harness.pump(lambda: _idle(widget))
     p = widget.logic.getParameterNode()
-    p.SetNodeReferenceID("InputVolume", mr_node.GetID())
-    p.SetParameter("Model", str(model))
-    p.SetParameter("SynthesisModel", str(synthesis))
-    p.SetParameter("Device", "cpu")
+    p.inputVolume, p.model, p.synthesisModel, p.device = mr_node, str(model), str(synthesis), "cpu"
     return widget
 
 
@@ -189,9 +183,7 @@ def test_start_training_checks_the_data_in_the_background(harness, module, train
     widget = widget_harness.open_panel(training_module.MRtoCTTrainingWidget)
     assert widget_harness.pump(lambda: _idle(widget))
     p = widget.logic.getParameterNode()
-    p.SetParameter("MRFolder", str(tmp_path / "mr"))
-    p.SetParameter("CTFolder", str(tmp_path / "ct"))
-    p.SetParameter("RunFolder", str(tmp_path / "run"))
+    p.mrFolder, p.ctFolder, p.runFolder = str(tmp_path / "mr"), str(tmp_path / "ct"), str(tmp_path / "run")
     widget.onStartButton()
     try:
         assert widget._job is None, "the click read every volume and started the trainer itself"

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import sys
-import types
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, load_module_file
+from conftest import REPO, load_module_file, register_module_logic, slicer_modules
 from test_synthesis_logic import ijk_to_ras, oblique_mr, ras_matrix  # noqa: F401  (fixtures and helpers)
 
 SEGMENT_MODULE_FILE = REPO / "MRtoCTSegment" / "MRtoCTSegment.py"
@@ -24,17 +23,8 @@ def segment_module(module):
 def segmentations_logic(slicer_core, scene, monkeypatch):
     """The Segmentations module logic, registered as the Slicer application does (it also registers the
     segmentation representation converters: binary labelmap, closed surface)."""
-    app, logics = scene._keep_alive
-    logic = slicer_core.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    logic.SetMRMLApplicationLogic(app)
-    app.SetModuleLogic("Segmentations", logic)
-    scene._keep_alive = (app, logics + [("Segmentations", logic)])
-    # slicer.modules.<name>.logic(), which slicer.util's segmentation helpers call (absent in slicer-core)
-    registered = dict(logics + [("Segmentations", logic)])
-    modules = types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=lambda l=l: l)
-                                       for name, l in registered.items()})
-    monkeypatch.setattr(slicer_core, "modules", modules, raising=False)
+    logic = register_module_logic(scene, "Segmentations", slicer_core.vtkSlicerSegmentationsModuleLogic())
+    monkeypatch.setattr(slicer_core, "modules", slicer_modules(scene), raising=False)
     return logic
 
 
@@ -184,8 +174,7 @@ def test_parameter_node_defaults_and_model_list(segment_module, segment_logic, s
         models = [str(m) for m in segment_logic.availableModels()]
         assert str(model_cache / "listed.mrtoct-seg.safetensors") in models
         p = segment_logic.getParameterNode()
-        segment_logic.setDefaultParameters(p)
-        assert p.GetParameter("Device") == "auto" and p.GetParameter("Model") in models
+        assert p.device == "auto" and p.model in models and p.sctVolume is None
         assert "tiny-seg" in segment_logic.modelDescription(str(tiny_seg_model))
         assert segment_logic.modelDescription("/no/such/file").startswith("Cannot read")
     finally:
