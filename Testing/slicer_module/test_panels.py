@@ -191,3 +191,87 @@ def test_start_training_checks_the_data_in_the_background(harness, module, train
         assert widget_harness.pump(lambda: widget._job is not None, timeout=120), widget.ui.statusLabel.text
     finally:
         widget.stopJob("the test is over")
+
+
+# ------------------------------------------------------------------------------------------------ parameter binding
+
+
+def test_bound_widgets_follow_the_parameters_and_write_them(harness, module):
+    """Slicer's GUI connectors (the vendored 5.6.0 wrapper) on the .ui's widgets: node -> widget, widget -> node."""
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    p = widget.logic.getParameterNode()
+    other = widget.logic.getParameterNode()  # another wrapper on the same node, as a scene load or the console writes
+    other.qualityMap, other.dicomExport, other.dicomFolder, other.windowPreset = True, True, "/data/dicom", "bone"
+    assert widget.ui.qualityMapCheckBox.checked and widget.ui.dicomExportCheckBox.checked
+    assert widget.ui.dicomFolderPathLineEdit.currentPath == "/data/dicom"
+    assert widget.ui.dicomFolderPathLineEdit.enabled
+    assert widget.ui.windowPresetComboBox.currentData == "bone"
+    widget.ui.dicomExportCheckBox.checked = False
+    widget.ui.dicomFolderPathLineEdit.currentPath = ""
+    assert (p.dicomExport, p.dicomFolder) == (False, "")  # "" stays "no folder", not "."
+    assert not widget.ui.dicomFolderPathLineEdit.enabled
+
+
+def test_reentering_the_panel_binds_each_widget_once(harness, module):
+    """connectParametersToGui's tag lets exit() undo the binding (connectGui returns none before Slicer 5.10)."""
+    from PySide6 import QtCore
+
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    checkBox = widget.ui.qualityMapCheckBox.unwrap()
+    connected = checkBox.receivers(QtCore.SIGNAL("stateChanged(int)"))
+    for _ in range(3):
+        widget.exit()
+        assert checkBox.receivers(QtCore.SIGNAL("stateChanged(int)")) == connected - 1
+        widget.enter()
+    assert checkBox.receivers(QtCore.SIGNAL("stateChanged(int)")) == connected
+    assert widget_harness.pump(lambda: _idle(widget))
+
+
+def test_training_presets_and_advanced_settings_in_the_bound_widgets(harness, training_module):
+    widget = widget_harness.open_panel(training_module.MRtoCTTrainingWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    p, logic = widget.logic.getParameterNode(), widget.logic
+    spin = {field: getattr(widget.ui, name) for field, name in (
+        ("iterations", "iterationsSpinBox"), ("lambda_cycle", "lambdaCycleDoubleSpinBox"),
+        ("lambda_gc", "lambdaGCDoubleSpinBox"), ("lr", "learningRateDoubleSpinBox"), ("seed", "seedSpinBox"))}
+    for preset in logic.presetNames():
+        widget.ui.presetComboBox.setCurrentIndex(widget.ui.presetComboBox.findData(preset))  # the user's choice
+        values = logic.presetSettings(preset)
+        assert p.preset == preset and logic.settings(p) == values
+        assert [widget.ui.imageHeightSpinBox.value, widget.ui.imageWidthSpinBox.value] == values["image_size"]
+        assert widget.ui.planeComboBox.currentText == values["plane"]
+        for field, box in spin.items():
+            assert box.value == pytest.approx(values[field], rel=1e-9), (preset, field)
+        assert widget.ui.lambdaSupervisedDoubleSpinBox.enabled == (preset == "paired")
+    widget.ui.iterationsSpinBox.value = 1234
+    widget.ui.planeComboBox.setCurrentIndex(widget.ui.planeComboBox.findText("axial"))
+    assert (p.settings.iterations, p.settings.plane) == (1234, "axial")
+    assert widget.ui.batchSizeSpinBox.maximum == 256  # the range is the parameter's (WithinRange)
+    widget.ui.resetSettingsButton.click()
+    assert logic.settings(p) == logic.presetSettings(p.preset)
+
+
+def test_reload_imports_the_current_package_and_engine(harness, module, monkeypatch):
+    """Reload drops MRtoCTSlicer and the engines from sys.modules before Slicer re-executes the module file (here:
+    the module file loaded again, as slicer.util.reloadScriptedModule does), so its imports get the current code."""
+    from MRtoCTSlicer.panel import RELOADED_PACKAGES
+
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    before = {name: loaded for name, loaded in sys.modules.items() if name.split(".")[0] in RELOADED_PACKAGES}
+    base = sys.modules["slicer.ScriptedLoadableModule"].ScriptedLoadableModuleWidget
+    reloaded = []
+    monkeypatch.setattr(base, "onReload", lambda self: reloaded.append(
+        load_module_file(sys.modules["slicer"], module.MODULE_DIR / "MRtoCTSynthesis.py")), raising=False)
+    try:
+        widget.onReload()
+        panel = sys.modules["MRtoCTSlicer.panel"]
+        assert panel is not before["MRtoCTSlicer.panel"]
+        assert reloaded[0].MRtoCTSynthesisWidget.__mro__[1] is panel.MRtoCTModuleWidget
+        assert sys.modules["MRtoCTSynthesisLib.config"] is not before["MRtoCTSynthesisLib.config"]
+    finally:  # the other tests keep the modules they imported
+        for name in [name for name in sys.modules if name.split(".")[0] in RELOADED_PACKAGES]:
+            del sys.modules[name]
+        sys.modules.update(before)
+        sys.modules["MRtoCTSynthesis"] = module

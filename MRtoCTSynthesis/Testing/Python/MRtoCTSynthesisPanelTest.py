@@ -29,12 +29,8 @@ class MRtoCTSynthesisPanelTest(unittest.TestCase):
         MRtoCTSynthesis.updateVolumeNodeFromSitkImage(self.mrNode, phantom.mr)
         self.mrNode.CreateDefaultDisplayNodes()
         parameters = self.widget.logic.getParameterNode()
-        parameters.SetNodeReferenceID("InputVolume", self.mrNode.GetID())
-        parameters.SetNodeReferenceID("OutputVolume", None)
-        parameters.SetParameter("Model", model)
-        parameters.SetParameter("Device", "cpu")
-        parameters.SetParameter("QualityMap", "true")
-        parameters.SetParameter("DicomExport", "false")
+        parameters.inputVolume, parameters.outputVolume, parameters.model = self.mrNode, None, model
+        parameters.device, parameters.qualityMap, parameters.dicomExport = "cpu", True, False
 
     def tearDown(self):
         self.widget.cancelJob()
@@ -56,7 +52,7 @@ class MRtoCTSynthesisPanelTest(unittest.TestCase):
         sctNode = slicer.mrmlScene.GetFirstNodeByName("panel MR sCT")
         self.assertIsNotNone(sctNode)
         self.assertEqual(sctNode.GetImageData().GetDimensions(), self.mrNode.GetImageData().GetDimensions())
-        self.assertEqual(self.widget.logic.getParameterNode().GetNodeReference("OutputVolume"), sctNode)
+        self.assertEqual(self.widget.logic.getParameterNode().outputVolume, sctNode)
         self.assertTrue(self.widget.ui.showQualityMapButton.enabled)
 
     def test_cancel_leaves_the_scene_unchanged(self):
