@@ -24,6 +24,7 @@ from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
 from MRtoCTSlicer.interpreter import pythonExecutable  # noqa: E402
 from MRtoCTSlicer.nodes import updateVolumeNodeFromSitkImage  # noqa: E402
 from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
+from MRtoCTSlicer.selftest_data import tinySegmentationModels  # noqa: E402
 from MRtoCTSlicer.segment_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
     SEG_MODEL_SUFFIX, SOURCE_REFERENCE, MRtoCTSegmentLogic,
 )
@@ -212,28 +213,6 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
             self.setUp()
             self.test_PanelCancelLeavesTheScene()
 
-    @staticmethod
-    def _tinyModels(folder):
-        """A tiny random synthesis model and a tiny random "mr+sct" pelvis segmentation model (fast on CPU)."""
-        from MRtoCTSegmentLib.labels import load_label_table
-        from MRtoCTSegmentLib.modelfile import save_seg_model
-        from MRtoCTSegmentLib.unet import UNet2D
-        from MRtoCTSynthesisLib.modelfile import save_untrained_model
-        from MRtoCTSynthesisLib.preprocessing import Normalization
-
-        synthesis = save_untrained_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", "tiny-self-test")
-        table = load_label_table("pelvis")
-        norm = Normalization("axial", (32, 32), (-1000.0, 3500.0), (0.0, 3500.0))
-        segMetadata = {"name": "tiny-seg-self-test", "description": "untrained U-Net for the self test",
-                       "license": "Apache-2.0", "intended_use": "testing only",
-                       "network": {"architecture": "unet2d", "kwargs": {
-                           "in_channels": 2, "n_classes": table.n_classes, "base": 2, "norm": "batch",
-                           "dropout": 0.0}},
-                       "channels": "mr+sct", "label_table": table.to_json(), "normalization": norm.to_json()}
-        model = save_seg_model(Path(folder) / f"tiny-seg-self-test{SEG_MODEL_SUFFIX}", segMetadata,
-                               UNet2D(2, table.n_classes, 2))
-        return str(model), str(synthesis)
-
     def test_SegmentPhantom(self):
         import tempfile
 
@@ -248,7 +227,7 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
         updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
         before = slicer.util.arrayFromVolume(mrNode).copy()
         with tempfile.TemporaryDirectory() as folder:
-            model, synthesis = self._tinyModels(folder)
+            model, synthesis = tinySegmentationModels(folder)
             segmentationNode = logic.segment(mrNode, model=model, synthesisModel=synthesis, device="cpu")
         self.delayDisplay("Segmented")
         self.assertEqual(segmentationNode.GetName(), "phantom MR segmentation")
@@ -268,7 +247,7 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
         mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "panel MR")
         updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
         with tempfile.TemporaryDirectory() as folder:
-            model, synthesis = self._tinyModels(folder)
+            model, synthesis = tinySegmentationModels(folder)
             p = widget.logic.getParameterNode()
             p.inputVolume, p.model, p.synthesisModel, p.device = mrNode, model, synthesis, "cpu"
             nodesBefore = slicer.mrmlScene.GetNumberOfNodes()

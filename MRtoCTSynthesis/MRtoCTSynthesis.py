@@ -27,6 +27,7 @@ from MRtoCTSlicer.interpreter import pythonExecutable  # noqa: E402
 from MRtoCTSlicer.nodes import updateVolumeNodeFromSitkImage  # noqa: E402
 from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
 from MRtoCTSlicer.sampledata import registerSampleData  # noqa: E402
+from MRtoCTSlicer.selftest_data import smallestSynthesisModel  # noqa: E402
 from MRtoCTSlicer.synthesis_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
     DEFAULT_MODEL, SOURCE_REFERENCE, MRtoCTSynthesisLogic,
 )
@@ -287,16 +288,6 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SynthesizePhantom()
 
-    def _smallestModel(self, folder):
-        """The demo model if installed, else a tiny random model (same file format, 32x32 slices)."""
-        from MRtoCTSynthesisLib.modelfile import Catalog, save_untrained_model
-
-        try:
-            return str(Catalog().resolve(DEFAULT_MODEL))
-        except Exception:
-            pass
-        return str(save_untrained_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", "tiny-self-test"))
-
     def test_SynthesizePhantom(self):
         import numpy as np
         from MRtoCTSynthesisLib.phantom import make_phantom
@@ -311,7 +302,7 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
         before = slicer.util.arrayFromVolume(mrNode).copy()
 
         with tempfile.TemporaryDirectory() as folder:
-            model = self._smallestModel(folder)
+            model = smallestSynthesisModel(folder)
             sctNode = logic.synthesize(mrNode, model=model, device="cpu", qualityMap=True)
         self.delayDisplay("Synthesized")
 

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import qt
-
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
@@ -22,14 +20,15 @@ MODULE_DIR = Path(__file__).resolve().parent
 if str(MODULE_DIR) not in sys.path:  # the engine package lives next to this file
     sys.path.insert(0, str(MODULE_DIR))
 
-from MRtoCTSlicer.backgroundcheck import BackgroundCheck  # noqa: E402
 from MRtoCTSlicer.choices import fillComboBox  # noqa: E402
 from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
 from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
+from MRtoCTSlicer.preview import showPreview  # noqa: E402
+from MRtoCTSlicer.selftest_data import TINY_TRAINING_SETTINGS, separateModelCache  # noqa: E402
 from MRtoCTSlicer.training_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
     SETTING_FIELDS, MRtoCTTrainingLogic,
 )
-from MRtoCTSlicer.training_text import eventText, lossText, progressText  # noqa: E402
+from MRtoCTSlicer.training_text import eventText, lossText, progressText, runControls, stopText  # noqa: E402
 
 
 #
@@ -72,10 +71,8 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
 
     def __init__(self, parent=None):
         MRtoCTModuleWidget.__init__(self, parent)
-        self._previewPath = None
         self._shownRun = None  # the run folder whose losses and preview the panel shows
         self._runFolderSeen = None  # the run folder parameter last reacted to
-        self._check = None  # the BackgroundCheck of a Start or Resume click
 
     def setup(self):
         self.setupPanel("UI/MRtoCTTraining.ui", MRtoCTTrainingLogic(), dataComboBoxes={"device": "deviceComboBox"})
@@ -174,26 +171,13 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
         p = self._parameterNode
         running = self._job is not None
         state = self.logic.runState(p.runFolder) if p is not None and not running else None
-        if running:
-            self.ui.runStateLabel.text = "Training in this folder."
-        elif state is None:
-            self.ui.runStateLabel.text = "Choose a new or empty folder; its name becomes the model's name."
-        else:
-            self.ui.runStateLabel.text = state.summary()[0].upper() + state.summary()[1:] + "."
-        ready = bool(p and p.mrFolder and p.ctFolder and p.runFolder)
-        self.ui.startButton.enabled = not running and ready and not (state and (state.has_checkpoint or state.finished
-                                                                                or state.running_pid))
-        self.ui.resumeButton.enabled = not running and bool(state and state.resumable and not state.running_pid)
-        self.ui.stopButton.enabled = running
+        controls = runControls(state, bool(p and p.mrFolder and p.ctFolder and p.runFolder), running)
+        self.ui.runStateLabel.text = controls["text"]
+        self.ui.startButton.enabled, self.ui.startButton.toolTip = controls["start"], controls["startTip"]
+        self.ui.resumeButton.enabled, self.ui.stopButton.enabled = controls["resume"], running
         for widget in (self.ui.dataCollapsibleButton, self.ui.trainingCollapsibleButton,
                        self.ui.advancedCollapsibleButton):
             widget.enabled = not running
-        if self.ui.startButton.enabled:
-            self.ui.startButton.toolTip = "Check the data, then train a new model in the run folder"
-        elif not running and state is not None and (state.has_checkpoint or state.finished):
-            self.ui.startButton.toolTip = "The run folder already holds a run: choose a new folder (or Resume)"
-        else:
-            self.ui.startButton.toolTip = "Choose the MR, CT and run folders"
 
     # ------------------------------------------------------------------------------------------- start, stop, resume
 
@@ -217,17 +201,8 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
             return
         self.ui.statusLabel.text = "Checking the training data (reading every volume)..."
         self.ui.startButton.enabled = self.ui.resumeButton.enabled = False
-        self._check = BackgroundCheck(lambda: self.logic.checkTraining(process), process, resume)
-        self._pollTimer.start()
-
-    def onPollTimer(self):
-        check = self._check
-        if check is not None and check.done:
-            self._check = None
-            self.onDataChecked(check)
-        MRtoCTModuleWidget.onPollTimer(self)
-        if self._check is not None:
-            self._pollTimer.start()
+        self.startCheck(lambda: self.logic.checkTraining(process), self.onDataChecked, process=process,
+                        resume=resume)
 
     def onDataChecked(self, check):
         """The data check (run in a thread) is over: start the trainer, or say what is wrong."""
@@ -290,13 +265,7 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
         except Exception as error:
             logging.error(f"MRtoCTTraining: stopping the training failed: {error}")
         self._job = None
-        checkpoint = job.process.checkpoint_iteration
-        why = f" because {reason}" if reason else ""
-        if checkpoint:
-            message = (f"Stopped at iteration {job.process.iteration}{why}. Resume continues from the checkpoint at "
-                       f"iteration {checkpoint}.")
-        else:
-            message = f"Stopped{why}, before the first checkpoint: Start begins again."
+        message = stopText(job.process, reason)
         try:
             self.ui.progressBar.setVisible(False)
             self.ui.statusLabel.text = message
@@ -333,20 +302,7 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
     # ------------------------------------------------------------------------------------------- results
 
     def showPreview(self, path):
-        """The preview PNG (MR | sCT | reconstructed MR | a CT) in the panel, scaled to its width."""
-        label = self.ui.previewLabel
-        pixmap = qt.QPixmap(path) if path else None
-        if pixmap is None or pixmap.isNull():
-            if path is None:
-                label.setPixmap(qt.QPixmap())
-                label.text = ("The preview (MR | synthetic CT | reconstructed MR | a CT) appears here during "
-                              "training.")
-                self._previewPath = None
-            return  # a preview being rewritten: keep the last one
-        width = max(200, label.width - 4)
-        label.setPixmap(pixmap.scaledToWidth(width, qt.Qt.SmoothTransformation))
-        label.toolTip = path
-        self._previewPath = path
+        showPreview(self.ui.previewLabel, path)
 
     def onShowPlot(self):
         p = self._parameterNode
@@ -382,11 +338,6 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
 #
 
 
-# the smallest networks and slices: a few seconds per run on a CPU
-TINY_SETTINGS = {"image_size": [32, 32], "augment_pad": [36, 36], "ngf": 4, "n_blocks": 1, "ndf": 4,
-                 "log_every": 1, "preview_every": 3, "validate_every": 1000, "checkpoint_every": 2, "iterations": 4}
-
-
 class MRtoCTTrainingTest(ScriptedLoadableModuleTest):
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -407,33 +358,25 @@ class MRtoCTTrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Starting the test")
         logic = MRtoCTTrainingLogic()
         self.assertTrue(logic.setupPythonRequirements(askConfirmation=False))
-        previousCache = os.environ.get("MRTOCT_MODEL_CACHE")
-        with tempfile.TemporaryDirectory() as folder:
-            os.environ["MRTOCT_MODEL_CACHE"] = os.path.join(folder, "models")  # keep the user's model list clean
-            try:
-                write_phantom_dataset(folder, "head", 2, seed=0, shape=(32, 32, 24), spacing=(7.0, 7.0, 7.0))
-                run = os.path.join(folder, "tiny-selftest")
-                job = logic.train(os.path.join(folder, "mr"), os.path.join(folder, "ct"), run, preset="yang2018",
-                                  settings=TINY_SETTINGS, device="cpu", timeout=600)
-                self.delayDisplay(f"Trained '{job.modelName}'")
+        with tempfile.TemporaryDirectory() as folder, separateModelCache(os.path.join(folder, "models")):
+            write_phantom_dataset(folder, "head", 2, seed=0, shape=(32, 32, 24), spacing=(7.0, 7.0, 7.0))
+            run = os.path.join(folder, "tiny-selftest")
+            job = logic.train(os.path.join(folder, "mr"), os.path.join(folder, "ct"), run, preset="yang2018",
+                              settings=TINY_TRAINING_SETTINGS, device="cpu", timeout=600)
+            self.delayDisplay(f"Trained '{job.modelName}'")
 
-                self.assertEqual(job.modelName, "tiny-selftest")
-                model = Path(run) / "model.mrtoct.safetensors"
-                self.assertEqual(Path(local_models()[job.modelName]).resolve(), model.resolve())
-                self.assertIn(job.modelName, [m["name"] for m in Catalog().list_models() if m["source"] == "local"])
-                metadata = read_metadata(model)
-                self.assertEqual(metadata["training"]["iterations"], 4)
-                self.assertEqual(metadata["preset"], "yang2018")
-                tableNode, chartNode = logic.lossPlotNodes(run, create=False)
-                self.assertEqual(tableNode.GetTable().GetNumberOfRows(), 4)
-                self.assertIn("structure", logic.lossSeriesNodes(run))  # the Yang preset's MIND loss is plotted
-                self.assertGreaterEqual(chartNode.GetNumberOfPlotSeriesNodes(), 6)
-                self.assertTrue((Path(run) / "preview.png").is_file())
-            finally:
-                if previousCache is None:
-                    os.environ.pop("MRTOCT_MODEL_CACHE", None)
-                else:
-                    os.environ["MRTOCT_MODEL_CACHE"] = previousCache
+            self.assertEqual(job.modelName, "tiny-selftest")
+            model = Path(run) / "model.mrtoct.safetensors"
+            self.assertEqual(Path(local_models()[job.modelName]).resolve(), model.resolve())
+            self.assertIn(job.modelName, [m["name"] for m in Catalog().list_models() if m["source"] == "local"])
+            metadata = read_metadata(model)
+            self.assertEqual(metadata["training"]["iterations"], 4)
+            self.assertEqual(metadata["preset"], "yang2018")
+            tableNode, chartNode = logic.lossPlotNodes(run, create=False)
+            self.assertEqual(tableNode.GetTable().GetNumberOfRows(), 4)
+            self.assertIn("structure", logic.lossSeriesNodes(run))  # the Yang preset's MIND loss is plotted
+            self.assertGreaterEqual(chartNode.GetNumberOfPlotSeriesNodes(), 6)
+            self.assertTrue((Path(run) / "preview.png").is_file())
         self.delayDisplay("Test passed")
 
     def test_PanelStartAndStop(self):

@@ -17,6 +17,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.parameterNodeWrapper import SlicerParameterNamePropertyName
 from slicer.util import VTKObservationMixin
 
+from .backgroundcheck import BackgroundCheck
 from .choices import deviceItems, fillComboBox
 from .formatting import etaText
 from .interpreter import pythonExecutable
@@ -44,6 +45,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUIFromParameterNode = False
         self._job = None
         self._probes = []  # (JsonCommand, callback(result or None))
+        self._check = None  # a BackgroundCheck (a file check run in a thread) and the callback of its end
         self._pollTimer = None
         self.devices, self.automaticChoices = ["auto", "cpu"], {}
 
@@ -159,7 +161,16 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probes.append((probe, callback))
         self._pollTimer.start()
 
+    def startCheck(self, function, callback, **context):
+        """``function()`` in a thread; ``callback(check)`` (``check.result`` or ``check.error``, and ``context`` as
+        attributes) runs from the timer when it ends."""
+        self._check = (BackgroundCheck(function, **context), callback)
+        self._pollTimer.start()
+
     def onPollTimer(self):
+        if self._check is not None and self._check[0].done:
+            (check, callback), self._check = self._check, None
+            callback(check)
         for probe, callback in list(self._probes):
             probe.poll()
             if probe.finished:
@@ -178,7 +189,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if finished and self._job is job:
                 self._job = None
                 self.onJobFinished(job)
-        if self._job is None and not self._probes:
+        if self._job is None and not self._probes and self._check is None:
             self._pollTimer.stop()
 
     def pollJob(self, job):

@@ -58,6 +58,7 @@ def main(out: Path) -> None:
     recorder = widget_harness.install(pytest.MonkeyPatch(), slicer, ("MRtoCTSynthesis", "MRtoCTTraining",
                                                                      "MRtoCTSegment"))
     from MRtoCTSlicer.sampledata import loadPhantomMR
+    from MRtoCTSlicer.selftest_data import TINY_TRAINING_SETTINGS, tinySegmentationModels
 
     with tempfile.TemporaryDirectory() as folder:
         os.environ["MRTOCT_MODEL_CACHE"] = os.path.join(folder, "models")  # the user's model list stays as it is
@@ -72,7 +73,7 @@ def main(out: Path) -> None:
 
         models = Path(folder) / "seg"
         models.mkdir()
-        seg_model, synthesis_model = segment.MRtoCTSegmentTest._tinyModels(models)
+        seg_model, synthesis_model = tinySegmentationModels(models)
         widget = widget_harness.open_panel(segment.MRtoCTSegmentWidget)
         widget_harness.pump(lambda: not widget._probes, timeout=120)
         p = widget.logic.getParameterNode()
@@ -88,10 +89,10 @@ def main(out: Path) -> None:
         p = widget.logic.getParameterNode()
         p.mrFolder, p.ctFolder = os.path.join(folder, "mr"), os.path.join(folder, "ct")
         p.runFolder = os.path.join(folder, "head-yang2018-tiny")
-        for field, value in {**training.TINY_SETTINGS, "iterations": 6}.items():
+        for field, value in {**TINY_TRAINING_SETTINGS, "iterations": 6}.items():
             if field in training.SETTING_FIELDS:
                 widget.logic.setSetting(p, field, value)
-        overrides = {k: v for k, v in training.TINY_SETTINGS.items() if k not in training.SETTING_FIELDS}
+        overrides = {k: v for k, v in TINY_TRAINING_SETTINGS.items() if k not in training.SETTING_FIELDS}
         original = widget.logic.settings
         widget.logic.settings = lambda node: {**original(node), **overrides}  # tiny networks (not in the panel)
         _run(widget, widget.ui.startButton, 900)

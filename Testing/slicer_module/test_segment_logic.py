@@ -34,27 +34,15 @@ def segment_logic(segment_module, scene, segmentations_logic):
 
 
 @pytest.fixture(scope="session")
-def tiny_seg_model(tmp_path_factory, model_cache):
-    """A tiny random "mr+sct" U-Net with the pelvis label table (12 structures); axial 32 x 32 canvas."""
+def tiny_seg_model(tmp_path_factory, model_cache, module):
+    """A tiny random "mr+sct" U-Net with the pelvis label table (12 structures); axial 32 x 32 canvas; its weights
+    x3 spread the random logits so that several structures appear."""
     import torch
-    from MRtoCTSegmentLib.labels import load_label_table
-    from MRtoCTSegmentLib.modelfile import save_seg_model
-    from MRtoCTSegmentLib.unet import UNet2D
-    from MRtoCTSynthesisLib.preprocessing import Normalization
+    from MRtoCTSlicer.selftest_data import saveTinySegmentationModel
 
     torch.manual_seed(0)
-    table = load_label_table("pelvis")
-    norm = Normalization("axial", (32, 32), (-1000.0, 3500.0), (0.0, 3500.0))
-    metadata = {"name": "tiny-seg", "description": "untrained U-Net for tests", "license": "Apache-2.0",
-                "intended_use": "tests only",
-                "network": {"architecture": "unet2d", "kwargs": {"in_channels": 2, "n_classes": table.n_classes,
-                                                                 "base": 2, "norm": "batch", "dropout": 0.0}},
-                "channels": "mr+sct", "label_table": table.to_json(), "normalization": norm.to_json()}
-    net = UNet2D(2, table.n_classes, 2)
-    with torch.no_grad():  # spread the random logits so that several structures appear
-        for parameter in net.parameters():
-            parameter.mul_(3.0)
-    return save_seg_model(tmp_path_factory.mktemp("seg-models") / "tiny-seg.mrtoct-seg.safetensors", metadata, net)
+    return saveTinySegmentationModel(tmp_path_factory.mktemp("seg-models") / "tiny-seg.mrtoct-seg.safetensors",
+                                     "tiny-seg", weightScale=3.0)
 
 
 @pytest.fixture

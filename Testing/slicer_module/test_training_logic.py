@@ -469,3 +469,27 @@ def test_the_module_self_test_passes_headless(training_module, scene, registry):
     training_module.MRtoCTTrainingTest().runTest()
     assert time.time() - started < 90
     assert local_models() == {}, "the self-test registers its model in a temporary registry only"
+
+
+def test_run_buttons_follow_the_run_folder(training_module, tmp_path):
+    """The training panel's Start / Resume rules (``training_text.runControls``) on real RunState values."""
+    from MRtoCTSlicer.training_text import runControls, stopText
+    from MRtoCTSynthesisLib.training_process import RunState
+
+    fresh, stopped = RunState(tmp_path), RunState(tmp_path, has_checkpoint=True, iteration=200, iterations=1000)
+    done, busy = RunState(tmp_path, has_checkpoint=True, finished=True), RunState(tmp_path, running_pid=4242)
+    assert runControls(None, ready=False, running=False)["start"] is False
+    assert runControls(fresh, ready=True, running=False) == {
+        "text": "New run.", "start": True, "resume": False,
+        "startTip": "Check the data, then train a new model in the run folder"}
+    stoppedControls = runControls(stopped, ready=True, running=False)
+    assert (stoppedControls["start"], stoppedControls["resume"]) == (False, True)
+    assert "already holds a run" in stoppedControls["startTip"]
+    assert (runControls(done, True, False)["start"], runControls(done, True, False)["resume"]) == (False, False)
+    assert (runControls(busy, True, False)["start"], runControls(busy, True, False)["resume"]) == (False, False)
+    assert runControls(None, True, running=True)["text"] == "Training in this folder."
+    process = type("Process", (), {"iteration": 250, "checkpoint_iteration": 200})()
+    assert stopText(process, "Slicer is closing") == ("Stopped at iteration 250 because Slicer is closing. Resume "
+                                                      "continues from the checkpoint at iteration 200.")
+    process.checkpoint_iteration = 0
+    assert stopText(process) == "Stopped, before the first checkpoint: Start begins again."

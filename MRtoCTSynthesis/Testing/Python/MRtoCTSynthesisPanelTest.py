@@ -23,7 +23,7 @@ class MRtoCTSynthesisPanelTest(unittest.TestCase):
         self.widget = slicer.util.getModuleWidget("MRtoCTSynthesis")
         self.assertTrue(self.widget.logic.setupPythonRequirements(askConfirmation=False))
         self.folder = tempfile.TemporaryDirectory()
-        model = MRtoCTSynthesis.MRtoCTSynthesisTest()._smallestModel(self.folder.name)
+        model = MRtoCTSynthesis.smallestSynthesisModel(self.folder.name)
         phantom = make_phantom("head", 1, shape=(40, 40, 24), spacing=(5.0, 5.0, 6.0))
         self.mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "panel MR")
         MRtoCTSynthesis.updateVolumeNodeFromSitkImage(self.mrNode, phantom.mr)
