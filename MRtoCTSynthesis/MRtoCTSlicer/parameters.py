@@ -119,30 +119,38 @@ def setTrainingSetting(parameters: TrainingParameters, field: str, value) -> Non
 # ------------------------------------------------------------------------------------------------ connectors
 
 
-@parameterNodeGuiConnector
-class PathLineEditToStrConnector(GuiConnector):
-    """A ctkPathLineEdit bound to a ``str`` parameter; "" is "none chosen"."""
+class _OneSignalConnector(GuiConnector):
+    """A connector to one widget whose signal ``SIGNAL`` tells that its value changed."""
 
-    @staticmethod
-    def canRepresent(widget, datatype) -> bool:
-        return type(widget) == ctk.ctkPathLineEdit and unannotatedType(datatype) == str
+    SIGNAL = ""
 
-    @staticmethod
-    def create(widget, datatype):
-        return PathLineEditToStrConnector(widget) if PathLineEditToStrConnector.canRepresent(widget, datatype) else None
+    @classmethod
+    def create(cls, widget, datatype):
+        return cls(widget) if cls.canRepresent(widget, datatype) else None
 
     def __init__(self, widget):
         super().__init__()
         self._widget = widget
 
     def _connect(self):
-        self._widget.currentPathChanged.connect(self.changed)
+        getattr(self._widget, self.SIGNAL).connect(self.changed)
 
     def _disconnect(self):
-        self._widget.currentPathChanged.disconnect(self.changed)
+        getattr(self._widget, self.SIGNAL).disconnect(self.changed)
 
     def widget(self):
         return self._widget
+
+
+@parameterNodeGuiConnector
+class PathLineEditToStrConnector(_OneSignalConnector):
+    """A ctkPathLineEdit bound to a ``str`` parameter; "" is "none chosen"."""
+
+    SIGNAL = "currentPathChanged"
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return type(widget) == ctk.ctkPathLineEdit and unannotatedType(datatype) == str
 
     def read(self) -> str:
         return self._widget.currentPath
@@ -152,30 +160,15 @@ class PathLineEditToStrConnector(GuiConnector):
             self._widget.currentPath = value
 
 
-class ComboBoxDataToStrConnector(GuiConnector):
+class ComboBoxDataToStrConnector(_OneSignalConnector):
     """A combo box whose items are filled at run time, each item's data the value. A value that is not listed (a device
     the probe has not reported yet) leaves the combo box as it is."""
+
+    SIGNAL = "currentIndexChanged"
 
     @staticmethod
     def canRepresent(widget, datatype) -> bool:
         return unannotatedType(datatype) == str and hasattr(widget, "findData")
-
-    @staticmethod
-    def create(widget, datatype):
-        return ComboBoxDataToStrConnector(widget) if ComboBoxDataToStrConnector.canRepresent(widget, datatype) else None
-
-    def __init__(self, widget):
-        super().__init__()
-        self._widget = widget
-
-    def _connect(self):
-        self._widget.currentIndexChanged.connect(self.changed)
-
-    def _disconnect(self):
-        self._widget.currentIndexChanged.disconnect(self.changed)
-
-    def widget(self):
-        return self._widget
 
     def read(self) -> str:
         return self._widget.currentData or ""
