@@ -31,7 +31,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     widgets do not show: model lists, labels, button states; called after every change), ``onJobFinished(job)``,
     ``stopRunningJob(reason)`` and either ``cancelBackgroundJob(job)`` (a file job: the default ``pollJob`` and
     ``cancelJob`` serve it) or its own ``pollJob(job)`` (new updates of the running job; called by the timer).
-    Its Logic provides ``getParameterNode``, ``setDefaultParameters`` and ``setupPythonRequirements``."""
+    Its Logic provides ``getParameterNode`` (the module's parameterNodeWrapper) and ``setupPythonRequirements``."""
 
     POLL_INTERVAL_MSEC = 200
 
@@ -76,8 +76,10 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
-        """The panel is hidden: it stops following the parameter node (a running job still finishes into it)."""
-        self._disconnectParameterNode()
+        """The panel is hidden: its own updates stop (a running job still finishes into the parameters). The widgets
+        stay bound: binding again on every entry would leave one VTK observer behind each time in Slicer < 5.12,
+        whose ``disconnectGui`` does not remove it."""
+        self._stopObservingParameters()
 
     def onSceneStartClose(self, caller, event):
         self.stopRunningJob("the scene was closed")
@@ -102,30 +104,37 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setParameterNode(self, parameters):
         """Bind the panel to ``parameters`` (the module's parameterNodeWrapper, or None): the widgets with a
-        ``SlicerParameterName`` in the .ui and the run-time combo boxes follow it and write into it.
+        ``SlicerParameterName`` in the .ui and the run-time combo boxes follow it and write into it. Parameters over
+        the node the widgets are bound to already keep that binding.
 
         ``connectParametersToGui`` rather than ``connectGui``: before Slicer 5.10 ``connectGui`` returns no tag, so
-        ``disconnectGui`` could not undo it and every module entry would bind the widgets once more."""
-        self._disconnectParameterNode()
-        self._parameterNode = parameters
-        if parameters is None:
-            return
-        widgets = {widget.property(SlicerParameterNamePropertyName): widget for widget in vars(self.ui).values()
-                   if widget.property(SlicerParameterNamePropertyName)}
-        widgets.update({name: ComboBoxDataToStrConnector(combo) for name, combo in self._dataComboBoxes.items()})
-        self._parameterNodeGuiTag = parameters.connectParametersToGui(widgets)
-        self.addObserver(parameters.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self.onDevicesChanged()  # a connector may have reset a range the device list narrows
+        ``disconnectGui`` could not undo it and each new parameter node (a scene closed) would bind the widgets once
+        more."""
+        current = self._parameterNode
+        if parameters is None or current is None or parameters.parameterNode is not current.parameterNode:
+            self._unbindParameters()
+            self._parameterNode = parameters
+            if parameters is None:
+                return
+            widgets = {widget.property(SlicerParameterNamePropertyName): widget for widget in vars(self.ui).values()
+                       if widget.property(SlicerParameterNamePropertyName)}
+            widgets.update({name: ComboBoxDataToStrConnector(combo) for name, combo in self._dataComboBoxes.items()})
+            self._parameterNodeGuiTag = parameters.connectParametersToGui(widgets)
+            self.onDevicesChanged()  # a connector may have reset a range the device list narrows
+        node = self._parameterNode.parameterNode
+        if not self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self.updateGUIFromParameterNode()
 
-    def _disconnectParameterNode(self):
-        if self._parameterNode is None:
-            return
-        if self._parameterNodeGuiTag is not None:
+    def _unbindParameters(self):
+        self._stopObservingParameters()
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-        node = self._parameterNode.parameterNode
-        if self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
+        self._parameterNodeGuiTag = None
+
+    def _stopObservingParameters(self):
+        node = self._parameterNode.parameterNode if self._parameterNode is not None else None
+        if node is not None and self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
             self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def updateGUIFromParameterNode(self, caller=None, event=None):

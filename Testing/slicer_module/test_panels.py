@@ -213,18 +213,27 @@ def test_bound_widgets_follow_the_parameters_and_write_them(harness, module):
     assert not widget.ui.dicomFolderPathLineEdit.enabled
 
 
-def test_reentering_the_panel_binds_each_widget_once(harness, module):
-    """connectParametersToGui's tag lets exit() undo the binding (connectGui returns none before Slicer 5.10)."""
+def test_each_widget_is_bound_once_across_module_entries_and_scene_closes(harness, module, scene):
+    """Module entry keeps the binding; a closed scene (a new parameter node) replaces it. The tag of
+    connectParametersToGui lets the panel undo a binding (connectGui returns none before Slicer 5.10: with it,
+    each closed scene would add one more)."""
     from PySide6 import QtCore
 
     widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
     checkBox = widget.ui.qualityMapCheckBox.unwrap()
-    connected = checkBox.receivers(QtCore.SIGNAL("stateChanged(int)"))
+
+    def receivers():
+        return checkBox.receivers(QtCore.SIGNAL("stateChanged(int)"))
+
+    connected = receivers()
     for _ in range(3):
         widget.exit()
-        assert checkBox.receivers(QtCore.SIGNAL("stateChanged(int)")) == connected - 1
         widget.enter()
-    assert checkBox.receivers(QtCore.SIGNAL("stateChanged(int)")) == connected
+        scene.Clear()  # StartCloseEvent unbinds, EndCloseEvent binds the new parameter node
+    assert receivers() == connected
+    p = widget.logic.getParameterNode()
+    widget.ui.qualityMapCheckBox.checked = True
+    assert p.qualityMap is True and widget._parameterNode.parameterNode is p.parameterNode
     assert widget_harness.pump(lambda: _idle(widget))
 
 
