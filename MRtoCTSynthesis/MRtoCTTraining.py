@@ -108,7 +108,7 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
         self.stopJob(reason)
 
     def onSceneEndClose(self, caller, event):
-        self._shownRun = None
+        self._shownRun = self._runFolderSeen = None
         MRtoCTModuleWidget.onSceneEndClose(self, caller, event)
 
     # ------------------------------------------------------------------------------------------- parameter node

@@ -26,6 +26,7 @@ not call. The in-Slicer self-tests cover those.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import types
@@ -36,9 +37,17 @@ from PySide6 import QtCore, QtGui, QtWidgets
 import ui_support
 
 
-def _property_names(obj) -> set:
-    meta = obj.metaObject()
-    return {meta.property(i).name() for i in range(meta.propertyCount())}
+def _property_names(obj) -> frozenset:
+    return _class_properties(type(obj))
+
+
+@functools.cache
+def _class_properties(cls) -> frozenset:
+    """The Qt properties of a PySide6 class. Read from the class's ``staticMetaObject``: the wrapper PySide6 returns
+    for ``obj.metaObject()`` can be invalidated with another object of that class (seen as "Internal C++ object
+    (QMetaObject) already deleted" in a long test run)."""
+    meta = cls.staticMetaObject
+    return frozenset(meta.property(i).name() for i in range(meta.propertyCount()))
 
 
 class PythonQtStyle:
@@ -79,7 +88,7 @@ def qt_type(class_name: str) -> type:
 
 
 def wrap(obj) -> PythonQtStyle:
-    return qt_type(obj.metaObject().className())(obj)
+    return qt_type(type(obj).staticMetaObject.className())(obj)
 
 
 def _types_module(name: str, **attributes) -> types.ModuleType:
