@@ -284,3 +284,25 @@ def test_reload_imports_the_current_package_and_engine(harness, module, monkeypa
             del sys.modules[name]
         sys.modules.update(before)
         sys.modules["MRtoCTSynthesis"] = module
+
+
+def test_parameter_ranges_agree_with_the_ui(harness, training_module):
+    """Bound spin boxes take their range from the parameter's WithinRange; the .ui's own range (what Designer shows)
+    must say the same."""
+    import xml.etree.ElementTree as ET
+
+    from ui_support import bound_widgets
+
+    ui_file = REPO / "MRtoCTSynthesis" / "Resources" / "UI" / "MRtoCTTraining.ui"
+    widget = widget_harness.open_panel(training_module.MRtoCTTrainingWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    ui = {w.get("name"): {p.get("name"): p.findtext("*") for p in w.findall("property")}
+          for w in ET.parse(ui_file).iter("widget")}
+    checked = 0
+    for name in bound_widgets(ui_file):
+        box = getattr(widget.ui, name)
+        if name.endswith("SpinBox") and name != "processesSpinBox":  # processes: narrowed to the devices found
+            assert (box.minimum, box.maximum) == pytest.approx(
+                (float(ui[name]["minimum"]), float(ui[name]["maximum"]))), name
+            checked += 1
+    assert checked == 14
