@@ -19,11 +19,12 @@ for _folder in (MODULE_DIR, MODULE_DIR.parent / "MRtoCTSynthesis"):
     if _folder.is_dir() and str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
-from MRtoCTSlicer.choices import fillComboBox, selectData  # noqa: E402
+from MRtoCTSlicer.choices import fillComboBox  # noqa: E402
 from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
 from MRtoCTSlicer.interpreter import pythonExecutable  # noqa: E402
 from MRtoCTSlicer.nodes import updateVolumeNodeFromSitkImage  # noqa: E402
 from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
+from MRtoCTSlicer.selftest_data import tinySegmentationModels  # noqa: E402
 from MRtoCTSlicer.segment_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
     SEG_MODEL_SUFFIX, SOURCE_REFERENCE, MRtoCTSegmentLogic,
 )
@@ -62,21 +63,19 @@ TotalSegmentator Slicer extension.
 
 
 class MRtoCTSegmentWidget(MRtoCTModuleWidget):
-    """The panel: Segment starts ``mrtoct segment`` in a child process; Cancel kills it and leaves the scene as it
-    was; a failure shows its message in the status line and a message box."""
+    """The panel over ``parameters.SegmentParameters``: Segment starts ``mrtoct segment`` in a child process; Cancel
+    kills it and leaves the scene as it was; a failure shows its message in the status line and a message box."""
 
     def __init__(self, parent=None):
         MRtoCTModuleWidget.__init__(self, parent)
         self.segmentationModels, self.synthesisModels = [], []
 
     def setup(self):
-        self.setupPanel("UI/MRtoCTSegment.ui", MRtoCTSegmentLogic())
+        self.setupPanel("UI/MRtoCTSegment.ui", MRtoCTSegmentLogic(), dataComboBoxes={
+            "synthesisModel": "synthesisModelComboBox", "device": "deviceComboBox"})
         self.ui.progressBar.setVisible(False)
-        self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.sctVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        # the widgets with a SlicerParameterName (.ui) and the combo boxes above are bound by setParameterNode
         self.ui.segmentationModelComboBox.currentIndexChanged.connect(self.onSegmentationModelChanged)
-        self.ui.synthesisModelComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.initializeParameterNode()
         self.refreshDevices()
@@ -95,27 +94,15 @@ class MRtoCTSegmentWidget(MRtoCTModuleWidget):
         self.setFirstScalarVolumeAsInput()
 
     def showParameters(self, p):
-        self.ui.inputVolumeSelector.setCurrentNode(p.GetNodeReference("InputVolume"))
-        self.ui.sctVolumeSelector.setCurrentNode(p.GetNodeReference("SCTVolume"))
         self.showModelChoices()
-        selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
-        self.ui.synthesisModelComboBox.enabled = p.GetNodeReference("SCTVolume") is None
-        self.ui.modelInfoLabel.text = p.GetParameter("Model")
+        self.ui.synthesisModelComboBox.enabled = p.sctVolume is None
+        self.ui.modelInfoLabel.text = p.model
         self.updateButtonStates()
-
-    def storeParameters(self, p):
-        p.SetNodeReferenceID("InputVolume", self.ui.inputVolumeSelector.currentNodeID)
-        p.SetNodeReferenceID("SCTVolume", self.ui.sctVolumeSelector.currentNodeID)
-        model = self.ui.segmentationModelComboBox.currentData
-        if model and model != LOAD_FROM_FILE:
-            p.SetParameter("Model", model)
-        p.SetParameter("SynthesisModel", self.ui.synthesisModelComboBox.currentData or "")
-        p.SetParameter("Device", self.ui.deviceComboBox.currentData or "auto")
 
     def updateButtonStates(self):
         running = self._job is not None
         p = self._parameterNode
-        ready = bool(p and p.GetNodeReference("InputVolume") and p.GetParameter("Model"))
+        ready = bool(p and p.inputVolume and p.model)
         self.ui.applyButton.text = "Cancel" if running else "Segment"
         self.ui.applyButton.toolTip = ("Stop the segmentation; the scene is left as it was" if running else
                                        "Segment bones and muscles of the input MR" if ready else
@@ -142,29 +129,29 @@ class MRtoCTSegmentWidget(MRtoCTModuleWidget):
     def showModelChoices(self):
         """Refill both model combo boxes; the parameter node's choices stay selected."""
         p = self._parameterNode
-        chosen = p.GetParameter("Model") if p is not None else None
+        chosen = p.model if p is not None else None
         files = list(self.segmentationModels)
         if chosen and chosen not in files:
             files.append(chosen)  # a file chosen with "Load from file..." or restored with the scene
         items = [(Path(path).name[:-len(SEG_MODEL_SUFFIX)] if path.endswith(SEG_MODEL_SUFFIX) else Path(path).name,
                   path, path) for path in files] + [("Load from file...", LOAD_FROM_FILE)]
         fillComboBox(self.ui.segmentationModelComboBox, items, selected=chosen, separatorBefore=LOAD_FROM_FILE)
-        synthesis = p.GetParameter("SynthesisModel") if p is not None else ""
+        synthesis = p.synthesisModel if p is not None else ""
         names = list(self.synthesisModels) + ([synthesis] if synthesis and synthesis not in self.synthesisModels else [])
         fillComboBox(self.ui.synthesisModelComboBox, [("The one the segmentation model was trained with", "")]
                      + [(name, name) for name in names], selected=synthesis or "")
 
     def onSegmentationModelChanged(self, index):
-        if self._updatingGUIFromParameterNode:
+        """Bound by hand: the combo box is refilled at run time and "Load from file..." is no model."""
+        if self._parameterNode is None:
             return
-        if self.ui.segmentationModelComboBox.currentData == LOAD_FROM_FILE:
-            path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Choose a segmentation model file", "",
-                                                  f"MRtoCT segmentation models (*{SEG_MODEL_SUFFIX});;All files (*)")
-            if path and self._parameterNode is not None:
-                self._parameterNode.SetParameter("Model", path)
-            self.updateGUIFromParameterNode()
-            return
-        self.updateParameterNodeFromGUI()
+        model = self.ui.segmentationModelComboBox.currentData
+        if model == LOAD_FROM_FILE:
+            model = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Choose a segmentation model file", "",
+                                                   f"MRtoCT segmentation models (*{SEG_MODEL_SUFFIX});;All files (*)")
+        if model:
+            self._parameterNode.model = model
+        self.showModelChoices()  # selects the chosen model, or the previous one if no file was chosen
 
     # ------------------------------------------------------------------------------------------- run, cancel
 
@@ -172,16 +159,14 @@ class MRtoCTSegmentWidget(MRtoCTModuleWidget):
         if self._job is not None:
             self.cancelJob()
             return
-        self.updateParameterNodeFromGUI()
         p = self._parameterNode
         job = None
         with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
             if not self.checkPythonRequirements("PyTorch and the required Python packages are needed to segment."):
                 return
-            job = self.logic.startBackgroundSegmentation(
-                p.GetNodeReference("InputVolume"), p.GetParameter("Model"),
-                synthesisModel=p.GetParameter("SynthesisModel") or None, sctNode=p.GetNodeReference("SCTVolume"),
-                device=p.GetParameter("Device"))
+            job = self.logic.startBackgroundSegmentation(p.inputVolume, p.model,
+                                                         synthesisModel=p.synthesisModel or None,
+                                                         sctNode=p.sctVolume, device=p.device)
         if job is None:
             return
         self.ui.progressBar.setValue(0)
@@ -228,28 +213,6 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
             self.setUp()
             self.test_PanelCancelLeavesTheScene()
 
-    @staticmethod
-    def _tinyModels(folder):
-        """A tiny random synthesis model and a tiny random "mr+sct" pelvis segmentation model (fast on CPU)."""
-        from MRtoCTSegmentLib.labels import load_label_table
-        from MRtoCTSegmentLib.modelfile import save_seg_model
-        from MRtoCTSegmentLib.unet import UNet2D
-        from MRtoCTSynthesisLib.modelfile import save_untrained_model
-        from MRtoCTSynthesisLib.preprocessing import Normalization
-
-        synthesis = save_untrained_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", "tiny-self-test")
-        table = load_label_table("pelvis")
-        norm = Normalization("axial", (32, 32), (-1000.0, 3500.0), (0.0, 3500.0))
-        segMetadata = {"name": "tiny-seg-self-test", "description": "untrained U-Net for the self test",
-                       "license": "Apache-2.0", "intended_use": "testing only",
-                       "network": {"architecture": "unet2d", "kwargs": {
-                           "in_channels": 2, "n_classes": table.n_classes, "base": 2, "norm": "batch",
-                           "dropout": 0.0}},
-                       "channels": "mr+sct", "label_table": table.to_json(), "normalization": norm.to_json()}
-        model = save_seg_model(Path(folder) / f"tiny-seg-self-test{SEG_MODEL_SUFFIX}", segMetadata,
-                               UNet2D(2, table.n_classes, 2))
-        return str(model), str(synthesis)
-
     def test_SegmentPhantom(self):
         import tempfile
 
@@ -264,7 +227,7 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
         updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
         before = slicer.util.arrayFromVolume(mrNode).copy()
         with tempfile.TemporaryDirectory() as folder:
-            model, synthesis = self._tinyModels(folder)
+            model, synthesis = tinySegmentationModels(folder)
             segmentationNode = logic.segment(mrNode, model=model, synthesisModel=synthesis, device="cpu")
         self.delayDisplay("Segmented")
         self.assertEqual(segmentationNode.GetName(), "phantom MR segmentation")
@@ -284,12 +247,9 @@ class MRtoCTSegmentTest(ScriptedLoadableModuleTest):
         mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "panel MR")
         updateVolumeNodeFromSitkImage(mrNode, phantom.mr)
         with tempfile.TemporaryDirectory() as folder:
-            model, synthesis = self._tinyModels(folder)
+            model, synthesis = tinySegmentationModels(folder)
             p = widget.logic.getParameterNode()
-            p.SetNodeReferenceID("InputVolume", mrNode.GetID())
-            p.SetParameter("Model", model)
-            p.SetParameter("SynthesisModel", synthesis)
-            p.SetParameter("Device", "cpu")
+            p.inputVolume, p.model, p.synthesisModel, p.device = mrNode, model, synthesis, "cpu"
             nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
             widget.ui.applyButton.click()
             self.assertIsNotNone(widget._job)

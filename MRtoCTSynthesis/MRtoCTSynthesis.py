@@ -21,12 +21,13 @@ if str(MODULE_DIR) not in sys.path:  # the engine and the Slicer-layer package l
     sys.path.insert(0, str(MODULE_DIR))
 
 from MRtoCTSlicer import display  # noqa: E402
-from MRtoCTSlicer.choices import fillComboBox, precisionItems, selectData  # noqa: E402
+from MRtoCTSlicer.choices import fillComboBox, precisionItems  # noqa: E402
 from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
 from MRtoCTSlicer.interpreter import pythonExecutable  # noqa: E402
 from MRtoCTSlicer.nodes import updateVolumeNodeFromSitkImage  # noqa: E402
 from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
 from MRtoCTSlicer.sampledata import registerSampleData  # noqa: E402
+from MRtoCTSlicer.selftest_data import smallestSynthesisModel  # noqa: E402
 from MRtoCTSlicer.synthesis_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
     DEFAULT_MODEL, SOURCE_REFERENCE, MRtoCTSynthesisLogic,
 )
@@ -68,29 +69,24 @@ MONAIAuto3DSeg Slicer extensions.
 
 
 class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
-    """The panel: parameter node <-> widgets; Synthesize CT starts a child process that the timer follows."""
+    """The panel over ``parameters.SynthesisParameters``; Synthesize CT starts a child process that the timer
+    follows."""
 
     def __init__(self, parent=None):
         MRtoCTModuleWidget.__init__(self, parent)
         self.models = []  # the model list entries (``Catalog.list_models``) from the last probe
 
     def setup(self):
-        self.setupPanel("UI/MRtoCTSynthesis.ui", MRtoCTSynthesisLogic())
+        self.setupPanel("UI/MRtoCTSynthesis.ui", MRtoCTSynthesisLogic(), dataComboBoxes={
+            "device": "deviceComboBox", "precision": "precisionComboBox", "windowPreset": "windowPresetComboBox"})
         fillComboBox(self.ui.windowPresetComboBox,
                      [(label, name) for name, (label, _, _) in display.CT_WINDOW_PRESETS.items()])
         self.showModels([])
         self.onDevicesChanged()
         self.ui.progressBar.setVisible(False)
 
-        # GUI -> parameter node
-        self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.outputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        # the widgets with a SlicerParameterName (.ui) and the combo boxes above are bound by setParameterNode
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
-        self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
-        self.ui.precisionComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.qualityMapCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
-        self.ui.dicomExportCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
-        self.ui.dicomFolderPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.windowPresetComboBox.currentIndexChanged.connect(self.onWindowPresetChanged)
         self.ui.mrOpacitySliderWidget.valueChanged.connect(display.setMROpacity)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
@@ -113,39 +109,18 @@ class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
         self.setFirstScalarVolumeAsInput()
 
     def showParameters(self, p):
-        inputVolume = p.GetNodeReference("InputVolume")
-        self.ui.inputVolumeSelector.setCurrentNode(inputVolume)
-        self.ui.outputVolumeSelector.setCurrentNode(p.GetNodeReference("OutputVolume"))
         self.showModels(self.models)
-        selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
-        selectData(self.ui.precisionComboBox, p.GetParameter("Precision"))
-        selectData(self.ui.windowPresetComboBox, p.GetParameter("WindowPreset"))
-        self.ui.qualityMapCheckBox.checked = p.GetParameter("QualityMap") == "true"
-        self.ui.dicomExportCheckBox.checked = p.GetParameter("DicomExport") == "true"
-        self.ui.dicomFolderPathLineEdit.currentPath = p.GetParameter("DicomFolder")
-        self.ui.dicomFolderPathLineEdit.enabled = p.GetParameter("DicomExport") == "true"
-        if inputVolume:
-            self.ui.outputVolumeSelector.baseName = f"{inputVolume.GetName()} sCT"
-        self.ui.showQualityMapButton.enabled = p.GetNodeReference("QualityVolume") is not None
+        self.onDevicesChanged()  # the precision menu's "auto" label is the selected device's
+        self.ui.dicomFolderPathLineEdit.enabled = p.dicomExport
+        if p.inputVolume:
+            self.ui.outputVolumeSelector.baseName = f"{p.inputVolume.GetName()} sCT"
+        self.ui.showQualityMapButton.enabled = p.qualityVolume is not None
         self.updateButtonStates()
-
-    def storeParameters(self, p):
-        p.SetNodeReferenceID("InputVolume", self.ui.inputVolumeSelector.currentNodeID)
-        p.SetNodeReferenceID("OutputVolume", self.ui.outputVolumeSelector.currentNodeID)
-        model = self.ui.modelComboBox.currentData
-        if model and model != LOAD_FROM_FILE:
-            p.SetParameter("Model", model)
-        p.SetParameter("Device", self.ui.deviceComboBox.currentData or "auto")
-        p.SetParameter("Precision", self.ui.precisionComboBox.currentData or "auto")
-        p.SetParameter("WindowPreset", self.ui.windowPresetComboBox.currentData or display.DEFAULT_WINDOW_PRESET)
-        p.SetParameter("QualityMap", "true" if self.ui.qualityMapCheckBox.checked else "false")
-        p.SetParameter("DicomExport", "true" if self.ui.dicomExportCheckBox.checked else "false")
-        p.SetParameter("DicomFolder", self.ui.dicomFolderPathLineEdit.currentPath)
 
     def updateButtonStates(self):
         running = self._job is not None
         p = self._parameterNode
-        ready = bool(p and p.GetNodeReference("InputVolume") and p.GetParameter("Model"))
+        ready = bool(p and p.inputVolume and p.model)
         self.ui.applyButton.text = "Cancel" if running else "Synthesize CT"
         self.ui.applyButton.toolTip = ("Stop the synthesis; the scene is left as it was" if running else
                                        "Synthesize a CT from the input MR" if ready else
@@ -167,7 +142,7 @@ class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
     def showModels(self, models):
         """Refill the model combo box; the parameter node's model stays selected (a model file too)."""
         self.models = list(models)
-        chosen = self._parameterNode.GetParameter("Model") if self._parameterNode is not None else None
+        chosen = self._parameterNode.model if self._parameterNode is not None else None
         items = [(entry["name"] + (" (trained locally)" if entry.get("source") == "local" else
                                    "" if entry.get("path") else " (to download)"), entry["name"],
                   entry.get("description", "")) for entry in self.models]
@@ -179,24 +154,20 @@ class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
         self.ui.modelInfoLabel.text = entry.get("description", "") if entry else (chosen or "")
 
     def onModelChanged(self, index):
-        if self._updatingGUIFromParameterNode:
+        """The model combo box is bound by hand: it is refilled at run time and "Load from file..." is no model."""
+        if self._parameterNode is None:
             return
-        if self.ui.modelComboBox.currentData == LOAD_FROM_FILE:
-            path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Choose an MRtoCT model file", "",
-                                                  "MRtoCT models (*.mrtoct.safetensors);;All files (*)")
-            if path and self._parameterNode is not None:
-                self._parameterNode.SetParameter("Model", path)
-            self.updateGUIFromParameterNode()  # selects the chosen file, or the previous model if none was chosen
-            return
-        self.updateParameterNodeFromGUI()
-
-    def onDeviceChanged(self, index):
-        self.updateParameterNodeFromGUI()
-        self.onDevicesChanged()
+        model = self.ui.modelComboBox.currentData
+        if model == LOAD_FROM_FILE:
+            model = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Choose an MRtoCT model file", "",
+                                                   "MRtoCT models (*.mrtoct.safetensors);;All files (*)")
+        if model:
+            self._parameterNode.model = model
+        self.showModels(self.models)  # selects the chosen model, or the previous one if no file was chosen
 
     def onDevicesChanged(self):
         """The precision menu; its "auto" item says what auto chooses on the selected device."""
-        chosen = self._parameterNode.GetParameter("Precision") if self._parameterNode is not None else None
+        chosen = self._parameterNode.precision if self._parameterNode is not None else None
         fillComboBox(self.ui.precisionComboBox, precisionItems(
             self.devices, self.automaticChoices, self.ui.deviceComboBox.currentData or "auto"), selected=chosen)
 
@@ -206,20 +177,18 @@ class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
         if self._job is not None:
             self.cancelJob()
             return
-        self.updateParameterNodeFromGUI()
         p = self._parameterNode
         job = None
         with slicer.util.tryWithErrorDisplay("Failed to start the CT synthesis.", waitCursor=True):
             if not self.checkPythonRequirements(
                     "PyTorch and the required Python packages are needed to synthesize a CT."):
                 return
-            model = self.resolveModel(p.GetParameter("Model"))
+            model = self.resolveModel(p.model)
             if model is None:
                 return
-            job = self.logic.startBackgroundSynthesis(
-                p.GetNodeReference("InputVolume"), model=model, device=p.GetParameter("Device"),
-                precision=p.GetParameter("Precision"), qualityMap=p.GetParameter("QualityMap") == "true",
-                outputVolume=p.GetNodeReference("OutputVolume"))
+            job = self.logic.startBackgroundSynthesis(p.inputVolume, model=model, device=p.device,
+                                                      precision=p.precision, qualityMap=p.qualityMap,
+                                                      outputVolume=p.outputVolume)
         if job is None:
             return
         self.ui.progressBar.setValue(0)
@@ -264,16 +233,17 @@ class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
         if sctVolume is None:
             self.ui.statusLabel.text = "Cancelled; the scene was not changed."
             return
-        p.SetNodeReferenceID("OutputVolume", sctVolume.GetID())
         qualityVolumes = self.logic.qualityVolumes(sctVolume)
-        p.SetNodeReferenceID("QualityVolume", next(iter(qualityVolumes.values())).GetID() if qualityVolumes else None)
+        with slicer.util.NodeModify(p):
+            p.outputVolume = sctVolume
+            p.qualityVolume = next(iter(qualityVolumes.values())) if qualityVolumes else None
         self.ui.showQualityMapButton.checked = False
-        display.setCTDisplay(sctVolume, p.GetParameter("WindowPreset"))
+        display.setCTDisplay(sctVolume, p.windowPreset)
         display.showResult(job.inputVolume(), sctVolume, mrOpacity=self.ui.mrOpacitySliderWidget.value, fit=True)
         status = (f"Done: '{sctVolume.GetName()}' in {formatDuration(job.process.finished_at - job.process.started_at)}"
                   f" on {sctVolume.GetAttribute('MRtoCTSynthesis.Device')}.")
-        if p.GetParameter("DicomExport") == "true":
-            folder = p.GetParameter("DicomFolder")
+        if p.dicomExport:
+            folder = p.dicomFolder
             try:
                 files = self.logic.exportDicom(sctVolume, folder, referenceVolume=job.inputVolume())
                 status += f" DICOM CT series ({len(files)} files) written to {folder}."
@@ -288,14 +258,13 @@ class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
     # ------------------------------------------------------------------------------------------- display
 
     def onWindowPresetChanged(self, index):
-        self.updateParameterNodeFromGUI()
-        sctVolume = self._parameterNode.GetNodeReference("OutputVolume") if self._parameterNode else None
+        sctVolume = self._parameterNode.outputVolume if self._parameterNode is not None else None
         if sctVolume is not None and sctVolume.GetAttribute("MRtoCTSynthesis.Model"):
             display.setCTDisplay(sctVolume, self.ui.windowPresetComboBox.currentData)
 
     def onShowQualityMap(self, show):
         p = self._parameterNode
-        sctVolume, qualityVolume = p.GetNodeReference("OutputVolume"), p.GetNodeReference("QualityVolume")
+        sctVolume, qualityVolume = p.outputVolume, p.qualityVolume
         if sctVolume is None or qualityVolume is None:
             return
         if show:
@@ -319,16 +288,6 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SynthesizePhantom()
 
-    def _smallestModel(self, folder):
-        """The demo model if installed, else a tiny random model (same file format, 32x32 slices)."""
-        from MRtoCTSynthesisLib.modelfile import Catalog, save_untrained_model
-
-        try:
-            return str(Catalog().resolve(DEFAULT_MODEL))
-        except Exception:
-            pass
-        return str(save_untrained_model(Path(folder) / "tiny-self-test.mrtoct.safetensors", "tiny-self-test"))
-
     def test_SynthesizePhantom(self):
         import numpy as np
         from MRtoCTSynthesisLib.phantom import make_phantom
@@ -343,7 +302,7 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
         before = slicer.util.arrayFromVolume(mrNode).copy()
 
         with tempfile.TemporaryDirectory() as folder:
-            model = self._smallestModel(folder)
+            model = smallestSynthesisModel(folder)
             sctNode = logic.synthesize(mrNode, model=model, device="cpu", qualityMap=True)
         self.delayDisplay("Synthesized")
 

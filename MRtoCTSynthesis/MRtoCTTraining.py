@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import qt
-
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
@@ -22,14 +20,15 @@ MODULE_DIR = Path(__file__).resolve().parent
 if str(MODULE_DIR) not in sys.path:  # the engine package lives next to this file
     sys.path.insert(0, str(MODULE_DIR))
 
-from MRtoCTSlicer.backgroundcheck import BackgroundCheck  # noqa: E402
-from MRtoCTSlicer.choices import selectData  # noqa: E402
+from MRtoCTSlicer.choices import fillComboBox  # noqa: E402
 from MRtoCTSlicer.formatting import formatDuration  # noqa: E402
 from MRtoCTSlicer.panel import MRtoCTModuleWidget  # noqa: E402
+from MRtoCTSlicer.preview import showPreview  # noqa: E402
+from MRtoCTSlicer.selftest_data import TINY_TRAINING_SETTINGS, separateModelCache  # noqa: E402
 from MRtoCTSlicer.training_logic import (  # noqa: E402,F401  (the logic is part of this module's console API)
-    PLANES, SETTING_WIDGETS, MRtoCTTrainingLogic,
+    SETTING_FIELDS, MRtoCTTrainingLogic,
 )
-from MRtoCTSlicer.training_text import eventText, lossText, progressText  # noqa: E402
+from MRtoCTSlicer.training_text import eventText, lossText, progressText, runControls, stopText  # noqa: E402
 
 
 #
@@ -58,57 +57,32 @@ and Y. Hiasa et al., "Cross-modality image synthesis from unpaired data using Cy
 consistency loss and training data size", SASHIMI 2018.
 """
 
-
-#
-# Pure helpers (no Qt)
-#
-
-
 #
 # Widget
 #
 
 
 class MRtoCTTrainingWidget(MRtoCTModuleWidget):
-    """The panel; the parameter-node, timer and scene template is ``MRtoCTSlicer.panel.MRtoCTModuleWidget``. Start
-    checks the data in a thread (it reads every volume) and then starts the trainer process."""
+    """The panel over ``parameters.TrainingParameters``; the binding, timer and scene template is
+    ``MRtoCTSlicer.panel.MRtoCTModuleWidget``. Start checks the data in a thread (it reads every volume) and then
+    starts the trainer process."""
 
     POLL_INTERVAL_MSEC = 500
 
     def __init__(self, parent=None):
         MRtoCTModuleWidget.__init__(self, parent)
-        self._previewPath = None
-        self._shownRun = None
-        self._check = None  # the BackgroundCheck of a Start or Resume click
+        self._shownRun = None  # the run folder whose losses and preview the panel shows
+        self._runFolderSeen = None  # the run folder parameter last reacted to
 
     def setup(self):
-        self.setupPanel("UI/MRtoCTTraining.ui", MRtoCTTrainingLogic())
-
-        self.ui.presetComboBox.clear()
-        for name in self.logic.presetNames():
-            self.ui.presetComboBox.addItem(name, name)
-        self.ui.planeComboBox.clear()
-        for plane in PLANES:
-            self.ui.planeComboBox.addItem(plane, plane)
+        self.setupPanel("UI/MRtoCTTraining.ui", MRtoCTTrainingLogic(), dataComboBoxes={"device": "deviceComboBox"})
+        self.showPresets(None)
         self.ui.progressBar.setVisible(False)
 
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
-
-        # GUI -> parameter node
-        for pathLineEdit in (self.ui.mrFolderPathLineEdit, self.ui.ctFolderPathLineEdit):
-            pathLineEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGUI)
-        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRunFolderChanged)
+        # the widgets with a SlicerParameterName (.ui) and the device menu are bound by setParameterNode; the preset
+        # menu is an action (it rewrites the Advanced settings), bound by hand
         self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.processesSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.planeComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        for field, names in SETTING_WIDGETS.items():
-            for name in (names if isinstance(names, tuple) else (names,)):
-                widget = getattr(self.ui, name)
-                if name.endswith("DoubleSpinBox"):
-                    widget.connect("valueChanged(double)", self.updateParameterNodeFromGUI)
-                elif name.endswith("SpinBox"):
-                    widget.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
 
         # buttons
         self.ui.resetSettingsButton.connect("clicked(bool)", self.onResetSettings)
@@ -134,59 +108,31 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
         self.stopJob(reason)
 
     def onSceneEndClose(self, caller, event):
-        self._shownRun = None
+        self._shownRun = self._runFolderSeen = None
         MRtoCTModuleWidget.onSceneEndClose(self, caller, event)
 
     # ------------------------------------------------------------------------------------------- parameter node
 
     def showParameters(self, p):
-        self.ui.mrFolderPathLineEdit.currentPath = p.GetParameter("MRFolder")
-        self.ui.ctFolderPathLineEdit.currentPath = p.GetParameter("CTFolder")
-        self.ui.runFolderPathLineEdit.currentPath = p.GetParameter("RunFolder")
-        selectData(self.ui.presetComboBox, p.GetParameter("Preset"))
-        self.ui.presetDescriptionLabel.text = self.logic.presetDescription(p.GetParameter("Preset"))
-        selectData(self.ui.deviceComboBox, p.GetParameter("Device"))
-        self.ui.processesSpinBox.value = int(p.GetParameter("Processes") or 1)
-        for field, value in self.logic.settings(p).items():
-            self._showSetting(field, value)
-        self.ui.lambdaSupervisedDoubleSpinBox.enabled = p.GetParameter("Preset") == "paired"
+        self.showPresets(p.preset)
+        self.ui.presetDescriptionLabel.text = self.logic.presetDescription(p.preset)
+        self.ui.lambdaSupervisedDoubleSpinBox.enabled = p.preset == "paired"
+        if p.runFolder != self._runFolderSeen:
+            self._runFolderSeen = p.runFolder
+            self.onRunFolderChanged(p)
         self.updateRunState()
 
-    def storeParameters(self, p):
-        p.SetParameter("MRFolder", self.ui.mrFolderPathLineEdit.currentPath)
-        p.SetParameter("CTFolder", self.ui.ctFolderPathLineEdit.currentPath)
-        p.SetParameter("RunFolder", self.ui.runFolderPathLineEdit.currentPath)
-        p.SetParameter("Device", self.ui.deviceComboBox.currentData or "auto")
-        p.SetParameter("Processes", str(self.ui.processesSpinBox.value))
-        for field in SETTING_WIDGETS:
-            self.logic.setSetting(p, field, self._readSetting(field))
-
-    def _showSetting(self, field, value):
-        names = SETTING_WIDGETS[field]
-        if field == "image_size":
-            self.ui.imageHeightSpinBox.value, self.ui.imageWidthSpinBox.value = int(value[0]), int(value[1])
-        elif field == "plane":
-            selectData(self.ui.planeComboBox, value)
-        else:
-            getattr(self.ui, names).value = value
-
-    def _readSetting(self, field):
-        if field == "image_size":
-            return [int(self.ui.imageHeightSpinBox.value), int(self.ui.imageWidthSpinBox.value)]
-        if field == "plane":
-            return self.ui.planeComboBox.currentData or PLANES[0]
-        widget = getattr(self.ui, SETTING_WIDGETS[field])
-        return float(widget.value) if SETTING_WIDGETS[field].endswith("DoubleSpinBox") else int(widget.value)
+    def showPresets(self, selected):
+        fillComboBox(self.ui.presetComboBox, [(name, name) for name in self.logic.presetNames()], selected=selected)
 
     def onPresetChanged(self, index):
-        if self._updatingGUIFromParameterNode or self._parameterNode is None:
-            return
-        self.updateParameterNodeFromGUI()
-        self.logic.applyPreset(self._parameterNode, self.ui.presetComboBox.currentData)
+        """The user chose a preset (refills are silent): select it and set every Advanced setting to its value."""
+        if self._parameterNode is not None:
+            self.logic.applyPreset(self._parameterNode, self.ui.presetComboBox.currentData)
 
     def onResetSettings(self):
         if self._parameterNode is not None:
-            self.logic.applyPreset(self._parameterNode, self._parameterNode.GetParameter("Preset"))
+            self.logic.applyPreset(self._parameterNode, self._parameterNode.preset)
 
     def onDevicesChanged(self):
         gpus = sum(1 for device in self.devices if device.startswith("cuda"))
@@ -194,19 +140,17 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
 
     # ------------------------------------------------------------------------------------------- run folder
 
-    def onRunFolderChanged(self, path):
-        if self._updatingGUIFromParameterNode:
+    def onRunFolderChanged(self, p):
+        """Another run folder: a run made earlier there shows its data folders (if none are chosen), losses and
+        preview."""
+        if self._job is not None:
             return
-        self.updateParameterNodeFromGUI()
-        p = self._parameterNode
-        if p is None or self._job is not None:
-            return
-        state = self.logic.runState(p.GetParameter("RunFolder"))
-        if state is not None and state.launch:  # a run made earlier: show its data folders if none are chosen
-            for key, parameter in (("mr", "MRFolder"), ("ct", "CTFolder")):
-                if not p.GetParameter(parameter) and state.launch.get(key):
-                    p.SetParameter(parameter, state.launch[key])
-        self.showRun(p.GetParameter("RunFolder"))
+        state = self.logic.runState(p.runFolder)
+        if state is not None and state.launch:
+            with slicer.util.NodeModify(p):
+                p.mrFolder = p.mrFolder or state.launch.get("mr") or ""
+                p.ctFolder = p.ctFolder or state.launch.get("ct") or ""
+        self.showRun(p.runFolder)
 
     def showRun(self, runFolder):
         """Show what a run folder already holds: its loss curves and last preview."""
@@ -226,27 +170,14 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
     def updateRunState(self):
         p = self._parameterNode
         running = self._job is not None
-        state = self.logic.runState(p.GetParameter("RunFolder")) if p is not None and not running else None
-        if running:
-            self.ui.runStateLabel.text = "Training in this folder."
-        elif state is None:
-            self.ui.runStateLabel.text = "Choose a new or empty folder; its name becomes the model's name."
-        else:
-            self.ui.runStateLabel.text = state.summary()[0].upper() + state.summary()[1:] + "."
-        ready = bool(p and p.GetParameter("MRFolder") and p.GetParameter("CTFolder") and p.GetParameter("RunFolder"))
-        self.ui.startButton.enabled = not running and ready and not (state and (state.has_checkpoint or state.finished
-                                                                                or state.running_pid))
-        self.ui.resumeButton.enabled = not running and bool(state and state.resumable and not state.running_pid)
-        self.ui.stopButton.enabled = running
+        state = self.logic.runState(p.runFolder) if p is not None and not running else None
+        controls = runControls(state, bool(p and p.mrFolder and p.ctFolder and p.runFolder), running)
+        self.ui.runStateLabel.text = controls["text"]
+        self.ui.startButton.enabled, self.ui.startButton.toolTip = controls["start"], controls["startTip"]
+        self.ui.resumeButton.enabled, self.ui.stopButton.enabled = controls["resume"], running
         for widget in (self.ui.dataCollapsibleButton, self.ui.trainingCollapsibleButton,
                        self.ui.advancedCollapsibleButton):
             widget.enabled = not running
-        if self.ui.startButton.enabled:
-            self.ui.startButton.toolTip = "Check the data, then train a new model in the run folder"
-        elif not running and state is not None and (state.has_checkpoint or state.finished):
-            self.ui.startButton.toolTip = "The run folder already holds a run: choose a new folder (or Resume)"
-        else:
-            self.ui.startButton.toolTip = "Choose the MR, CT and run folders"
 
     # ------------------------------------------------------------------------------------------- start, stop, resume
 
@@ -259,7 +190,6 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
     def _launch(self, resume):
         if self._job is not None or self._check is not None:
             return
-        self.updateParameterNodeFromGUI()
         process = None
         with slicer.util.tryWithErrorDisplay("Failed to start the training.", waitCursor=True):
             if not self.checkPythonRequirements(
@@ -271,17 +201,8 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
             return
         self.ui.statusLabel.text = "Checking the training data (reading every volume)..."
         self.ui.startButton.enabled = self.ui.resumeButton.enabled = False
-        self._check = BackgroundCheck(lambda: self.logic.checkTraining(process), process, resume)
-        self._pollTimer.start()
-
-    def onPollTimer(self):
-        check = self._check
-        if check is not None and check.done:
-            self._check = None
-            self.onDataChecked(check)
-        MRtoCTModuleWidget.onPollTimer(self)
-        if self._check is not None:
-            self._pollTimer.start()
+        self.startCheck(lambda: self.logic.checkTraining(process), self.onDataChecked, process=process,
+                        resume=resume)
 
     def onDataChecked(self, check):
         """The data check (run in a thread) is over: start the trainer, or say what is wrong."""
@@ -344,13 +265,7 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
         except Exception as error:
             logging.error(f"MRtoCTTraining: stopping the training failed: {error}")
         self._job = None
-        checkpoint = job.process.checkpoint_iteration
-        why = f" because {reason}" if reason else ""
-        if checkpoint:
-            message = (f"Stopped at iteration {job.process.iteration}{why}. Resume continues from the checkpoint at "
-                       f"iteration {checkpoint}.")
-        else:
-            message = f"Stopped{why}, before the first checkpoint: Start begins again."
+        message = stopText(job.process, reason)
         try:
             self.ui.progressBar.setVisible(False)
             self.ui.statusLabel.text = message
@@ -387,24 +302,11 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
     # ------------------------------------------------------------------------------------------- results
 
     def showPreview(self, path):
-        """The preview PNG (MR | sCT | reconstructed MR | a CT) in the panel, scaled to its width."""
-        label = self.ui.previewLabel
-        pixmap = qt.QPixmap(path) if path else None
-        if pixmap is None or pixmap.isNull():
-            if path is None:
-                label.setPixmap(qt.QPixmap())
-                label.text = ("The preview (MR | synthetic CT | reconstructed MR | a CT) appears here during "
-                              "training.")
-                self._previewPath = None
-            return  # a preview being rewritten: keep the last one
-        width = max(200, label.width - 4)
-        label.setPixmap(pixmap.scaledToWidth(width, qt.Qt.SmoothTransformation))
-        label.toolTip = path
-        self._previewPath = path
+        showPreview(self.ui.previewLabel, path)
 
     def onShowPlot(self):
         p = self._parameterNode
-        runFolder = self._job.runFolder if self._job is not None else (p.GetParameter("RunFolder") if p else "")
+        runFolder = self._job.runFolder if self._job is not None else (p.runFolder if p else "")
         if not runFolder:
             return
         _, chartNode = self.logic.lossPlotNodes(runFolder)
@@ -415,8 +317,8 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
 
     def onUseModel(self):
         p = self._parameterNode
-        state = self.logic.runState(p.GetParameter("RunFolder")) if p else None
-        name = self.logic.modelNameOfRun(p.GetParameter("RunFolder")) if state and state.finished else None
+        state = self.logic.runState(p.runFolder) if p else None
+        name = self.logic.modelNameOfRun(p.runFolder) if state and state.finished else None
         if not name:
             return
         self.refreshSynthesisModels()
@@ -431,20 +333,9 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
         except Exception as error:
             logging.warning(f"MRtoCTTraining: cannot refresh the Synthesize CT model list: {error}")
 
-
-#
-# Logic
-#
-
-
 #
 # Test (runs inside Slicer: Reload and Test, or ctest through slicer_add_python_unittest)
 #
-
-
-# the smallest networks and slices: a few seconds per run on a CPU
-TINY_SETTINGS = {"image_size": [32, 32], "augment_pad": [36, 36], "ngf": 4, "n_blocks": 1, "ndf": 4,
-                 "log_every": 1, "preview_every": 3, "validate_every": 1000, "checkpoint_every": 2, "iterations": 4}
 
 
 class MRtoCTTrainingTest(ScriptedLoadableModuleTest):
@@ -467,33 +358,25 @@ class MRtoCTTrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Starting the test")
         logic = MRtoCTTrainingLogic()
         self.assertTrue(logic.setupPythonRequirements(askConfirmation=False))
-        previousCache = os.environ.get("MRTOCT_MODEL_CACHE")
-        with tempfile.TemporaryDirectory() as folder:
-            os.environ["MRTOCT_MODEL_CACHE"] = os.path.join(folder, "models")  # keep the user's model list clean
-            try:
-                write_phantom_dataset(folder, "head", 2, seed=0, shape=(32, 32, 24), spacing=(7.0, 7.0, 7.0))
-                run = os.path.join(folder, "tiny-selftest")
-                job = logic.train(os.path.join(folder, "mr"), os.path.join(folder, "ct"), run, preset="yang2018",
-                                  settings=TINY_SETTINGS, device="cpu", timeout=600)
-                self.delayDisplay(f"Trained '{job.modelName}'")
+        with tempfile.TemporaryDirectory() as folder, separateModelCache(os.path.join(folder, "models")):
+            write_phantom_dataset(folder, "head", 2, seed=0, shape=(32, 32, 24), spacing=(7.0, 7.0, 7.0))
+            run = os.path.join(folder, "tiny-selftest")
+            job = logic.train(os.path.join(folder, "mr"), os.path.join(folder, "ct"), run, preset="yang2018",
+                              settings=TINY_TRAINING_SETTINGS, device="cpu", timeout=600)
+            self.delayDisplay(f"Trained '{job.modelName}'")
 
-                self.assertEqual(job.modelName, "tiny-selftest")
-                model = Path(run) / "model.mrtoct.safetensors"
-                self.assertEqual(Path(local_models()[job.modelName]).resolve(), model.resolve())
-                self.assertIn(job.modelName, [m["name"] for m in Catalog().list_models() if m["source"] == "local"])
-                metadata = read_metadata(model)
-                self.assertEqual(metadata["training"]["iterations"], 4)
-                self.assertEqual(metadata["preset"], "yang2018")
-                tableNode, chartNode = logic.lossPlotNodes(run, create=False)
-                self.assertEqual(tableNode.GetTable().GetNumberOfRows(), 4)
-                self.assertIn("structure", logic.lossSeriesNodes(run))  # the Yang preset's MIND loss is plotted
-                self.assertGreaterEqual(chartNode.GetNumberOfPlotSeriesNodes(), 6)
-                self.assertTrue((Path(run) / "preview.png").is_file())
-            finally:
-                if previousCache is None:
-                    os.environ.pop("MRTOCT_MODEL_CACHE", None)
-                else:
-                    os.environ["MRTOCT_MODEL_CACHE"] = previousCache
+            self.assertEqual(job.modelName, "tiny-selftest")
+            model = Path(run) / "model.mrtoct.safetensors"
+            self.assertEqual(Path(local_models()[job.modelName]).resolve(), model.resolve())
+            self.assertIn(job.modelName, [m["name"] for m in Catalog().list_models() if m["source"] == "local"])
+            metadata = read_metadata(model)
+            self.assertEqual(metadata["training"]["iterations"], 4)
+            self.assertEqual(metadata["preset"], "yang2018")
+            tableNode, chartNode = logic.lossPlotNodes(run, create=False)
+            self.assertEqual(tableNode.GetTable().GetNumberOfRows(), 4)
+            self.assertIn("structure", logic.lossSeriesNodes(run))  # the Yang preset's MIND loss is plotted
+            self.assertGreaterEqual(chartNode.GetNumberOfPlotSeriesNodes(), 6)
+            self.assertTrue((Path(run) / "preview.png").is_file())
         self.delayDisplay("Test passed")
 
     def test_PanelStartAndStop(self):
@@ -507,8 +390,8 @@ class MRtoCTTrainingTest(ScriptedLoadableModuleTest):
         with tempfile.TemporaryDirectory() as folder:
             write_phantom_dataset(folder, "head", 2, seed=0, shape=(32, 32, 24), spacing=(7.0, 7.0, 7.0))
             p = widget.logic.getParameterNode()
-            for name, value in (("MRFolder", "mr"), ("CTFolder", "ct"), ("RunFolder", "panel-run")):
-                p.SetParameter(name, os.path.join(folder, value))
+            p.mrFolder, p.ctFolder = os.path.join(folder, "mr"), os.path.join(folder, "ct")
+            p.runFolder = os.path.join(folder, "panel-run")
             widget.ui.startButton.click()
             deadline = time.time() + 120
             while widget._job is None and time.time() < deadline:

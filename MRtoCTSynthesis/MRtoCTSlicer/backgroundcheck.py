@@ -5,10 +5,11 @@ import threading
 
 class BackgroundCheck:
     """``function()`` in a daemon thread (the data check reads every volume): ``done``, then ``result`` or
-    ``error`` (its message). Polled by the panel's timer, so the click returns at once."""
+    ``error`` (its message). Polled by the panel's timer, so the click returns at once. ``context``: attributes the
+    caller wants back with the result."""
 
-    def __init__(self, function, process, resume):
-        self.process, self.resume = process, resume
+    def __init__(self, function, **context):
+        self.__dict__.update(context)
         self.result, self.error = None, None
         self._thread = threading.Thread(target=self._run, args=(function,), daemon=True)
         self._thread.start()

@@ -36,14 +36,6 @@ def fillComboBox(combo, items, selected=None, separatorBefore=None) -> bool:
     return index >= 0
 
 
-def selectData(combo, data) -> bool:
-    """Make the item with ``data`` current (signals as they are); False if there is none."""
-    index = combo.findData(data)
-    if index >= 0:
-        combo.setCurrentIndex(index)
-    return index >= 0
-
-
 def deviceItems(devices):
     """(label, device) items for the device combo box: "auto" and "cpu" first, then the GPUs the probe found."""
     labels = {"auto": "Automatic (GPU if available)", "cpu": "CPU", "mps": "Apple GPU (MPS)"}

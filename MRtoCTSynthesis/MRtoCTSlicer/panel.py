@@ -1,5 +1,5 @@
-"""The panel template of the three modules (PythonQt conventions): the .ui, the parameter node <-> GUI wiring with
-its re-entrance guard, one timer that follows the background job and the child-process probes, scene-close
+"""The panel template of the three modules (PythonQt conventions): the .ui, the parameter node bound to the GUI
+(Slicer's parameterNodeWrapper, ``parameters``), one timer that follows the background job and the child-process probes, scene-close
 handling, and a Reload that also reloads this package and the engines.
 
 Nothing heavy runs in a slot: the job is a child process (``MRtoCTSynthesisLib.background``) polled every
@@ -14,21 +14,24 @@ import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.parameterNodeWrapper import SlicerParameterNamePropertyName
 from slicer.util import VTKObservationMixin
 
+from .backgroundcheck import BackgroundCheck
 from .choices import deviceItems, fillComboBox
 from .formatting import etaText
 from .interpreter import pythonExecutable
+from .parameters import ComboBoxDataToStrConnector
 
 RELOADED_PACKAGES = ("MRtoCTSlicer", "MRtoCTSynthesisLib", "MRtoCTSegmentLib")
 
 
 class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """A subclass calls ``setupPanel`` from its ``setup`` and provides ``showParameters(parameterNode)`` (node ->
-    widgets, called with the guard set), ``storeParameters(parameterNode)`` (widgets -> node), ``onJobFinished(job)``,
+    """A subclass calls ``setupPanel`` from its ``setup`` and provides ``showParameters(parameters)`` (what the bound
+    widgets do not show: model lists, labels, button states; called after every change), ``onJobFinished(job)``,
     ``stopRunningJob(reason)`` and either ``cancelBackgroundJob(job)`` (a file job: the default ``pollJob`` and
     ``cancelJob`` serve it) or its own ``pollJob(job)`` (new updates of the running job; called by the timer).
-    Its Logic provides ``getParameterNode``, ``setDefaultParameters`` and ``setupPythonRequirements``."""
+    Its Logic provides ``getParameterNode`` (the module's parameterNodeWrapper) and ``setupPythonRequirements``."""
 
     POLL_INTERVAL_MSEC = 200
 
@@ -36,21 +39,26 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
+        self._parameterNode = None  # the module's parameterNodeWrapper (``parameters``)
+        self._parameterNodeGuiTag = None
+        self._dataComboBoxes = {}
         self._updatingGUIFromParameterNode = False
         self._job = None
         self._probes = []  # (JsonCommand, callback(result or None))
+        self._check = None  # a BackgroundCheck (a file check run in a thread) and the callback of its end
         self._pollTimer = None
         self.devices, self.automaticChoices = ["auto", "cpu"], {}
 
-    def setupPanel(self, uiFile, logic):
-        """The module's .ui in the panel (``self.ui``), the logic, the poll timer and the scene observers."""
+    def setupPanel(self, uiFile, logic, dataComboBoxes=None):
+        """The module's .ui in the panel (``self.ui``), the logic, the poll timer and the scene observers.
+        ``dataComboBoxes``: {parameter: name of a combo box filled at run time, each item's data the value}."""
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath(uiFile))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = logic
+        self._dataComboBoxes = {name: getattr(self.ui, widget) for name, widget in (dataComboBoxes or {}).items()}
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(self.POLL_INTERVAL_MSEC)
         self._pollTimer.timeout.connect(self.onPollTimer)
@@ -68,7 +76,10 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
-        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        """The panel is hidden: its own updates stop (a running job still finishes into the parameters). The widgets
+        stay bound: binding again on every entry would leave one VTK observer behind each time in Slicer < 5.12,
+        whose ``disconnectGui`` does not remove it."""
+        self._stopObservingParameters()
 
     def onSceneStartClose(self, caller, event):
         self.stopRunningJob("the scene was closed")
@@ -91,16 +102,40 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, inputParameterNode):
-        if inputParameterNode:
-            self.logic.setDefaultParameters(inputParameterNode)
-        if self._parameterNode is not None and self.hasObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):  # not after exit()
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode is not None:
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+    def setParameterNode(self, parameters):
+        """Bind the panel to ``parameters`` (the module's parameterNodeWrapper, or None): the widgets with a
+        ``SlicerParameterName`` in the .ui and the run-time combo boxes follow it and write into it. Parameters over
+        the node the widgets are bound to already keep that binding.
+
+        ``connectParametersToGui`` rather than ``connectGui``: before Slicer 5.10 ``connectGui`` returns no tag, so
+        ``disconnectGui`` could not undo it and each new parameter node (a scene closed) would bind the widgets once
+        more."""
+        current = self._parameterNode
+        if parameters is None or current is None or parameters.parameterNode is not current.parameterNode:
+            self._unbindParameters()
+            self._parameterNode = parameters
+            if parameters is None:
+                return
+            widgets = {widget.property(SlicerParameterNamePropertyName): widget for widget in vars(self.ui).values()
+                       if widget.property(SlicerParameterNamePropertyName)}
+            widgets.update({name: ComboBoxDataToStrConnector(combo) for name, combo in self._dataComboBoxes.items()})
+            self._parameterNodeGuiTag = parameters.connectParametersToGui(widgets)
+            self.onDevicesChanged()  # a connector may have reset a range the device list narrows
+        node = self._parameterNode.parameterNode
+        if not self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self.updateGUIFromParameterNode()
+
+    def _unbindParameters(self):
+        self._stopObservingParameters()
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNodeGuiTag = None
+
+    def _stopObservingParameters(self):
+        node = self._parameterNode.parameterNode if self._parameterNode is not None else None
+        if node is not None and self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
+            self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def updateGUIFromParameterNode(self, caller=None, event=None):
         if self._parameterNode is None or self._updatingGUIFromParameterNode:
@@ -111,20 +146,12 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updatingGUIFromParameterNode = False
 
-    def updateParameterNodeFromGUI(self, *args):
-        if self._parameterNode is None or self._updatingGUIFromParameterNode:
-            return
-        p = self._parameterNode
-        wasModified = p.StartModify()
-        self.storeParameters(p)
-        p.EndModify(wasModified)
-
-    def setFirstScalarVolumeAsInput(self, role="InputVolume"):
-        """A new parameter node gets the scene's first grey-level volume as its input."""
-        if self._parameterNode is not None and not self._parameterNode.GetNodeReference(role):
+    def setFirstScalarVolumeAsInput(self):
+        """Parameters without an input get the scene's first grey-level volume."""
+        if self._parameterNode is not None and self._parameterNode.inputVolume is None:
             volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if volume and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.SetNodeReferenceID(role, volume.GetID())
+                self._parameterNode.inputVolume = volume
 
     # ------------------------------------------------------------------------------------------- job and probes
 
@@ -143,7 +170,16 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probes.append((probe, callback))
         self._pollTimer.start()
 
+    def startCheck(self, function, callback, **context):
+        """``function()`` in a thread; ``callback(check)`` (``check.result`` or ``check.error``, and ``context`` as
+        attributes) runs from the timer when it ends."""
+        self._check = (BackgroundCheck(function, **context), callback)
+        self._pollTimer.start()
+
     def onPollTimer(self):
+        if self._check is not None and self._check[0].done:
+            (check, callback), self._check = self._check, None
+            callback(check)
         for probe, callback in list(self._probes):
             probe.poll()
             if probe.finished:
@@ -162,7 +198,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if finished and self._job is job:
                 self._job = None
                 self.onJobFinished(job)
-        if self._job is None and not self._probes:
+        if self._job is None and not self._probes and self._check is None:
             self._pollTimer.stop()
 
     def pollJob(self, job):
@@ -195,7 +231,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MRtoCTSynthesisLib.background import acceleration_choices
 
         self.devices, self.automaticChoices = acceleration_choices(result)
-        selected = self._parameterNode.GetParameter("Device") if self._parameterNode is not None else None
+        selected = self._parameterNode.device if self._parameterNode is not None else None
         fillComboBox(self.ui.deviceComboBox, deviceItems(self.devices), selected=selected or "auto")
         self.onDevicesChanged()
 
@@ -215,10 +251,7 @@ class MRtoCTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------------------------- subclass hooks
 
-    def showParameters(self, parameterNode):
-        raise NotImplementedError
-
-    def storeParameters(self, parameterNode):
+    def showParameters(self, parameters):
         raise NotImplementedError
 
     def cancelBackgroundJob(self, job):

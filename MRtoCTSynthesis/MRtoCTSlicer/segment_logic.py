@@ -13,6 +13,7 @@ from . import dependencies
 from .hierarchy import placeBesideInSubjectHierarchy
 from .interpreter import pythonExecutable
 from .nodes import checkVolumeNodes, safeFileName, sitkImageFromVolumeNode, writeVolumeNodeToFile
+from .parameters import SegmentParameters, wrapParameterNode
 
 SEG_MODEL_SUFFIX = ".mrtoct-seg.safetensors"
 SOURCE_REFERENCE = "MRtoCTSegment.source"
@@ -44,12 +45,14 @@ class MRtoCTSegmentLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
 
-    def setDefaultParameters(self, parameterNode):
-        models = self.availableModels()
-        if not parameterNode.GetParameter("Model") and models:
-            parameterNode.SetParameter("Model", str(models[0]))
-        if not parameterNode.GetParameter("Device"):
-            parameterNode.SetParameter("Device", "auto")
+    def getParameterNode(self) -> SegmentParameters:
+        """The module's parameters (``parameters.SegmentParameters``); no model chosen yet: the first one found."""
+        parameters = wrapParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self), SegmentParameters)
+        if not parameters.model:
+            models = self.availableModels()
+            if models:
+                parameters.model = str(models[0])
+        return parameters
 
     # ------------------------------------------------------------------------------------------- dependencies, models
 

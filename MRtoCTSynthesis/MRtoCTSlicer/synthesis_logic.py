@@ -9,12 +9,12 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from . import dependencies, display
-from .display import DEFAULT_WINDOW_PRESET, setQualityDisplay
+from .display import setQualityDisplay
 from .hierarchy import placeBesideInSubjectHierarchy
 from .interpreter import pythonExecutable
 from .nodes import checkVolumeNodes, safeFileName, sitkImageFromVolumeNode, writeVolumeNodeToFile, writeVolumeOnGridOf
+from .parameters import DEFAULT_MODEL, SynthesisParameters, wrapParameterNode
 
-DEFAULT_MODEL = "phantom-head-demo"
 MODULE_DIR = Path(__file__).resolve().parents[1]  # the folder of MRtoCTSynthesis.py and its Resources
 QUALITY_REFERENCE_PREFIX = "MRtoCTSynthesis.quality."
 SOURCE_REFERENCE = "MRtoCTSynthesis.source"
@@ -57,12 +57,9 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
 
-    def setDefaultParameters(self, parameterNode):
-        defaults = {"Model": DEFAULT_MODEL, "Device": "auto", "Precision": "auto", "QualityMap": "false",
-                    "DicomExport": "false", "DicomFolder": "", "WindowPreset": DEFAULT_WINDOW_PRESET}
-        for name, value in defaults.items():
-            if not parameterNode.GetParameter(name):
-                parameterNode.SetParameter(name, value)
+    def getParameterNode(self) -> SynthesisParameters:
+        """The module's parameters (``parameters.SynthesisParameters`` over the scene's parameter node)."""
+        return wrapParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self), SynthesisParameters)
 
     # ------------------------------------------------------------------------------------------- dependencies
 

@@ -1,6 +1,5 @@
 """The "Train MR-to-CT model" logic: starts, follows, stops and resumes training runs (child processes of
 ``MRtoCTSynthesisLib.training_process``) and keeps their loss curves as MRML table / plot nodes; no Qt."""
-import json
 import logging
 import math
 import time
@@ -13,28 +12,12 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from . import dependencies
 from .interpreter import pythonExecutable
+from .parameters import (  # noqa: F401  (PLANES: part of the logic's API)
+    DEFAULT_PRESET, PLANES, SETTING_FIELDS, TrainingParameters, setTrainingSetting, trainingSettings,
+    wrapParameterNode,
+)
 from .synthesis_logic import MRtoCTSynthesisLogic
 
-DEFAULT_PRESET = "yang2018"
-PLANES = ("sagittal", "coronal", "axial")
-# Advanced settings: TrainConfig field -> widget name (two for the image size)
-SETTING_WIDGETS = {
-    "iterations": "iterationsSpinBox",
-    "image_size": ("imageHeightSpinBox", "imageWidthSpinBox"),
-    "plane": "planeComboBox",
-    "batch_size": "batchSizeSpinBox",
-    "lr": "learningRateDoubleSpinBox",
-    "lambda_cycle": "lambdaCycleDoubleSpinBox",
-    "lambda_structure": "lambdaStructureDoubleSpinBox",
-    "lambda_gc": "lambdaGCDoubleSpinBox",
-    "lambda_identity": "lambdaIdentityDoubleSpinBox",
-    "lambda_supervised": "lambdaSupervisedDoubleSpinBox",
-    "validation_fraction": "validationFractionDoubleSpinBox",
-    "seed": "seedSpinBox",
-    "checkpoint_every": "checkpointEverySpinBox",
-    "preview_every": "previewEverySpinBox",
-}
-SETTING_PREFIX = "Setting."
 RUN_ATTRIBUTE = "MRtoCTTraining.RunFolder"
 NOT_LOSSES = ("iteration", "lr", "seconds")
 LOSS_ORDER = ("G_total", "cycle", "structure", "gc", "identity", "supervised", "G_gan_ct", "G_gan_mr", "D_ct", "D_mr")
@@ -103,48 +86,38 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def presetSettings(name):
-        """The panel's settings (``SETTING_WIDGETS`` fields) of a preset, JSON-compatible (lists, not tuples)."""
+        """The panel's settings (``SETTING_FIELDS``) of a preset, JSON-compatible (lists, not tuples)."""
         from MRtoCTSynthesisLib.training_process import preset_settings
 
         values = preset_settings(name)
         return {field: list(values[field]) if isinstance(values[field], tuple) else values[field]
-                for field in SETTING_WIDGETS}
+                for field in SETTING_FIELDS}
 
-    def setDefaultParameters(self, parameterNode):
-        defaults = {"Preset": DEFAULT_PRESET, "Device": "auto", "Processes": "1"}
-        for name, value in defaults.items():
-            if not parameterNode.GetParameter(name):
-                parameterNode.SetParameter(name, value)
-        if parameterNode.GetParameter("Preset") not in self.presetNames():  # e.g. saved by another version
-            parameterNode.SetParameter("Preset", DEFAULT_PRESET)
-        presetValues = self.presetSettings(parameterNode.GetParameter("Preset"))
-        for field, value in presetValues.items():
-            if not parameterNode.GetParameter(SETTING_PREFIX + field):
-                self.setSetting(parameterNode, field, value)
+    def getParameterNode(self) -> TrainingParameters:
+        """The module's parameters (``parameters.TrainingParameters``); a preset this version lacks (a scene saved by
+        another version) becomes the default one."""
+        parameters = wrapParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self), TrainingParameters)
+        if parameters.preset not in self.presetNames():
+            self.applyPreset(parameters, DEFAULT_PRESET)
+        return parameters
 
-    def applyPreset(self, parameterNode, name):
+    def applyPreset(self, parameters, name):
         """Select preset ``name`` and set every Advanced setting to its value."""
         values = self.presetSettings(name)
-        wasModified = parameterNode.StartModify()
-        parameterNode.SetParameter("Preset", name)
-        for field, value in values.items():
-            self.setSetting(parameterNode, field, value)
-        parameterNode.EndModify(wasModified)
+        with slicer.util.NodeModify(parameters):
+            parameters.preset = name
+            for field, value in values.items():
+                setTrainingSetting(parameters, field, value)
 
     @staticmethod
-    def setSetting(parameterNode, field, value):
-        if field not in SETTING_WIDGETS:
-            raise ValueError(f"unknown setting {field!r}; known: {sorted(SETTING_WIDGETS)}")
-        parameterNode.SetParameter(SETTING_PREFIX + field, json.dumps(value))
+    def setSetting(parameters, field, value):
+        """One Advanced setting by its TrainConfig name; ValueError for an unknown one or a value out of range."""
+        setTrainingSetting(parameters, field, value)
 
-    def settings(self, parameterNode):
-        """The Advanced settings stored in the parameter node: {TrainConfig field: value}."""
-        values = {}
-        for field in SETTING_WIDGETS:
-            text = parameterNode.GetParameter(SETTING_PREFIX + field)
-            if text:
-                values[field] = json.loads(text)
-        return values
+    @staticmethod
+    def settings(parameters):
+        """The Advanced settings: {TrainConfig field: value}."""
+        return trainingSettings(parameters)
 
     # ------------------------------------------------------------------------------------------- dependencies
 
@@ -207,10 +180,9 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
     def processFromParameterNode(self, parameterNode, resume=False, python=None):
         """The panel's run as a ``TrainingProcess`` not started yet."""
         p = parameterNode
-        return self.newTrainingProcess(p.GetParameter("MRFolder"), p.GetParameter("CTFolder"),
-                                       p.GetParameter("RunFolder"), preset=p.GetParameter("Preset") or DEFAULT_PRESET,
-                                       settings=self.settings(p), device=p.GetParameter("Device") or "auto",
-                                       processes=int(p.GetParameter("Processes") or 1), resume=resume, python=python)
+        return self.newTrainingProcess(p.mrFolder, p.ctFolder, p.runFolder, preset=p.preset,
+                                       settings=self.settings(p), device=p.device or "auto", processes=p.processes,
+                                       resume=resume, python=python)
 
     @staticmethod
     def checkTraining(process):
@@ -303,7 +275,7 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def useModelForSynthesis(name):
         """Select model ``name`` in the MR to CT Synthesis module's parameter node."""
-        MRtoCTSynthesisLogic().getParameterNode().SetParameter("Model", name)
+        MRtoCTSynthesisLogic().getParameterNode().model = name
 
     # ------------------------------------------------------------------------------------------- loss plot
 

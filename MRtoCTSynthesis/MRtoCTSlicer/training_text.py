@@ -40,3 +40,30 @@ def eventText(event):
     if kind == "error":
         return f"Error: {event.get('message')}"
     return None
+
+
+def stopText(process, reason=None):
+    """The status line after Stop: where it stopped and what Resume will do."""
+    why = f" because {reason}" if reason else ""
+    if process.checkpoint_iteration:
+        return (f"Stopped at iteration {process.iteration}{why}. Resume continues from the checkpoint at iteration "
+                f"{process.checkpoint_iteration}.")
+    return f"Stopped{why}, before the first checkpoint: Start begins again."
+
+
+def runControls(state, ready, running):
+    """What the run buttons allow for a run folder's ``RunState`` (None: no folder chosen or training now):
+    {"text", "start", "resume", "startTip"}. ``ready``: the three folders are chosen."""
+    occupied = bool(state and (state.has_checkpoint or state.finished))
+    start = not running and ready and not (occupied or (state and state.running_pid))
+    if running:
+        text = "Training in this folder."
+    elif state is None:
+        text = "Choose a new or empty folder; its name becomes the model's name."
+    else:
+        text = state.summary()[0].upper() + state.summary()[1:] + "."
+    tip = ("Check the data, then train a new model in the run folder" if start else
+           "The run folder already holds a run: choose a new folder (or Resume)" if not running and occupied else
+           "Choose the MR, CT and run folders")
+    return {"text": text, "start": start, "startTip": tip,
+            "resume": not running and bool(state and state.resumable and not state.running_pid)}

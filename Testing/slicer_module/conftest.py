@@ -2,8 +2,9 @@
 
 Real: the MRML scene, node classes, application/colour/volumes/subject-hierarchy logics and ``slicer.util`` from
 PyPI ``slicer-core``; the engine; Qt (PySide6) for the .ui panel tests.
+Slicer's own ``slicer.parameterNodeWrapper`` (an unmodified copy of v5.6.0 in third_party/, which slicer-core lacks).
 Stand-ins (this file): empty ``qt`` and ``ctk`` modules (the Logic must not touch Qt, so any Qt use in it fails
-loudly) and ``slicer.ScriptedLoadableModule`` base classes whose ``getParameterNode`` behaves like Slicer's
+loudly; their class names exist for the wrapper's annotations) and ``slicer.ScriptedLoadableModule`` base classes whose ``getParameterNode`` behaves like Slicer's
 (a singleton ``vtkMRMLScriptedModuleNode`` tagged with the module name). See README.md in this folder.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ MODULE_FILE = MODULE_DIR / "MRtoCTSynthesis.py"
 TRAINING_MODULE_FILE = MODULE_DIR / "MRtoCTTraining.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MRtoCTSynthesis.ui"
 SLICER_CORE_PIN = "slicer-core==5.13.31053.0"
+WRAPPER_SOURCE = Path(__file__).resolve().parent / "third_party" / "parameterNodeWrapper"
+QMRML_WIDGETS = ("qMRMLNodeComboBox", "qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget")
 
 
 def _import_slicer_core():
@@ -91,11 +94,55 @@ def slicer_core():
     return _import_slicer_core()
 
 
+class _QtUnavailable:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError(f"{type(self).__name__} used headless: the Logic must not use Qt")
+
+
+def _no_qt_module(name: str) -> types.ModuleType:
+    """An empty ``qt`` / ``ctk`` for the Logic tests: its classes exist (Slicer's parameterNodeWrapper names them in
+    annotations and type checks) but using one raises."""
+    module = types.ModuleType(name)
+
+    def placeholder(attribute):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        cls = type(attribute, (_QtUnavailable,), {})
+        setattr(module, attribute, cls)
+        return cls
+
+    module.__getattr__ = placeholder
+    return module
+
+
+def install_parameter_node_wrapper(slicer) -> types.ModuleType:
+    """``slicer.parameterNodeWrapper``: Slicer's own, unmodified (v5.6.0, see third_party/README.md), loaded as part
+    of slicer-core's ``slicer`` package, which lacks it. Only tests load it; nothing installs it."""
+    name = "slicer.parameterNodeWrapper"
+    for widget in QMRML_WIDGETS:  # PythonQt classes slicer-core lacks; the wrapper names them (harness: real ones)
+        if not hasattr(slicer, widget):
+            setattr(slicer, widget, type(widget, (_QtUnavailable,), {}))
+    if name not in sys.modules:
+        folder = WRAPPER_SOURCE
+        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        try:
+            spec.loader.exec_module(package)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        slicer.parameterNodeWrapper = package
+    return sys.modules[name]
+
+
 def load_module_file(slicer, path: Path) -> types.ModuleType:
     """A Slicer module file (MRtoCTSynthesis.py, MRtoCTTraining.py), imported headless with the stand-ins in
     sys.modules (installed once); registered in sys.modules under its name, as Slicer does."""
     for name in ("qt", "ctk"):
-        sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules.setdefault(name, _no_qt_module(name))
+    install_parameter_node_wrapper(slicer)
     if not getattr(sys.modules.get("slicer.ScriptedLoadableModule"), "_mrtoct_stand_in", False):
         stand_in = _scripted_loadable_module(slicer)
         stand_in._mrtoct_stand_in = True
@@ -128,24 +175,47 @@ def training_module(module):
     return load_module_file(sys.modules["slicer"], TRAINING_MODULE_FILE)
 
 
-@pytest.fixture
-def scene(slicer_core):
-    """A fresh MRML scene with the logics registered the way the Slicer application registers them."""
-    slicer = slicer_core
+def new_scene(slicer, segmentations: bool = False):
+    """A fresh MRML scene with the module logics registered the way the Slicer application registers them (Colors,
+    Volumes, SubjectHierarchy; ``segmentations``: Segmentations too, which registers the representation converters).
+    Used by the ``scene`` fixture and by panel_screenshots.py."""
     scene = slicer.vtkMRMLScene()
     app = slicer.vtkSlicerApplicationLogic()
     app.SetMRMLScene(scene)
     app.GetColorLogic().SetMRMLScene(scene)
     app.GetColorLogic().AddDefaultColorNodes()
-    logics = [("Colors", slicer.vtkMRMLColorLogic()), ("Volumes", slicer.vtkSlicerVolumesLogic()),
-              ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic())]
-    for name, logic in logics:
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app)
-        app.SetModuleLogic(name, logic)
+    scene._keep_alive = (app, [])  # the logics must live as long as the scene
+    logics = [("Colors", slicer.vtkMRMLColorLogic), ("Volumes", slicer.vtkSlicerVolumesLogic),
+              ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)]
+    for name, cls in logics + ([("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic)] if segmentations else []):
+        register_module_logic(scene, name, cls())
+    return scene
+
+
+def register_module_logic(scene, name: str, logic):
+    """Register a module logic with the scene's application logic, as Slicer does at startup; returns it."""
+    app, logics = scene._keep_alive
+    logic.SetMRMLScene(scene)
+    logic.SetMRMLApplicationLogic(app)
+    app.SetModuleLogic(name, logic)
+    logics.append((name, logic))
+    return logic
+
+
+def slicer_modules(scene) -> types.SimpleNamespace:
+    """``slicer.modules.<name>.logic()`` for the scene's registered logics (slicer.util's segmentation helpers call
+    it; slicer-core has no module manager)."""
+    return types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=lambda logic=logic: logic)
+                                    for name, logic in scene._keep_alive[1]})
+
+
+@pytest.fixture
+def scene(slicer_core):
+    """A fresh MRML scene (``new_scene``) as ``slicer.mrmlScene`` for the test."""
+    slicer = slicer_core
+    scene = new_scene(slicer)
     previous = getattr(slicer, "mrmlScene", None)
     slicer.mrmlScene = scene
-    scene._keep_alive = (app, logics)  # the logics must live as long as the scene
     yield scene
     slicer.mrmlScene = previous
 

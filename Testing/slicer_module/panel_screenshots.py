@@ -14,7 +14,6 @@ import os
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -22,27 +21,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 SCREENSHOT_WIDTH = 440
-
-
-def _scene(slicer):
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    app.GetColorLogic().SetMRMLScene(scene)
-    app.GetColorLogic().AddDefaultColorNodes()
-    logics = [("Colors", slicer.vtkMRMLColorLogic()), ("Volumes", slicer.vtkSlicerVolumesLogic()),
-              ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic()),
-              ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic())]
-    for name, logic in logics:
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app)
-        app.SetModuleLogic(name, logic)
-    slicer.mrmlScene = scene
-    scene._keep_alive = (app, logics)
-    # slicer.modules.<name>.logic(), which slicer.util's segmentation helpers call (absent in slicer-core)
-    slicer.modules = types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=lambda l=l: l)
-                                              for name, l in logics})
-    return scene
 
 
 def _grab(widget, path):
@@ -72,13 +50,15 @@ def main(out: Path) -> None:
 
     slicer = conftest._import_slicer_core()
     app = QtWidgets.QApplication([])  # noqa: F841  (kept for the widgets' lifetime)
-    scene = _scene(slicer)
+    scene = slicer.mrmlScene = conftest.new_scene(slicer, segmentations=True)
+    slicer.modules = conftest.slicer_modules(scene)
     synthesis = conftest.load_module_file(slicer, conftest.MODULE_FILE)
     training = conftest.load_module_file(slicer, conftest.TRAINING_MODULE_FILE)
     segment = conftest.load_module_file(slicer, conftest.REPO / "MRtoCTSegment" / "MRtoCTSegment.py")
     recorder = widget_harness.install(pytest.MonkeyPatch(), slicer, ("MRtoCTSynthesis", "MRtoCTTraining",
                                                                      "MRtoCTSegment"))
     from MRtoCTSlicer.sampledata import loadPhantomMR
+    from MRtoCTSlicer.selftest_data import TINY_TRAINING_SETTINGS, tinySegmentationModels
 
     with tempfile.TemporaryDirectory() as folder:
         os.environ["MRTOCT_MODEL_CACHE"] = os.path.join(folder, "models")  # the user's model list stays as it is
@@ -87,22 +67,17 @@ def main(out: Path) -> None:
         widget = widget_harness.open_panel(synthesis.MRtoCTSynthesisWidget)
         widget_harness.pump(lambda: not widget._probes, timeout=120)
         p = widget.logic.getParameterNode()
-        p.SetNodeReferenceID("InputVolume", mr.GetID())
-        p.SetParameter("Device", "cpu")
-        p.SetParameter("QualityMap", "true")
+        p.inputVolume, p.device, p.qualityMap = mr, "cpu", True
         _run(widget, widget.ui.applyButton, 600)
         _grab(widget, out / "MRtoCTSynthesis_panel.png")
 
         models = Path(folder) / "seg"
         models.mkdir()
-        seg_model, synthesis_model = segment.MRtoCTSegmentTest._tinyModels(models)
+        seg_model, synthesis_model = tinySegmentationModels(models)
         widget = widget_harness.open_panel(segment.MRtoCTSegmentWidget)
         widget_harness.pump(lambda: not widget._probes, timeout=120)
         p = widget.logic.getParameterNode()
-        p.SetNodeReferenceID("InputVolume", mr.GetID())
-        p.SetParameter("Model", seg_model)
-        p.SetParameter("SynthesisModel", "phantom-head-demo")
-        p.SetParameter("Device", "cpu")
+        p.inputVolume, p.model, p.synthesisModel, p.device = mr, seg_model, "phantom-head-demo", "cpu"
         _run(widget, widget.ui.applyButton, 600)
         _grab(widget, out / "MRtoCTSegment_panel.png")
 
@@ -112,14 +87,12 @@ def main(out: Path) -> None:
         widget = widget_harness.open_panel(training.MRtoCTTrainingWidget)
         widget_harness.pump(lambda: not widget._probes, timeout=120)
         p = widget.logic.getParameterNode()
-        p.SetParameter("MRFolder", os.path.join(folder, "mr"))
-        p.SetParameter("CTFolder", os.path.join(folder, "ct"))
-        p.SetParameter("RunFolder", os.path.join(folder, "head-yang2018-tiny"))
-        for field, value in {**training.TINY_SETTINGS, "iterations": 6}.items():
-            if field in training.SETTING_WIDGETS:
+        p.mrFolder, p.ctFolder = os.path.join(folder, "mr"), os.path.join(folder, "ct")
+        p.runFolder = os.path.join(folder, "head-yang2018-tiny")
+        for field, value in {**TINY_TRAINING_SETTINGS, "iterations": 6}.items():
+            if field in training.SETTING_FIELDS:
                 widget.logic.setSetting(p, field, value)
-        widget.logic.setSetting(p, "iterations", 6)
-        overrides = {k: v for k, v in training.TINY_SETTINGS.items() if k not in training.SETTING_WIDGETS}
+        overrides = {k: v for k, v in TINY_TRAINING_SETTINGS.items() if k not in training.SETTING_FIELDS}
         original = widget.logic.settings
         widget.logic.settings = lambda node: {**original(node), **overrides}  # tiny networks (not in the panel)
         _run(widget, widget.ui.startButton, 900)

@@ -58,13 +58,13 @@ def test_synthesis_panel_keeps_the_chosen_model_across_module_entry(harness, mod
     widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
     assert widget_harness.pump(lambda: _idle(widget) and widget.ui.modelComboBox.findData(local_model) >= 0)
     p = widget.logic.getParameterNode()
-    p.SetParameter("Model", local_model)  # what "Use model" in the training panel does
+    p.model = local_model  # what "Use model" in the training panel does
     widget.exit()
     widget.enter()  # the user opens the module again: the model list is refilled
     assert widget_harness.pump(lambda: _idle(widget))
     widget.ui.qualityMapCheckBox.checked = True  # any later GUI change writes the GUI into the parameter node
-    assert p.GetParameter("QualityMap") == "true"
-    assert p.GetParameter("Model") == local_model
+    assert p.qualityMap is True
+    assert p.model == local_model
     assert widget.ui.modelComboBox.currentData == local_model
 
 
@@ -77,21 +77,19 @@ def test_synthesis_panel_precision_menu_says_what_auto_chose(harness, module):
     widget.ui.deviceComboBox.setCurrentIndex(widget.ui.deviceComboBox.findData("cpu"))
     assert combo.itemText(0) == "Automatic: float32 on cpu (eager)"
     combo.setCurrentIndex(combo.findData("float16"))
-    assert widget.logic.getParameterNode().GetParameter("Precision") == "float16"
+    assert widget.logic.getParameterNode().precision == "float16"
 
 
 def test_synthesis_panel_runs_in_a_child_and_shows_the_sct(harness, module, scene, mr_node, tiny_model):
     widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
     assert widget_harness.pump(lambda: _idle(widget))
     p = widget.logic.getParameterNode()
-    p.SetNodeReferenceID("InputVolume", mr_node.GetID())
-    p.SetParameter("Model", str(tiny_model))
-    p.SetParameter("Device", "cpu")
+    p.inputVolume, p.model, p.device = mr_node, str(tiny_model), "cpu"
     widget.ui.applyButton.click()
     assert widget.ui.applyButton.text == "Cancel"
     assert widget_harness.pump(lambda: widget._job is None, timeout=180)
     assert harness.errors == []
-    sct = p.GetNodeReference("OutputVolume")
+    sct = p.outputVolume
     assert sct is not None and sct.GetName() == "T1 pelvis sCT"
     assert widget.ui.statusLabel.text.startswith("Done: 'T1 pelvis sCT' in ")
     assert widget.ui.applyButton.text == "Synthesize CT"
@@ -114,15 +112,14 @@ def test_segment_panel_keeps_both_chosen_models_across_module_entry(harness, tin
     widget = widget_harness.open_panel(harness.segment.MRtoCTSegmentWidget)
     assert widget_harness.pump(lambda: _idle(widget) and widget.ui.synthesisModelComboBox.findData(local_model) >= 0)
     p = widget.logic.getParameterNode()
-    p.SetParameter("Model", second)
-    p.SetParameter("SynthesisModel", local_model)
+    p.model, p.synthesisModel = second, local_model
     widget.exit()
     widget.enter()
     assert widget_harness.pump(lambda: _idle(widget))
     widget.ui.deviceComboBox.setCurrentIndex(widget.ui.deviceComboBox.findData("cpu"))
-    assert p.GetParameter("Device") == "cpu"
-    assert p.GetParameter("Model") == second
-    assert p.GetParameter("SynthesisModel") == local_model
+    assert p.device == "cpu"
+    assert p.model == second
+    assert p.synthesisModel == local_model
     assert widget.ui.segmentationModelComboBox.currentData == second
 
 
@@ -130,10 +127,7 @@ def _segment_panel_on(harness, mr_node, model, synthesis):
     widget = widget_harness.open_panel(harness.segment.MRtoCTSegmentWidget)
     assert widget_harness.pump(lambda: _idle(widget))
     p = widget.logic.getParameterNode()
-    p.SetNodeReferenceID("InputVolume", mr_node.GetID())
-    p.SetParameter("Model", str(model))
-    p.SetParameter("SynthesisModel", str(synthesis))
-    p.SetParameter("Device", "cpu")
+    p.inputVolume, p.model, p.synthesisModel, p.device = mr_node, str(model), str(synthesis), "cpu"
     return widget
 
 
@@ -189,9 +183,7 @@ def test_start_training_checks_the_data_in_the_background(harness, module, train
     widget = widget_harness.open_panel(training_module.MRtoCTTrainingWidget)
     assert widget_harness.pump(lambda: _idle(widget))
     p = widget.logic.getParameterNode()
-    p.SetParameter("MRFolder", str(tmp_path / "mr"))
-    p.SetParameter("CTFolder", str(tmp_path / "ct"))
-    p.SetParameter("RunFolder", str(tmp_path / "run"))
+    p.mrFolder, p.ctFolder, p.runFolder = str(tmp_path / "mr"), str(tmp_path / "ct"), str(tmp_path / "run")
     widget.onStartButton()
     try:
         assert widget._job is None, "the click read every volume and started the trainer itself"
@@ -199,3 +191,118 @@ def test_start_training_checks_the_data_in_the_background(harness, module, train
         assert widget_harness.pump(lambda: widget._job is not None, timeout=120), widget.ui.statusLabel.text
     finally:
         widget.stopJob("the test is over")
+
+
+# ------------------------------------------------------------------------------------------------ parameter binding
+
+
+def test_bound_widgets_follow_the_parameters_and_write_them(harness, module):
+    """Slicer's GUI connectors (the vendored 5.6.0 wrapper) on the .ui's widgets: node -> widget, widget -> node."""
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    p = widget.logic.getParameterNode()
+    other = widget.logic.getParameterNode()  # another wrapper on the same node, as a scene load or the console writes
+    other.qualityMap, other.dicomExport, other.dicomFolder, other.windowPreset = True, True, "/data/dicom", "bone"
+    assert widget.ui.qualityMapCheckBox.checked and widget.ui.dicomExportCheckBox.checked
+    assert widget.ui.dicomFolderPathLineEdit.currentPath == "/data/dicom"
+    assert widget.ui.dicomFolderPathLineEdit.enabled
+    assert widget.ui.windowPresetComboBox.currentData == "bone"
+    widget.ui.dicomExportCheckBox.checked = False
+    widget.ui.dicomFolderPathLineEdit.currentPath = ""
+    assert (p.dicomExport, p.dicomFolder) == (False, "")  # "" stays "no folder", not "."
+    assert not widget.ui.dicomFolderPathLineEdit.enabled
+
+
+def test_each_widget_is_bound_once_across_module_entries_and_scene_closes(harness, module, scene):
+    """Module entry keeps the binding; a closed scene (a new parameter node) replaces it. The tag of
+    connectParametersToGui lets the panel undo a binding (connectGui returns none before Slicer 5.10: with it,
+    each closed scene would add one more)."""
+    from PySide6 import QtCore
+
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    checkBox = widget.ui.qualityMapCheckBox.unwrap()
+
+    def receivers():
+        return checkBox.receivers(QtCore.SIGNAL("stateChanged(int)"))
+
+    connected = receivers()
+    for _ in range(3):
+        widget.exit()
+        widget.enter()
+        scene.Clear()  # StartCloseEvent unbinds, EndCloseEvent binds the new parameter node
+    assert receivers() == connected
+    p = widget.logic.getParameterNode()
+    widget.ui.qualityMapCheckBox.checked = True
+    assert p.qualityMap is True and widget._parameterNode.parameterNode is p.parameterNode
+    assert widget_harness.pump(lambda: _idle(widget))
+
+
+def test_training_presets_and_advanced_settings_in_the_bound_widgets(harness, training_module):
+    widget = widget_harness.open_panel(training_module.MRtoCTTrainingWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    p, logic = widget.logic.getParameterNode(), widget.logic
+    spin = {field: getattr(widget.ui, name) for field, name in (
+        ("iterations", "iterationsSpinBox"), ("lambda_cycle", "lambdaCycleDoubleSpinBox"),
+        ("lambda_gc", "lambdaGCDoubleSpinBox"), ("lr", "learningRateDoubleSpinBox"), ("seed", "seedSpinBox"))}
+    for preset in logic.presetNames():
+        widget.ui.presetComboBox.setCurrentIndex(widget.ui.presetComboBox.findData(preset))  # the user's choice
+        values = logic.presetSettings(preset)
+        assert p.preset == preset and logic.settings(p) == values
+        assert [widget.ui.imageHeightSpinBox.value, widget.ui.imageWidthSpinBox.value] == values["image_size"]
+        assert widget.ui.planeComboBox.currentText == values["plane"]
+        for field, box in spin.items():
+            assert box.value == pytest.approx(values[field], rel=1e-9), (preset, field)
+        assert widget.ui.lambdaSupervisedDoubleSpinBox.enabled == (preset == "paired")
+    widget.ui.iterationsSpinBox.value = 1234
+    widget.ui.planeComboBox.setCurrentIndex(widget.ui.planeComboBox.findText("axial"))
+    assert (p.settings.iterations, p.settings.plane) == (1234, "axial")
+    assert widget.ui.batchSizeSpinBox.maximum == 256  # the range is the parameter's (WithinRange)
+    widget.ui.resetSettingsButton.click()
+    assert logic.settings(p) == logic.presetSettings(p.preset)
+
+
+def test_reload_imports_the_current_package_and_engine(harness, module, monkeypatch):
+    """Reload drops MRtoCTSlicer and the engines from sys.modules before Slicer re-executes the module file (here:
+    the module file loaded again, as slicer.util.reloadScriptedModule does), so its imports get the current code."""
+    from MRtoCTSlicer.panel import RELOADED_PACKAGES
+
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    before = {name: loaded for name, loaded in sys.modules.items() if name.split(".")[0] in RELOADED_PACKAGES}
+    base = sys.modules["slicer.ScriptedLoadableModule"].ScriptedLoadableModuleWidget
+    reloaded = []
+    monkeypatch.setattr(base, "onReload", lambda self: reloaded.append(
+        load_module_file(sys.modules["slicer"], module.MODULE_DIR / "MRtoCTSynthesis.py")), raising=False)
+    try:
+        widget.onReload()
+        panel = sys.modules["MRtoCTSlicer.panel"]
+        assert panel is not before["MRtoCTSlicer.panel"]
+        assert reloaded[0].MRtoCTSynthesisWidget.__mro__[1] is panel.MRtoCTModuleWidget
+        assert sys.modules["MRtoCTSynthesisLib.config"] is not before["MRtoCTSynthesisLib.config"]
+    finally:  # the other tests keep the modules they imported
+        for name in [name for name in sys.modules if name.split(".")[0] in RELOADED_PACKAGES]:
+            del sys.modules[name]
+        sys.modules.update(before)
+        sys.modules["MRtoCTSynthesis"] = module
+
+
+def test_parameter_ranges_agree_with_the_ui(harness, training_module):
+    """Bound spin boxes take their range from the parameter's WithinRange; the .ui's own range (what Designer shows)
+    must say the same."""
+    import xml.etree.ElementTree as ET
+
+    from ui_support import bound_widgets
+
+    ui_file = REPO / "MRtoCTSynthesis" / "Resources" / "UI" / "MRtoCTTraining.ui"
+    widget = widget_harness.open_panel(training_module.MRtoCTTrainingWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    ui = {w.get("name"): {p.get("name"): p.findtext("*") for p in w.findall("property")}
+          for w in ET.parse(ui_file).iter("widget")}
+    checked = 0
+    for name in bound_widgets(ui_file):
+        box = getattr(widget.ui, name)
+        if name.endswith("SpinBox") and name != "processesSpinBox":  # processes: narrowed to the devices found
+            assert (box.minimum, box.maximum) == pytest.approx(
+                (float(ui[name]["minimum"]), float(ui[name]["maximum"]))), name
+            checked += 1
+    assert checked == 14

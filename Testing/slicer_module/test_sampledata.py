@@ -1,9 +1,38 @@
-"""The Sample Data entry's loader puts the demo's head phantom MR into the (real) scene; registering the entry itself
-needs Slicer's SampleData module and runs only in the application."""
+"""The Sample Data entry: its loader puts the demo's head phantom MR into the (real) scene, and ``registerSampleData``
+registers it the way Slicer's SampleData module takes it. SampleData itself (a GUI module) does not load headless:
+``sampledata_module`` stands in for it with ``registerCustomSampleDataSource``'s exact signatures, read from Slicer's
+source (Modules/Scripted/SampleData/SampleData.py of v5.6.0 and of 5.12/5.13), and its click, which calls
+``source.customDownloader(source)``. The SampleData panel and the startupCompleted() signal are in-Slicer only."""
 from __future__ import annotations
 
+import sys
+import types
+from pathlib import Path
+
 import numpy as np
+import pytest
 import SimpleITK as sitk
+
+
+def sampledata_module(version: str) -> tuple[types.ModuleType, list]:
+    """``SampleData`` of Slicer ``version`` as far as registration goes; returns it and the registered sources."""
+    sources = []
+
+    def register_5_6(category="Custom", sampleName=None, uris=None, fileNames=None, nodeNames=None,
+                     customDownloader=None, thumbnailFileName=None, loadFileType="VolumeFile", loadFiles=None,
+                     loadFileProperties={}, checksums=None):
+        sources.append(types.SimpleNamespace(category=category, sampleName=sampleName, nodeNames=nodeNames,
+                                             thumbnailFileName=thumbnailFileName, customDownloader=customDownloader))
+
+    def register_5_12(category="Custom", sampleName=None, uris=None, fileNames=None, nodeNames=None,
+                      customDownloader=None, thumbnailFileName=None, loadFileTypes=None, loadFiles=None,
+                      loadFileProperties={}, checksums=None, loadFileType=None):
+        register_5_6(category, sampleName, uris, fileNames, nodeNames, customDownloader, thumbnailFileName)
+
+    module = types.ModuleType("SampleData")
+    module.SampleDataLogic = types.SimpleNamespace(
+        registerCustomSampleDataSource={"5.6": register_5_6, "5.12": register_5_12}[version])
+    return module, sources
 
 
 def test_phantom_mr_sample_is_the_demo_subject(module, scene):
@@ -19,3 +48,17 @@ def test_phantom_mr_sample_is_the_demo_subject(module, scene):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))
     np.testing.assert_allclose(image.GetSpacing(), expected.GetSpacing())
     assert node.GetDisplayNode() is not None
+
+
+@pytest.mark.parametrize("version", ["5.6", "5.12"])
+def test_registered_entry_loads_the_phantom_when_clicked(module, scene, monkeypatch, version):
+    from MRtoCTSlicer.sampledata import CATEGORY, NODE_NAME, SAMPLE_NAME, registerSampleData
+
+    sampleData, sources = sampledata_module(version)
+    monkeypatch.setitem(sys.modules, "SampleData", sampleData)
+    registerSampleData()
+    [source] = sources
+    assert (source.category, source.sampleName, source.nodeNames) == (CATEGORY, SAMPLE_NAME, NODE_NAME)
+    assert Path(source.thumbnailFileName).is_file()
+    node = source.customDownloader(source)  # what the entry's button does
+    assert node.GetScene() is scene and node.GetName() == NODE_NAME

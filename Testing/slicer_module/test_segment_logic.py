@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import sys
-import types
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, load_module_file
+from conftest import REPO, load_module_file, register_module_logic, slicer_modules
 from test_synthesis_logic import ijk_to_ras, oblique_mr, ras_matrix  # noqa: F401  (fixtures and helpers)
 
 SEGMENT_MODULE_FILE = REPO / "MRtoCTSegment" / "MRtoCTSegment.py"
@@ -24,17 +23,8 @@ def segment_module(module):
 def segmentations_logic(slicer_core, scene, monkeypatch):
     """The Segmentations module logic, registered as the Slicer application does (it also registers the
     segmentation representation converters: binary labelmap, closed surface)."""
-    app, logics = scene._keep_alive
-    logic = slicer_core.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    logic.SetMRMLApplicationLogic(app)
-    app.SetModuleLogic("Segmentations", logic)
-    scene._keep_alive = (app, logics + [("Segmentations", logic)])
-    # slicer.modules.<name>.logic(), which slicer.util's segmentation helpers call (absent in slicer-core)
-    registered = dict(logics + [("Segmentations", logic)])
-    modules = types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=lambda l=l: l)
-                                       for name, l in registered.items()})
-    monkeypatch.setattr(slicer_core, "modules", modules, raising=False)
+    logic = register_module_logic(scene, "Segmentations", slicer_core.vtkSlicerSegmentationsModuleLogic())
+    monkeypatch.setattr(slicer_core, "modules", slicer_modules(scene), raising=False)
     return logic
 
 
@@ -44,27 +34,15 @@ def segment_logic(segment_module, scene, segmentations_logic):
 
 
 @pytest.fixture(scope="session")
-def tiny_seg_model(tmp_path_factory, model_cache):
-    """A tiny random "mr+sct" U-Net with the pelvis label table (12 structures); axial 32 x 32 canvas."""
+def tiny_seg_model(tmp_path_factory, model_cache, module):
+    """A tiny random "mr+sct" U-Net with the pelvis label table (12 structures); axial 32 x 32 canvas; its weights
+    x3 spread the random logits so that several structures appear."""
     import torch
-    from MRtoCTSegmentLib.labels import load_label_table
-    from MRtoCTSegmentLib.modelfile import save_seg_model
-    from MRtoCTSegmentLib.unet import UNet2D
-    from MRtoCTSynthesisLib.preprocessing import Normalization
+    from MRtoCTSlicer.selftest_data import saveTinySegmentationModel
 
     torch.manual_seed(0)
-    table = load_label_table("pelvis")
-    norm = Normalization("axial", (32, 32), (-1000.0, 3500.0), (0.0, 3500.0))
-    metadata = {"name": "tiny-seg", "description": "untrained U-Net for tests", "license": "Apache-2.0",
-                "intended_use": "tests only",
-                "network": {"architecture": "unet2d", "kwargs": {"in_channels": 2, "n_classes": table.n_classes,
-                                                                 "base": 2, "norm": "batch", "dropout": 0.0}},
-                "channels": "mr+sct", "label_table": table.to_json(), "normalization": norm.to_json()}
-    net = UNet2D(2, table.n_classes, 2)
-    with torch.no_grad():  # spread the random logits so that several structures appear
-        for parameter in net.parameters():
-            parameter.mul_(3.0)
-    return save_seg_model(tmp_path_factory.mktemp("seg-models") / "tiny-seg.mrtoct-seg.safetensors", metadata, net)
+    return saveTinySegmentationModel(tmp_path_factory.mktemp("seg-models") / "tiny-seg.mrtoct-seg.safetensors",
+                                     "tiny-seg", weightScale=3.0)
 
 
 @pytest.fixture
@@ -184,8 +162,7 @@ def test_parameter_node_defaults_and_model_list(segment_module, segment_logic, s
         models = [str(m) for m in segment_logic.availableModels()]
         assert str(model_cache / "listed.mrtoct-seg.safetensors") in models
         p = segment_logic.getParameterNode()
-        segment_logic.setDefaultParameters(p)
-        assert p.GetParameter("Device") == "auto" and p.GetParameter("Model") in models
+        assert p.device == "auto" and p.model in models and p.sctVolume is None
         assert "tiny-seg" in segment_logic.modelDescription(str(tiny_seg_model))
         assert segment_logic.modelDescription("/no/such/file").startswith("Cannot read")
     finally:

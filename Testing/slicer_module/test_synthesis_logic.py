@@ -270,23 +270,46 @@ def test_failed_background_job_raises_with_the_process_message(logic, scene, mr_
 # ------------------------------------------------------------------------------------------------ parameters, display
 
 
-def test_parameter_node_defaults_and_scene_round_trip(module, slicer_core, logic, scene, mr_node, tmp_path):
-    node = logic.getParameterNode()
-    logic.setDefaultParameters(node)
-    assert node.GetParameter("Model") == module.DEFAULT_MODEL and node.GetParameter("Device") == "auto"
-    assert logic.getParameterNode() is node  # singleton
-    node.SetParameter("Device", "cuda:1")
-    node.SetParameter("QualityMap", "true")
-    node.SetNodeReferenceID("InputVolume", mr_node.GetID())
+def test_parameters_defaults_validation_and_scene_round_trip(module, slicer_core, logic, scene, mr_node, tmp_path):
+    """Slicer's parameterNodeWrapper (the vendored 5.6.0) over the scene's real vtkMRMLScriptedModuleNode."""
+    from MRtoCTSlicer.parameters import SynthesisParameters
+
+    p = logic.getParameterNode()
+    assert (p.model, p.device, p.precision, p.qualityMap, p.inputVolume) == (module.DEFAULT_MODEL, "auto", "auto",
+                                                                             False, None)
+    assert logic.getParameterNode().parameterNode is p.parameterNode  # one node per scene (singleton)
+    with pytest.raises(ValueError, match="float8"):
+        p.precision = "float8"
+    with pytest.raises(TypeError):
+        p.qualityMap = "true"
+    p.device, p.qualityMap, p.inputVolume = "cuda:1", True, mr_node
     scene.SetURL(str(tmp_path / "scene.mrml"))
     assert scene.Commit()
 
     restored = slicer_core.vtkMRMLScene()
     restored.SetURL(str(tmp_path / "scene.mrml"))
     restored.Import()
-    again = restored.GetSingletonNode("MRtoCTSynthesis", "vtkMRMLScriptedModuleNode")
-    assert again.GetParameter("Device") == "cuda:1" and again.GetParameter("QualityMap") == "true"
-    assert again.GetNodeReference("InputVolume").GetName() == "T1 brain"
+    again = SynthesisParameters(restored.GetSingletonNode("MRtoCTSynthesis", "vtkMRMLScriptedModuleNode"))
+    assert (again.device, again.qualityMap, again.precision) == ("cuda:1", True, "auto")
+    assert again.inputVolume.GetName() == "T1 brain" and again.inputVolume.GetScene() is restored
+
+
+def test_parameters_saved_by_the_previous_version_are_migrated(module, slicer_core, logic, scene, mr_node):
+    """A scene saved before the wrapper: capitalised names, "true"/"false"; the values move to the new names."""
+    node = logic.getParameterNode().parameterNode
+    for name in list(node.GetParameterNames()):
+        node.UnsetParameter(name)
+    old = {"Model": "my-model", "Device": "cuda:0", "Precision": "float16", "QualityMap": "true",
+           "DicomExport": "false", "DicomFolder": "/tmp/dicom", "WindowPreset": "bone"}
+    for name, value in old.items():
+        node.SetParameter(name, value)
+    node.SetNodeReferenceID("InputVolume", mr_node.GetID())
+
+    p = logic.getParameterNode()
+    assert (p.model, p.device, p.precision, p.qualityMap, p.dicomExport, p.dicomFolder, p.windowPreset) == \
+        ("my-model", "cuda:0", "float16", True, False, "/tmp/dicom", "bone")
+    assert p.inputVolume is mr_node
+    assert not set(old) & set(node.GetParameterNames()) and node.GetNodeReferenceID("InputVolume") is None
 
 
 def test_show_result_and_quality_map_set_the_slice_views(module, slicer_core, logic, scene, mr_node, tiny_model):

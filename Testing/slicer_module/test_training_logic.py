@@ -157,7 +157,7 @@ def test_a_run_is_followed_to_the_end_plotted_and_its_model_registered(module, t
     assert "pelvis-yang" in [m["name"] for m in module.MRtoCTSynthesisLogic.availableModels()]
     assert tlogic.modelNameOfRun(run) == "pelvis-yang"
     tlogic.useModelForSynthesis("pelvis-yang")
-    assert module.MRtoCTSynthesisLogic().getParameterNode().GetParameter("Model") == "pelvis-yang"
+    assert module.MRtoCTSynthesisLogic().getParameterNode().model == "pelvis-yang"
 
     state = tlogic.runState(run)
     assert state.finished and not state.resumable and state.iteration == 6
@@ -351,27 +351,48 @@ def test_a_trainer_that_fails_reports_its_message(tmp_path, phantoms):
 
 def test_preset_settings_fill_the_parameter_node(training_module, tlogic, scene):
     p = tlogic.getParameterNode()
-    tlogic.setDefaultParameters(p)
-    assert p.GetParameter("Preset") == "yang2018" and p.GetParameter("Device") == "auto"
+    assert (p.preset, p.device, p.processes) == ("yang2018", "auto", 1)
     assert tlogic.settings(p) == tlogic.presetSettings("yang2018")
-    assert set(tlogic.settings(p)) == set(training_module.SETTING_WIDGETS)
+    assert set(tlogic.settings(p)) == set(training_module.SETTING_FIELDS)
     yang = tlogic.settings(p)
     assert (yang["lambda_cycle"], yang["lambda_structure"], yang["plane"], yang["image_size"]) == \
         (10.0, 5.0, "sagittal", [384, 256])
 
     tlogic.applyPreset(p, "hiasa2018")
     hiasa = tlogic.settings(p)
-    assert p.GetParameter("Preset") == "hiasa2018"
+    assert p.preset == "hiasa2018"
     assert (hiasa["lambda_cycle"], hiasa["lambda_gc"], hiasa["lambda_structure"], hiasa["plane"]) == \
         (3.0, 0.3, 0.0, "coronal")
     assert hiasa["image_size"] == [256, 256] and hiasa["lr"] == 2e-4 and hiasa["iterations"] == 200_000
     tlogic.setSetting(p, "iterations", 5000)
-    tlogic.setDefaultParameters(p)  # does not overwrite what the user set
-    assert tlogic.settings(p)["iterations"] == 5000
+    assert tlogic.getParameterNode().settings.iterations == 5000  # a new wrapper reads what the user set
+    assert p.parameterNode.GetParameter("settings.iterations") == "5000"
     with pytest.raises(ValueError, match="unknown setting"):
         tlogic.setSetting(p, "learning_rate", 1.0)
+    with pytest.raises(ValueError, match="range"):
+        tlogic.setSetting(p, "batch_size", 0)
+    assert tlogic.settings(p)["batch_size"] == 1
     for name in tlogic.presetNames():
         assert tlogic.presetDescription(name)
+
+
+def test_training_parameters_saved_by_the_previous_version_are_migrated(tlogic, scene, tmp_path):
+    """The old panel's strings and JSON settings ("Setting.image_size" = "[128, 96]") move to the typed parameters."""
+    node = tlogic.getParameterNode().parameterNode
+    for name in list(node.GetParameterNames()):
+        node.UnsetParameter(name)
+    old = {"MRFolder": str(tmp_path / "mr"), "RunFolder": str(tmp_path / "run"), "Preset": "hiasa2018",
+           "Processes": "2", "Setting.image_size": "[128, 96]", "Setting.lr": "0.0001", "Setting.plane": '"axial"',
+           "Setting.iterations": "not json"}
+    for name, value in old.items():
+        node.SetParameter(name, value)
+    p = tlogic.getParameterNode()
+    assert (p.mrFolder, p.ctFolder, p.runFolder, p.preset, p.processes) == \
+        (str(tmp_path / "mr"), "", str(tmp_path / "run"), "hiasa2018", 2)
+    settings = tlogic.settings(p)
+    assert (settings["image_size"], settings["lr"], settings["plane"]) == ([128, 96], 1e-4, "axial")
+    assert settings["iterations"] == tlogic.presetSettings("yang2018")["iterations"]  # unreadable: the default
+    assert not set(old) & set(node.GetParameterNames())
 
 
 def test_overrides_and_the_trainer_command_line(tmp_path):
@@ -448,3 +469,27 @@ def test_the_module_self_test_passes_headless(training_module, scene, registry):
     training_module.MRtoCTTrainingTest().runTest()
     assert time.time() - started < 90
     assert local_models() == {}, "the self-test registers its model in a temporary registry only"
+
+
+def test_run_buttons_follow_the_run_folder(training_module, tmp_path):
+    """The training panel's Start / Resume rules (``training_text.runControls``) on real RunState values."""
+    from MRtoCTSlicer.training_text import runControls, stopText
+    from MRtoCTSynthesisLib.training_process import RunState
+
+    fresh, stopped = RunState(tmp_path), RunState(tmp_path, has_checkpoint=True, iteration=200, iterations=1000)
+    done, busy = RunState(tmp_path, has_checkpoint=True, finished=True), RunState(tmp_path, running_pid=4242)
+    assert runControls(None, ready=False, running=False)["start"] is False
+    assert runControls(fresh, ready=True, running=False) == {
+        "text": "New run.", "start": True, "resume": False,
+        "startTip": "Check the data, then train a new model in the run folder"}
+    stoppedControls = runControls(stopped, ready=True, running=False)
+    assert (stoppedControls["start"], stoppedControls["resume"]) == (False, True)
+    assert "already holds a run" in stoppedControls["startTip"]
+    assert (runControls(done, True, False)["start"], runControls(done, True, False)["resume"]) == (False, False)
+    assert (runControls(busy, True, False)["start"], runControls(busy, True, False)["resume"]) == (False, False)
+    assert runControls(None, True, running=True)["text"] == "Training in this folder."
+    process = type("Process", (), {"iteration": 250, "checkpoint_iteration": 200})()
+    assert stopText(process, "Slicer is closing") == ("Stopped at iteration 250 because Slicer is closing. Resume "
+                                                      "continues from the checkpoint at iteration 200.")
+    process.checkpoint_iteration = 0
+    assert stopText(process) == "Stopped, before the first checkpoint: Start begins again."

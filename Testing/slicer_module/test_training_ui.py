@@ -4,7 +4,6 @@ the right class, every preset's settings fit its widgets, and the panel renders.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -33,23 +32,25 @@ NAME_SUFFIX_CLASSES = [("CollapsibleButton", "ctkCollapsibleButton"), ("PathLine
                        ("ProgressBar", "QProgressBar"), ("PlainTextEdit", "QPlainTextEdit"),
                        ("Button", "QPushButton"), ("Label", "QLabel")]
 STAND_INS = (ctkCollapsibleButton, qMRMLWidget, ctkPathLineEdit)
-TRAINING_LOGIC_FILE = REPO / "MRtoCTSynthesis" / "MRtoCTSlicer" / "training_logic.py"
 
 
 def setting_widgets() -> dict[str, tuple[str, ...]]:
-    """SETTING_WIDGETS of the training logic (TrainConfig field -> widget names), read from its source."""
-    source = TRAINING_LOGIC_FILE.read_text(encoding="utf-8")
-    block = source[source.index("SETTING_WIDGETS = {"):]
-    block = block[: block.index("}")]
-    return {field: tuple(re.findall(r'"(\w+)"', names))
-            for field, names in re.findall(r'"(\w+)":\s*(\([^)]*\)|"\w+")', block)}
+    """The Advanced settings' widgets, TrainConfig field -> widget names, from the .ui's SlicerParameterName
+    ("settings.<field>"; image_size is settings.image_height and settings.image_width)."""
+    found: dict[str, list[str]] = {}
+    for widget in ET.parse(UI_FILE).getroot().iter("widget"):
+        parameter = next((p.findtext("string") for p in widget.findall("property")
+                          if p.get("name") == "SlicerParameterName"), "")
+        if parameter.startswith("settings."):
+            field = parameter.removeprefix("settings.")
+            found.setdefault("image_size" if field in ("image_height", "image_width") else field,
+                             []).append(widget.get("name"))
+    return {field: tuple(names) for field, names in found.items()}
 
 
 def used_widget_names() -> set[str]:
-    """Every ``self.ui.<name>`` the module's code uses (its own and the shared MRtoCTSlicer/panel.py), and the Advanced
-    settings' widgets it reaches by name."""
-    names = ui_support.used_widget_names(MODULE_FILE)
-    return names | {name for names in setting_widgets().values() for name in names}
+    """Every widget the module's code uses or its .ui binds to a parameter (``ui_support.used_widget_names``)."""
+    return ui_support.used_widget_names(MODULE_FILE)
 
 
 def ui_widget_classes() -> dict[str, str]:

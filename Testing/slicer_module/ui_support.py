@@ -21,9 +21,23 @@ COMMON_FILE = MODULE_DIR / "MRtoCTSlicer" / "panel.py"
 
 
 def used_widget_names(module_file: Path) -> set[str]:
-    """Every ``self.ui.<name>`` that the module file's code uses, and the shared panel template (MRtoCTSlicer/panel.py)."""
-    return {name for path in (module_file, COMMON_FILE)
-            for name in re.findall(r"self\.ui\.(\w+)", path.read_text(encoding="utf-8"))}
+    """Every widget the module file's code uses: ``self.ui.<name>`` there and in the shared panel template
+    (MRtoCTSlicer/panel.py), the combo boxes it names in ``dataComboBoxes={...}``, and the widgets its .ui binds to a
+    parameter (``SlicerParameterName``)."""
+    source = module_file.read_text(encoding="utf-8")
+    names = {name for text in (source, COMMON_FILE.read_text(encoding="utf-8"))
+             for name in re.findall(r"self\.ui\.(\w+)", text)}
+    for block in re.findall(r"dataComboBoxes=\{([^}]*)\}", source):
+        names |= set(re.findall(r':\s*"(\w+)"', block))
+    ui_file = module_file.parent / "Resources" / "UI" / f"{module_file.stem}.ui"
+    return names | set(bound_widgets(ui_file))
+
+
+def bound_widgets(ui_file: Path) -> dict[str, str]:
+    """{widget name: parameter} of the widgets with a ``SlicerParameterName`` dynamic property in the .ui."""
+    return {widget.get("name"): parameter for widget in ET.parse(ui_file).iter("widget")
+            for prop in widget.findall("property") if prop.get("name") == "SlicerParameterName"
+            for parameter in [prop.findtext("string")]}
 
 
 def ui_widget_classes(ui_file: Path) -> dict[str, str]:

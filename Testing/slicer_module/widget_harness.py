@@ -2,11 +2,15 @@
 
 Slicer's widgets speak PythonQt; PySide6 speaks its own dialect. The adapter here is kept to what the modules use:
 
-- ``PythonQtStyle(obj)`` wraps a PySide6 object so that a Qt property reads and writes as an attribute
+- ``wrap(obj)`` wraps a PySide6 object so that a Qt property reads and writes as an attribute
   (``label.text = "x"``, ``combo.currentData``, ``checkBox.checked``), as PythonQt does; everything else (methods,
   new-style signals ``combo.currentIndexChanged.connect(slot)``) is the PySide6 object's own. PythonQt's string
-  signals (``obj.connect("clicked(bool)", slot)``) are mapped to the signal of that name.
-- ``qt``: a module with ``QTimer`` (a real QTimer, wrapped), ``Qt``, ``QFileDialog`` and ``QPixmap``.
+  signals (``obj.connect("clicked(bool)", slot)``) are mapped to the signal of that name. The wrapper's type is
+  named after the object's Qt class and is what ``qt.<that class>`` (``ctk.``, ``slicer.qMRML...``) gives, so that
+  Slicer's parameterNodeWrapper, which picks a GUI connector by ``type(widget) == qt.QCheckBox``, finds the same
+  connector as in Slicer.
+- ``qt``: a module with ``QTimer`` (a real QTimer, wrapped), ``Qt``, ``QFileDialog``, ``QPixmap`` and the widget
+  types above; ``ctk``: the widget types.
 - Small PySide6 stand-ins for Slicer's ``qMRMLNodeComboBox`` (holds a current node, emits
   ``currentNodeChanged``), ``ctkPathLineEdit``, ``ctkSliderWidget`` and ``ctkCollapsibleButton``.
 - ``slicer.util.loadUI`` / ``childWidgetVariables`` load the module's .ui with QUiLoader; ``slicer.app`` has what
@@ -16,10 +20,13 @@ Slicer's widgets speak PythonQt; PySide6 speaks its own dialect. The adapter her
 What this cannot catch: a PythonQt-only difference (PythonQt's overload choice, its conversion of vtk objects
 through signals, a property PythonQt names differently), the real ctk/qMRML widgets' behaviour (the node selectors
 here do not list the scene's nodes), Slicer's module manager (enter/exit are called by the test) and the
-application event loop (the test pumps ``processEvents``). The in-Slicer self-tests cover those.
+application event loop (the test pumps ``processEvents``); for the parameterNodeWrapper, the GUI connectors of
+Slicer versions other than the vendored 5.6.0 and ``connectGui`` / ``findChildren(qt.QWidget)``, which the panels do
+not call. The in-Slicer self-tests cover those.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import types
@@ -30,13 +37,22 @@ from PySide6 import QtCore, QtGui, QtWidgets
 import ui_support
 
 
-def _property_names(obj) -> set:
-    meta = obj.metaObject()
-    return {meta.property(i).name() for i in range(meta.propertyCount())}
+def _property_names(obj) -> frozenset:
+    return _class_properties(type(obj))
+
+
+@functools.cache
+def _class_properties(cls) -> frozenset:
+    """The Qt properties of a PySide6 class. Read from the class's ``staticMetaObject``: the wrapper PySide6 returns
+    for ``obj.metaObject()`` can be invalidated with another object of that class (seen as "Internal C++ object
+    (QMetaObject) already deleted" in a long test run)."""
+    meta = cls.staticMetaObject
+    return frozenset(meta.property(i).name() for i in range(meta.propertyCount()))
 
 
 class PythonQtStyle:
-    """A PySide6 object seen with PythonQt's conventions (see the module docstring)."""
+    """A PySide6 object seen with PythonQt's conventions (see the module docstring); ``wrap`` picks the subclass
+    named after its Qt class."""
 
     def __init__(self, obj):
         object.__setattr__(self, "_obj", obj)
@@ -59,6 +75,34 @@ class PythonQtStyle:
 
     def unwrap(self):
         return self._obj
+
+
+_TYPES: dict[str, type] = {}
+
+
+def qt_type(class_name: str) -> type:
+    """The wrapper type of objects of the Qt class ``class_name`` (what ``qt.QCheckBox`` is here)."""
+    if class_name not in _TYPES:
+        _TYPES[class_name] = type(class_name, (PythonQtStyle,), {})
+    return _TYPES[class_name]
+
+
+def wrap(obj) -> PythonQtStyle:
+    return qt_type(type(obj).staticMetaObject.className())(obj)
+
+
+def _types_module(name: str, **attributes) -> types.ModuleType:
+    """A module whose every other attribute is a wrapper type (``qt.QSpinBox``, ``ctk.ctkPathLineEdit``)."""
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+
+    def wrapper_type(attribute):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return qt_type(attribute)
+
+    module.__getattr__ = wrapper_type
+    return module
 
 
 class qMRMLNodeComboBox(ui_support.qMRMLNodeComboBox):
@@ -125,12 +169,8 @@ STAND_INS = (ui_support.ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLWidget, ct
 
 
 def qt_module() -> types.ModuleType:
-    qt = types.ModuleType("qt")
-    qt.QTimer = lambda *args: PythonQtStyle(QtCore.QTimer(*args))
-    qt.Qt = QtCore.Qt
-    qt.QFileDialog = QtWidgets.QFileDialog
-    qt.QPixmap = QtGui.QPixmap
-    return qt
+    return _types_module("qt", QTimer=lambda *args: wrap(QtCore.QTimer(*args)), Qt=QtCore.Qt,
+                         QFileDialog=QtWidgets.QFileDialog, QPixmap=QtGui.QPixmap)
 
 
 class Recorder:
@@ -148,19 +188,27 @@ class Recorder:
 
 
 def install(monkeypatch, slicer, module_names=()) -> Recorder:
-    """Put the adapter in place for the widget code of ``module_names`` (and the MRtoCTSlicer package)."""
-    qt = qt_module()
-    monkeypatch.setitem(sys.modules, "qt", qt)
+    """Put the adapter in place for the widget code of ``module_names``, the MRtoCTSlicer package and Slicer's
+    parameterNodeWrapper."""
+    toolkits = {"qt": qt_module(), "ctk": _types_module("ctk")}
+    for name, module in toolkits.items():
+        monkeypatch.setitem(sys.modules, name, module)
     for name, loaded in list(sys.modules.items()):
-        if loaded is not None and (name in module_names or name.startswith("MRtoCTSlicer")) and hasattr(loaded, "qt"):
-            monkeypatch.setattr(loaded, "qt", qt)
+        if loaded is None or not (name in module_names
+                                  or name.startswith(("MRtoCTSlicer", "slicer.parameterNodeWrapper"))):
+            continue
+        for toolkit, module in toolkits.items():
+            if hasattr(loaded, toolkit):
+                monkeypatch.setattr(loaded, toolkit, module)
+    for widget in ("qMRMLNodeComboBox", "qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget"):
+        monkeypatch.setattr(slicer, widget, qt_type(widget), raising=False)
     recorder = Recorder()
     monkeypatch.setattr(slicer.util, "errorDisplay", recorder.errorDisplay, raising=False)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", recorder.confirmOkCancelDisplay, raising=False)
-    monkeypatch.setattr(slicer.util, "loadUI", lambda path: PythonQtStyle(ui_support.load_panel(Path(path), STAND_INS)),
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: wrap(ui_support.load_panel(Path(path), STAND_INS)),
                         raising=False)
     monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda ui: types.SimpleNamespace(**{
-        child.objectName(): PythonQtStyle(child) for child in ui.unwrap().findChildren(QtWidgets.QWidget)
+        child.objectName(): wrap(child) for child in ui.unwrap().findChildren(QtWidgets.QWidget)
         if child.objectName()}), raising=False)
     app = QtWidgets.QApplication.instance()
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(

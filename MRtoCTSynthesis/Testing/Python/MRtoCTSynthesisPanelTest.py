@@ -23,18 +23,14 @@ class MRtoCTSynthesisPanelTest(unittest.TestCase):
         self.widget = slicer.util.getModuleWidget("MRtoCTSynthesis")
         self.assertTrue(self.widget.logic.setupPythonRequirements(askConfirmation=False))
         self.folder = tempfile.TemporaryDirectory()
-        model = MRtoCTSynthesis.MRtoCTSynthesisTest()._smallestModel(self.folder.name)
+        model = MRtoCTSynthesis.smallestSynthesisModel(self.folder.name)
         phantom = make_phantom("head", 1, shape=(40, 40, 24), spacing=(5.0, 5.0, 6.0))
         self.mrNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "panel MR")
         MRtoCTSynthesis.updateVolumeNodeFromSitkImage(self.mrNode, phantom.mr)
         self.mrNode.CreateDefaultDisplayNodes()
         parameters = self.widget.logic.getParameterNode()
-        parameters.SetNodeReferenceID("InputVolume", self.mrNode.GetID())
-        parameters.SetNodeReferenceID("OutputVolume", None)
-        parameters.SetParameter("Model", model)
-        parameters.SetParameter("Device", "cpu")
-        parameters.SetParameter("QualityMap", "true")
-        parameters.SetParameter("DicomExport", "false")
+        parameters.inputVolume, parameters.outputVolume, parameters.model = self.mrNode, None, model
+        parameters.device, parameters.qualityMap, parameters.dicomExport = "cpu", True, False
 
     def tearDown(self):
         self.widget.cancelJob()
@@ -56,7 +52,7 @@ class MRtoCTSynthesisPanelTest(unittest.TestCase):
         sctNode = slicer.mrmlScene.GetFirstNodeByName("panel MR sCT")
         self.assertIsNotNone(sctNode)
         self.assertEqual(sctNode.GetImageData().GetDimensions(), self.mrNode.GetImageData().GetDimensions())
-        self.assertEqual(self.widget.logic.getParameterNode().GetNodeReference("OutputVolume"), sctNode)
+        self.assertEqual(self.widget.logic.getParameterNode().outputVolume, sctNode)
         self.assertTrue(self.widget.ui.showQualityMapButton.enabled)
 
     def test_cancel_leaves_the_scene_unchanged(self):
