@@ -31,6 +31,7 @@ from MRtoCTSynthesisLib import volumes as V
 from MRtoCTSynthesisLib.demo import DEMO_SEED, DEMO_SHAPE, DEMO_SPACING
 from MRtoCTSynthesisLib.metrics import evaluate, mutual_information
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
+from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
 from MRtoCTSynthesisLib.phantom import make_phantom, subject_seeds, write_phantom_dataset
 from MRtoCTSynthesisLib.synthesis import synthesize
 from MRtoCTSynthesisLib.train import main as train_main
@@ -62,9 +63,8 @@ def against_baselines(bundle) -> dict:
     from MRtoCTSynthesisLib.quality import BASELINES, Subject, fit_baselines, score_prediction, score_subject
 
     subject = lambda seed: Subject.of_phantom(make_phantom("head", seed, SHAPE, SPACING), str(seed))  # noqa: E731
-    mr = bundle.metadata["mr_normalization"]
-    fitted = fit_baselines([subject(s) for s in subject_seeds(SEED, SUBJECTS)], tuple(bundle.metadata["mr_window"]),
-                           mr["percentile"], mr["value"])
+    fitted = fit_baselines([subject(s) for s in subject_seeds(SEED, SUBJECTS)],
+                           normalization_from_metadata(bundle.metadata))
     tests = [subject(s) for s in TEST_SEEDS]
     mae = {name: [score_prediction(fitted.predict(name, t), t)["mae"] for t in tests] for name in BASELINES}
     mae[bundle.metadata["name"]] = [score_subject(bundle, t, "cpu")[0]["mae"] for t in tests]

@@ -172,8 +172,15 @@ def _subject(seed, shape=(24, 32, 32), spacing=(8.0, 8.0, 8.0)):
 def test_baselines_follow_their_definitions():
     from MRtoCTSynthesisLib import volumes as V
 
+    from MRtoCTSynthesisLib.config import preset
+    from MRtoCTSynthesisLib.preprocessing import Normalization, prepare_volume
+
     train, test = [_subject(s) for s in (1, 2, 3)], _subject(9)
-    fitted = Q.fit_baselines(train, (0.0, 3500.0), 99.5, 3000.0)
+    norm = Normalization.from_config(preset("yang2018"))  # N4, then Yang's white-matter peak
+    fitted = Q.fit_baselines(train, norm)
+    # the lookup bins the MR exactly as the networks receive it (the phantoms are on an LPS grid already)
+    networks_input = prepare_volume(test.mr, "mr", norm).slices
+    assert np.allclose(V.volume_to_slices(fitted.normalised_mr(test.mr), norm.plane), networks_input, atol=1e-5)
     inside = np.concatenate([V.array_of(s.ct)[Q.evaluation_mask(s)] for s in train])
     assert fitted.constant_hu == pytest.approx(float(np.median(inside)))
     mask = Q.evaluation_mask(test)

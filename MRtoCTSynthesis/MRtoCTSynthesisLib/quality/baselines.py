@@ -3,8 +3,9 @@
 * ``constant``: one HU value everywhere in the body, the median HU inside the body masks of the training CTs (the
   best constant for the MAE on the training data).
 * ``mr-lookup``: sCT(x) = T[bin(MR(x))], a table of the median training-CT HU per MR-intensity bin inside the body,
-  fitted on the training pairs. The MR is normalised as the networks' input is (robust percentile scaling, MR window),
-  128 bins over the window; empty bins take the value of the nearest filled bin. What intensity alone can tell.
+  fitted on the training pairs. The MR is normalised as the networks' input is (the same ``Normalization``: N4 where
+  it is on, white-matter-peak or percentile scaling, MR window), 128 bins over the window; empty bins take the value
+  of the nearest filled bin. What intensity alone can tell.
 * ``class-mean floor``: perfect labels (phantoms only): every label at the mean HU of that label in the subject's own
   CT. It needs the exact tissue map, so it is a floor that no MR-to-CT method is expected to reach.
 
@@ -40,25 +41,23 @@ class Baselines:
     constant_hu: float
     lookup_edges: np.ndarray      # LOOKUP_BINS + 1 edges in normalised MR units ([-1, 1])
     lookup_hu: np.ndarray         # LOOKUP_BINS values
-    mr_window: tuple
-    mr_percentile: Optional[float]
-    mr_percentile_value: float
+    norm: object                  # the networks' preprocessing.Normalization (its MR steps are applied)
 
     def to_json(self) -> dict:
         return {"constant_hu": self.constant_hu, "lookup_hu": [round(float(v), 2) for v in self.lookup_hu],
-                "mr_window": list(self.mr_window), "mr_percentile": self.mr_percentile,
-                "mr_percentile_value": self.mr_percentile_value}
+                "mr_normalization": self.norm.to_json()}
 
-    def normalised_mr(self, mr: np.ndarray) -> np.ndarray:
-        """The MR as the networks see it (preprocessing.prepare_volume's intensity steps), in [-1, 1]."""
+    def normalised_mr(self, mr) -> np.ndarray:
+        """The MR image as the networks see it, in [-1, 1] on its own grid: ``prepare_volume``'s intensity steps (N4
+        where on, then its scale factor, then the MR window) without the reorientation and slicing."""
         from .. import volumes as V
-        from ..preprocessing import foreground_of
+        from ..preprocessing import mr_scale_factor
 
-        array = np.array(mr, dtype=np.float32)
-        if self.mr_percentile is not None:
-            array *= np.float32(V.robust_scale_factor(array, foreground_of(array), self.mr_percentile,
-                                                      self.mr_percentile_value))
-        return V.IntensityWindow(*self.mr_window).to_network(array)
+        if self.norm.n4:
+            mr = V.n4_bias_correction(mr, shrink=self.norm.n4_shrink, iterations=self.norm.n4_iterations)
+        array = V.array_of(mr).astype(np.float32)
+        array *= np.float32(mr_scale_factor(array, tuple(mr.GetSpacing())[::-1], self.norm))
+        return self.norm.window("mr").to_network(array)
 
     def predict(self, name: str, subject) -> Optional[np.ndarray]:
         """The baseline's sCT (HU) on the subject's grid, or None when it cannot be made (the floor without labels)."""
@@ -69,7 +68,7 @@ class Baselines:
         if name == CONSTANT:
             sct[mask] = self.constant_hu
         elif name == LOOKUP:
-            sct[mask] = self.lookup_hu[_bin_of(self.normalised_mr(V.array_of(subject.mr))[mask], self.lookup_edges)]
+            sct[mask] = self.lookup_hu[_bin_of(self.normalised_mr(subject.mr)[mask], self.lookup_edges)]
         elif name == FLOOR:
             if subject.labels is None:
                 return None
@@ -86,18 +85,18 @@ def _bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
 
 
-def fit_baselines(subjects: Sequence, mr_window: tuple, mr_percentile: Optional[float],
-                  mr_percentile_value: float) -> Baselines:
-    """Fit the constant and the MR-intensity lookup on the training subjects (inside their evaluation masks)."""
+def fit_baselines(subjects: Sequence, norm) -> Baselines:
+    """Fit the constant and the MR-intensity lookup on the training subjects (inside their evaluation masks); ``norm``
+    is the networks' ``preprocessing.Normalization``."""
     from .. import volumes as V
 
     edges = np.linspace(-1.0, 1.0, LOOKUP_BINS + 1)
-    probe = Baselines(0.0, edges, np.zeros(LOOKUP_BINS), tuple(mr_window), mr_percentile, mr_percentile_value)
+    probe = Baselines(0.0, edges, np.zeros(LOOKUP_BINS), norm)
     hu, bins = [], []
     for subject in subjects:
         mask = evaluation_mask(subject)
         hu.append(V.array_of(subject.ct)[mask])
-        bins.append(_bin_of(probe.normalised_mr(V.array_of(subject.mr))[mask], edges))
+        bins.append(_bin_of(probe.normalised_mr(subject.mr)[mask], edges))
     hu, bins = np.concatenate(hu), np.concatenate(bins)
     order = np.argsort(bins, kind="stable")
     hu, bins = hu[order], bins[order]
@@ -106,5 +105,4 @@ def fit_baselines(subjects: Sequence, mr_window: tuple, mr_percentile: Optional[
     centres = np.arange(LOOKUP_BINS)
     nearest = filled[np.abs(centres[:, None] - filled[None, :]).argmin(axis=1)]
     table = medians[np.searchsorted(filled, nearest)]
-    return Baselines(float(np.median(hu)), edges, table.astype(np.float64), tuple(mr_window), mr_percentile,
-                     mr_percentile_value)
+    return Baselines(float(np.median(hu)), edges, table.astype(np.float64), norm)

@@ -12,8 +12,17 @@ from .formatting import _fmt, _fmt_p, _mark
 from .plan import job_dir
 from .reading import reading
 from .settings import (BASELINE, BONE_HU, CT_WINDOW_YANG, DATA_RANGE_HU, EXTRA_COLUMNS, METRIC_INFO, METRICS,
-                       MR_PERCENTILE_VALUE_YANG, MR_WINDOW_YANG, PLAN, SATURATED_HU, TEST_DATA_SEED,
+                       MR_PERCENTILE_VALUE_YANG, MR_SCALING, MR_WINDOW_YANG, PLAN, SATURATED_HU, TEST_DATA_SEED,
                        TRAIN_DATA_SEED, Options, overrides_of, preset_of, training_config)
+
+
+def _mr_scaling_text(anatomies: Sequence[str]) -> str:
+    """How the MR of each anatomy is scaled before its window (``MR_SCALING``), in words."""
+    from ..config import TrainConfig
+
+    rule = {"wm_peak": f"Yang's white-matter peak by fuzzy C-means -> {TrainConfig().mr_wm_peak_value:g}",
+            "percentile": f"the 99.5th body percentile -> {MR_PERCENTILE_VALUE_YANG:g}"}
+    return "; ".join(f"{a}: {rule[MR_SCALING[a]]}" for a in anatomies)
 
 
 def _rel(path: Path, report: Path) -> str:
@@ -99,8 +108,8 @@ def write_report(options: Options, plan: dict, per_subject: list[dict], summary:
            f"ndf {net.ndf}. Adam lr 2e-4 (constant for half of the iterations, then linear decay to 0), batch 1, "
            f"pool 50. Training seed(s): {', '.join(map(str, options.seeds))}.",
            f"- Common data setting for every variant: CT window [{CT_WINDOW_YANG[0]:g}, {CT_WINDOW_YANG[1]:g}] HU, "
-           f"MR window [{MR_WINDOW_YANG[0]:g}, {MR_WINDOW_YANG[1]:g}] after scaling the MR's 99.5th body percentile "
-           f"to {MR_PERCENTILE_VALUE_YANG:g} (Yang's setting). Unpaired sampling for all variants except paired "
+           f"MR window [{MR_WINDOW_YANG[0]:g}, {MR_WINDOW_YANG[1]:g}] after N4 bias correction (SimpleITK, on the "
+           f"MR shrunk 4x) and scaling ({_mr_scaling_text(options.anatomies)}). Unpaired sampling for all variants except paired "
            "(registered slices, no supervised L1: lambda_supervised 0, Yang's 'cycleGAN (paired)') and supervised "
            "(registered slices, L1 to the CT only: no GAN, no cycle, G_CT alone; the upper bound of what this "
            "generator learns from these data). cyclegan-cycle3 is cyclegan with hiasa2018's lambda_cycle 3, the "

@@ -20,7 +20,7 @@ from .output import _say
 from .plan import job_dir, job_status, make_plan, print_plan
 from .real_scans import apply_to_real, real_scan_paths
 from .report import write_report
-from .settings import METRICS, MR_PERCENTILE_VALUE_YANG, MR_WINDOW_YANG, VARIANTS, Options, Setting, training_config
+from .settings import METRICS, VARIANTS, Options, Setting, training_config
 from .statistics import summary_rows, ttest_rows
 
 
@@ -127,6 +127,7 @@ def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects,
     """Baselines, every trained run on the test subjects, tables, figures, real scans and the report."""
     from ..tables import write_table
     from ..modelfile import read_metadata
+    from ..preprocessing import Normalization
     from ..train import MODEL
 
     iterations = plan["iterations"]
@@ -135,7 +136,8 @@ def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects,
     converged, baselines_fitted = [], {}
     for setting in options.settings():
         a = setting.anatomy
-        baselines_fitted[a] = fit_baselines(train_subjects(a), MR_WINDOW_YANG, 99.5, MR_PERCENTILE_VALUE_YANG)
+        norm = Normalization.from_config(training_config(options.variants[0], setting, options.net(), iterations, 0))
+        baselines_fitted[a] = fit_baselines(train_subjects(a), norm)  # the MR steps every variant shares
         _dump(options.out / "tables" / f"baselines_{a}.json", baselines_fitted[a].to_json())
         _say(f"baselines ({a}): constant {baselines_fitted[a].constant_hu:.1f} HU, MR lookup and class-mean floor "
              f"on {len(test_subjects[a])} test subjects")
