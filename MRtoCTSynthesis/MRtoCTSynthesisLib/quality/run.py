@@ -71,19 +71,19 @@ def _run_quality(options: Options) -> dict:
              "at -1000 HU at this budget (seen before with yang2018 at a small CPU budget)")
 
     # ---------------------------------------------------------------- training
-    todo = [j for j in plan["jobs"] if job_status(options, j) != "trained"]
-    elsewhere = []
+    trained_here, elsewhere = [], []
     for index, job in enumerate(plan["jobs"]):
         label = f"{job['anatomy']}/{job['variant']} seed {job['seed']} ({index + 1}/{len(plan['jobs'])})"
         name = f"train-{job['anatomy']}-{job['variant']}-seed{job['seed']}"
         with claimed(options.out, name) as mine:
             if mine:
-                _train_job(options, job, label, iterations, data_roots)
+                if _train_job(options, job, label, iterations, data_roots):
+                    trained_here.append(label)
                 continue
         elsewhere.append(f"{label} by {holder(options.out, name) or 'a process that just finished'}")
         _say(f"skip {label}: another process is training it ({elsewhere[-1]})")
-    if todo:
-        _say(f"training done ({len(todo)} runs this invocation)")
+    if trained_here:
+        _say(f"training done ({len(trained_here)} of the {len(plan['jobs'])} runs in this invocation)")
     unfinished = [j for j in plan["jobs"] if job_status(options, j) != "trained"]
     if unfinished:
         _say(f"{len(unfinished)} runs are still training in other processes ({'; '.join(elsewhere)}): the last "
@@ -96,8 +96,8 @@ def _run_quality(options: Options) -> dict:
         return _evaluate(options, plan, test_subjects, train_subjects, machine_start, began)
 
 
-def _train_job(options: Options, job: dict, label: str, iterations: int, data_roots: dict) -> None:
-    """Train one run of the plan (or resume it from its checkpoint); nothing when its model exists."""
+def _train_job(options: Options, job: dict, label: str, iterations: int, data_roots: dict) -> bool:
+    """Train one run of the plan (or resume it from its checkpoint); False (nothing done) when its model exists."""
     from ..train import MODEL, build_trainer
 
     setting = next(s for s in options.settings() if s.anatomy == job["anatomy"])
@@ -109,7 +109,7 @@ def _train_job(options: Options, job: dict, label: str, iterations: int, data_ro
         raise ValueError(f"{folder} holds a run with another configuration; remove it or choose another --out")
     if status == "trained":
         _say(f"skip {label}: model exists ({folder / MODEL})")
-        return
+        return False
     if status == "to train" and folder.exists():
         shutil.rmtree(folder)  # a run killed before its first checkpoint: start it again
     _say(f"train {label}: {iterations} iterations, about "
@@ -120,6 +120,7 @@ def _train_job(options: Options, job: dict, label: str, iterations: int, data_ro
                             cache_dir=options.out / "cache" / job["anatomy"], resume=status == "resume",
                             show_progress=options.progress)
     trainer.run()
+    return True
 
 
 def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects, machine_start: dict,
