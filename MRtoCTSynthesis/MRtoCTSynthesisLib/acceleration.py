@@ -45,7 +45,6 @@ use)::
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import logging
