@@ -71,6 +71,8 @@ RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni
                   "amx_tile", "amx_bf16", "amx_fp16", "asimd", "sve", "bf16")
 COMPILE_MIN_GFLOP = {"cpu": 20_000.0, "cuda": 2_000.0}   # work below this would not repay the compilation
 CPU_BATCH_SIZE, SMALL_CPU_BATCH_SIZE, GPU_BATCH_SIZE = 1, 8, 8
+COMPILE_ENV = "MRTOCT_COMPILE"   # "0"/"1": compilation off/on where a caller leaves it to the plan (e.g. many runs
+                                 # compiling at once on one machine would spend their time budget compiling)
 SMALL_SLICE_GFLOP = 10.0     # below this per slice (e.g. the demo model: 0.6), per-call overheads favour batches
 
 
@@ -270,6 +272,9 @@ def resolve_plan(device: str | torch.device = "auto", precision: str = "auto", p
     kind = torch_device.type
     reduced = resolved != "float32"
     channels_last = kind == "cuda" or (kind == "cpu" and reduced)  # oneDNN's bf16 kernels are NHWC; fp32 AVX2: NCHW
+    if compile is None and os.environ.get(COMPILE_ENV) in ("0", "1"):
+        compile = os.environ[COMPILE_ENV] == "1"
+        notes.append(f"{COMPILE_ENV}={os.environ[COMPILE_ENV]}: compilation {'on' if compile else 'off'}")
     if compile is None:
         wanted = kind in COMPILE_MIN_GFLOP
         if kind == "cpu":  # measured gains only with native bf16; in float32 on AVX2 0.7-1.3x (docs/BENCHMARKS.md)

@@ -99,9 +99,14 @@ class SliceCache:
                   "norm": self.norm.to_json(), "canvas": self.canvas, "version": CACHE_VERSION}
         return hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
+    def target(self, path: os.PathLike, modality: str) -> Path:
+        """The cache file of ``path`` (it exists once the volume has been prepared)."""
+        path = Path(path)
+        return self.cache_dir / f"{volume_stem(path)}-{modality}-{self.key(path, modality)}.npy"
+
     def slices(self, path: os.PathLike, modality: str) -> np.ndarray:
         path = Path(path)
-        target = self.cache_dir / f"{volume_stem(path)}-{modality}-{self.key(path, modality)}.npy"
+        target = self.target(path, modality)
         if not target.exists():
             self._build(path, modality, target)
         return np.load(target, mmap_mode="r")

@@ -8,6 +8,7 @@ Every event has ``event`` (its kind), ``time`` (UNIX seconds) and ``run`` (the r
 ``validation``  iteration, metrics {name: value}
 ``preview``     iteration, path (PNG of MR | sCT | reconstructed MR), curves (PNG of the loss curves)
 ``checkpoint``  iteration, path
+``stopped``     iteration, iterations, reason (a time budget ended training early; ``finished`` follows)
 ``finished``    iteration, model (the model bundle path), seconds
 ``error``       message, traceback
 ==============  ====================================================================================
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-EVENT_KINDS = ("start", "iteration", "validation", "preview", "checkpoint", "finished", "error")
+EVENT_KINDS = ("start", "iteration", "validation", "preview", "checkpoint", "stopped", "finished", "error")
 EVENTS_FILE = "events.jsonl"
 
 

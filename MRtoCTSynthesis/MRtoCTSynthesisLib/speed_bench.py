@@ -187,6 +187,7 @@ def _synthesis_row(size, name, plan, backend, per_slice, gflop, reference, gemm,
     gemm_rate_of = gemm.get(plan.precision, {}).get("gflop_per_s")
     return {"size": size, "path": name, "precision": plan.precision, "backend": backend, "batch": plan.batch_size,
             "s_per_slice": round(per_slice, 4), "slices_per_s": round(1 / per_slice, 3),
+            f"s_per_{VOLUME_SLICES}_slices": round(per_slice * VOLUME_SLICES, 2),
             "gflop_per_s": round(rate, 1), "x_reference": round(reference / per_slice, 2),
             "gemm_gflop_per_s": round(gemm_rate_of, 1) if gemm_rate_of else "-",
             "percent_of_gemm": round(100 * rate / gemm_rate_of, 1) if gemm_rate_of else "-",

@@ -318,8 +318,13 @@ class CycleGANTrainer:
 
     # ------------------------------------------------------------------------------------------- the loop
 
-    def run(self) -> Path:
+    def run(self, stop_at: Optional[float] = None) -> Path:
+        """Train to ``config.iterations`` and write the model; with ``stop_at`` (a ``time.time()`` value) stop at the
+        first iteration that ends after it and write the model there (its metadata records the iterations done, and a
+        "stopped" event says why): a time budget that no run can overshoot, for shared machines and leases."""
         c = self.config
+        if stop_at is not None and self.world.size > 1:
+            raise ValueError("a time budget (stop_at) needs one process: ranks could stop at different iterations")
         start = self.iteration
         self.events.emit("start", iteration=start + 1, iterations=c.iterations, config=c.to_dict(),
                          device=str(self.device), world_size=self.world.size, resumed=start > 0)
@@ -327,6 +332,12 @@ class CycleGANTrainer:
         bar = tqdm(total=c.iterations, initial=start, disable=not self.show_progress, unit="it", dynamic_ncols=True)
         try:
             while self.iteration < c.iterations:
+                if stop_at is not None and time.time() >= stop_at and self.iteration > start:
+                    self.events.emit("stopped", iteration=self.iteration, iterations=c.iterations,
+                                     reason="time budget reached")
+                    self.validate()
+                    self.save_checkpoint()
+                    break
                 batch = self.data.batch(self.rng, c.batch_size)
                 values = self.train_step(batch.mr, batch.ct)
                 self.iteration += 1

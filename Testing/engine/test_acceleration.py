@@ -46,6 +46,21 @@ def test_no_cpp_compiler_means_eager_with_a_note(monkeypatch):
     assert not forced.compile and any("C++ compiler" in n for n in forced.notes)
 
 
+def test_compile_variable_overrides_the_automatic_choice_only(monkeypatch):
+    monkeypatch.setattr(A, "_compile_available", lambda kind: (True, ""))
+    monkeypatch.setattr(A, "cpu_native_bf16", lambda: True)
+    monkeypatch.delenv(A.COMPILE_ENV, raising=False)
+    assert A.resolve_plan("cpu", "bfloat16", "training").compile            # auto: native bf16 is compiled
+    monkeypatch.setenv(A.COMPILE_ENV, "0")
+    off = A.resolve_plan("cpu", "bfloat16", "training")
+    assert not off.compile and any(A.COMPILE_ENV in n for n in off.notes)
+    assert A.resolve_plan("cpu", "bfloat16", "training", compile=True).compile  # an explicit request wins
+    monkeypatch.setenv(A.COMPILE_ENV, "1")
+    assert A.resolve_plan("cpu", "float32", "training").compile             # float32 on a CPU: auto would not
+    monkeypatch.setenv(A.COMPILE_ENV, "maybe")                               # anything else: the automatic rule
+    assert not A.resolve_plan("cpu", "float32", "training").compile
+
+
 def test_small_jobs_are_not_compiled():
     assert not A.resolve_plan("cpu", "float32", work_gflop=10.0).compile
 

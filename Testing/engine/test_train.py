@@ -78,6 +78,24 @@ def test_paper_values_of_presets():
         preset("pix2pix")
 
 
+def test_time_budget_stops_training_and_keeps_the_model(phantoms, cache, tmp_path):
+    from MRtoCTSynthesisLib.config import preset as make_preset
+    from MRtoCTSynthesisLib.train import build_trainer
+
+    config = make_preset("cyclegan", image_size=(32, 32), augment_pad=(36, 36), ngf=4, n_blocks=1, ndf=4,
+                         iterations=50, log_every=1, preview_every=1000, validate_every=1000)
+    trainer = build_trainer(config, phantoms / "mr", phantoms / "ct", tmp_path / "run", "cpu", cache,
+                            show_progress=False)
+    model = trainer.run(stop_at=time.time())            # already due: stops after the first iteration
+    assert load_model(model).metadata["training"]["iterations"] == 1
+    kinds = [e["event"] for e in iter_events(tmp_path / "run" / "events.jsonl")]
+    assert kinds.index("stopped") < kinds.index("finished") and "validation" in kinds
+    assert (tmp_path / "run" / CHECKPOINT).exists()     # resumable to the full count
+    resumed = build_trainer(config, phantoms / "mr", phantoms / "ct", tmp_path / "run", "cpu", cache, resume=True,
+                            show_progress=False)
+    assert resumed.iteration == 1
+
+
 def test_linear_decay_schedule():
     factor = linear_decay(200_000, 100_000)
     assert factor(0) == 1 and factor(99_999) == 1 and factor(150_000) == 0.5 and factor(200_000) == 0

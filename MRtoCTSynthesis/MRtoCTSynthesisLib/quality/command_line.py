@@ -46,6 +46,10 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int,
                        help="quality: torch CPU threads (default: torch's choice, one per core). On a machine shared "
                             "with other jobs, 1 can be much faster: busy OpenMP threads wait for each other")
+    group.add_argument("--stop-after-minutes", type=float,
+                       help="quality: a time budget for this invocation: a run still training that many minutes after "
+                            "it started stops there and keeps its model (the report gives the iterations done); for "
+                            "leased machines")
     group.add_argument("--no-progress", action="store_true", help="quality: no progress bars")
     group.add_argument("--plan-only", action="store_true",
                        help="quality: write the data, measure and print the plan with its estimated time, then stop")
@@ -101,6 +105,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
         command += ["--report", args.report]
     if args.device != "auto":
         command += ["--device", args.device]
+    if args.stop_after_minutes is not None:
+        if args.stop_after_minutes <= 0:
+            raise ValueError("--stop-after-minutes must be > 0")
+        command += ["--stop-after-minutes", f"{args.stop_after_minutes:g}"]
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
@@ -112,7 +120,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    real_scans=tuple(args.real_scans), report=Path(args.report) if args.report else None,
                    device=args.device, progress=not args.no_progress, command=shlex.join(command),
                    timing_steps=(1, 2) if args.tiny else (3, 5), plan_only=args.plan_only, threads=args.threads,
-                   data=data, test_fraction=args.test_fraction)
+                   data=data, test_fraction=args.test_fraction, stop_after_minutes=args.stop_after_minutes)
 
 
 def run_quality_from_args(args: argparse.Namespace) -> int:

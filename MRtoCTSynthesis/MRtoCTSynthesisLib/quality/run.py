@@ -6,11 +6,12 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 from .baselines import BASELINES, fit_baselines
 from .claims import claimed, holder
 from .convergence import convergence
-from .data import data_subjects, link_data, test_phantoms, write_data, written_subjects
+from .data import data_subjects, for_each_in_processes, link_data, test_phantoms, write_data, written_subjects
 from .evaluation import evaluate_baselines, evaluate_run, score_subject
 from .output import _dump
 from .plots import box_plots, representative_figure, validation_figure
@@ -58,8 +59,10 @@ def _run_quality(options: Options) -> dict:
         _say(f"warning: load average {load} with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs: "
              "other jobs share the machine, and busy OpenMP threads can make each step many times slower; "
              "--threads 1 is steadier on a shared machine (timings then differ from an idle machine's)")
-    with claimed(options.out, "setup", wait=True):  # one invocation writes the data and the plan, the others reuse
-        data_roots, test_subjects, train_subjects = prepare_subjects(options)
+    with claimed(options.out, "setup", wait=True):  # one invocation writes the data, the others reuse it
+        data_roots, split = prepare_data(options)
+    test_subjects, train_subjects = load_subjects(options, data_roots, split)  # every invocation at once
+    with claimed(options.out, "plan", wait=True, poll_seconds=1.0):  # one measures and stores the plan
         plan = make_plan(options, data_roots, began, test_subjects)
     iterations = plan["iterations"]
     print_plan(plan, options)
@@ -71,14 +74,16 @@ def _run_quality(options: Options) -> dict:
              "at -1000 HU at this budget (seen before with yang2018 at a small CPU budget)")
 
     # ---------------------------------------------------------------- training
+    stop_at = None if options.stop_after_minutes is None else began + 60 * options.stop_after_minutes
     trained_here, elsewhere = [], []
     for index, job in enumerate(plan["jobs"]):
         label = f"{job['anatomy']}/{job['variant']} seed {job['seed']} ({index + 1}/{len(plan['jobs'])})"
         name = f"train-{job['anatomy']}-{job['variant']}-seed{job['seed']}"
         with claimed(options.out, name) as mine:
             if mine:
-                if _train_job(options, job, label, iterations, data_roots):
+                if _train_job(options, job, label, iterations, data_roots, stop_at):
                     trained_here.append(label)
+                    _evaluate_job(options, job, test_subjects)
                 continue
         elsewhere.append(f"{label} by {holder(options.out, name) or 'a process that just finished'}")
         _say(f"skip {label}: another process is training it ({elsewhere[-1]})")
@@ -96,8 +101,10 @@ def _run_quality(options: Options) -> dict:
         return _evaluate(options, plan, test_subjects, train_subjects, machine_start, began)
 
 
-def _train_job(options: Options, job: dict, label: str, iterations: int, data_roots: dict) -> bool:
-    """Train one run of the plan (or resume it from its checkpoint); False (nothing done) when its model exists."""
+def _train_job(options: Options, job: dict, label: str, iterations: int, data_roots: dict,
+               stop_at: Optional[float] = None) -> bool:
+    """Train one run of the plan (or resume it from its checkpoint) until its iterations or ``stop_at`` (time.time());
+    False (nothing done) when its model exists."""
     from ..train import MODEL, build_trainer
 
     setting = next(s for s in options.settings() if s.anatomy == job["anatomy"])
@@ -119,8 +126,20 @@ def _train_job(options: Options, job: dict, label: str, iterations: int, data_ro
     trainer = build_trainer(config, root / "train" / "mr", root / "train" / "ct", folder, options.device,
                             cache_dir=options.out / "cache" / job["anatomy"], resume=status == "resume",
                             show_progress=options.progress)
-    trainer.run()
+    trainer.run(stop_at)
     return True
+
+
+def _evaluate_job(options: Options, job: dict, test_subjects: dict) -> None:
+    """Score a run this invocation trained on the test subjects now (cached beside its model), so that invocations
+    sharing the runs also share the evaluation; the report later reads the cache."""
+    from ..train import MODEL
+
+    setting = next(s for s in options.settings() if s.anatomy == job["anatomy"])
+    model = job_dir(options, job["anatomy"], job["variant"], job["seed"]) / MODEL
+    _say(f"evaluate {job['anatomy']}/{job['variant']} seed {job['seed']} on {len(test_subjects[job['anatomy']])} "
+         "test subjects")
+    evaluate_run(model, setting, test_subjects[job["anatomy"]], options.device)
 
 
 def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects, machine_start: dict,
@@ -152,8 +171,12 @@ def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects,
                 _say(f"evaluate {setting.anatomy}/{variant} seed {seed} on {len(test_subjects[a])} test subjects")
                 for row in evaluate_run(model, setting, test_subjects[a], options.device):
                     per_subject.append({"anatomy": setting.anatomy, "variant": variant, "seed": seed, **row})
-                converged.append({"anatomy": a, "variant": variant, "seed": seed,
-                                  **convergence(model.parent, iterations)})
+                done = int(meta["training"].get("iterations", iterations))  # fewer where a time budget stopped it
+                if done < iterations:
+                    _say(f"note: {a}/{variant} seed {seed} stopped at its time budget after {done} of {iterations} "
+                         "iterations")
+                converged.append({"anatomy": a, "variant": variant, "seed": seed, "iterations_done": done,
+                                  **convergence(model.parent, done)})
         tests = ttest_rows(per_subject, setting.anatomy, options.variants)
         present = [b for b in BASELINES if any(r["variant"] == b and r["anatomy"] == a for r in per_subject)]
         summary = summary_rows(per_subject, setting.anatomy, options.variants, options.seeds, train_seconds,
@@ -202,27 +225,64 @@ def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects,
             "real": real_rows, "figures": figures, "real_figure": real_figure, "plan": plan, "tables": tables}
 
 
-def prepare_subjects(options: Options) -> tuple[dict, dict, object]:
-    """Training folders per anatomy, test subjects per anatomy, and a function giving the training subjects (for
-    the baselines): phantoms written under <out>/data, or the --data folder's subjects (linked, never copied)."""
-    roots, tests, train_names = {}, {}, {}
+def prepare_data(options: Options) -> tuple[dict, dict]:
+    """Training folders per anatomy, ready to train from: phantoms written under <out>/data with their training
+    volumes prepared in the cache, or the --data folder's subjects (linked, never copied) with their
+    (training, test) subject names."""
+    roots, split = {}, {}
     for setting in options.settings():
         a = setting.anatomy
         if options.data is None:
-            roots[a], tests[a] = write_data(options.out, setting), test_phantoms(setting)
+            roots[a] = write_data(options.out, setting)
+            warm_cache(options, setting, roots[a])
         else:
-            roots[a], train_names[a], test = link_data(options.out, a, options.data, options.test_fraction)
-            tests[a] = data_subjects(options.data, test)
-            _say(f"--data {options.data}: {len(train_names[a])} training subjects (the trainer holds out "
+            roots[a], train, test = link_data(options.out, a, options.data, options.test_fraction)
+            split[a] = (train, test)
+            _say(f"--data {options.data}: {len(train)} training subjects (the trainer holds out "
                  f"{setting.validation_fraction:g} of them for validation), {len(test)} test subjects: "
                  + ", ".join(test))
+    return roots, split
+
+
+def load_subjects(options: Options, roots: dict, split: dict) -> tuple[dict, object]:
+    """Test subjects per anatomy, and a function giving the training subjects (for the baselines)."""
+    tests = {s.anatomy: (test_phantoms(s, roots[s.anatomy]) if options.data is None
+                         else data_subjects(options.data, split[s.anatomy][1])) for s in options.settings()}
 
     def train_subjects(anatomy: str) -> list:
         if options.data is None:
             return written_subjects(roots[anatomy] / "train")
-        return data_subjects(options.data, train_names[anatomy])
+        return data_subjects(options.data, split[anatomy][0])
 
-    return roots, tests, train_subjects
+    return tests, train_subjects
+
+
+def warm_cache(options: Options, setting: Setting, root: Path) -> None:
+    """Prepare (N4, normalise, fit to the canvas) every training volume once, in one process per CPU, into the cache
+    that every run of the anatomy shares; the runs then only read it (sequentially this is minutes of N4)."""
+    from ..dataset import SliceCache, find_volumes
+    from ..preprocessing import Normalization
+
+    cache_dir = options.out / "cache" / setting.anatomy
+    caches = {}
+    for variant in options.variants:
+        config = training_config(variant, setting, options.net(), 10, options.seeds[0])
+        norm = Normalization.from_config(config)
+        caches[json.dumps(norm.to_json(), sort_keys=True)] = (norm, config.augment_pad or config.image_size)
+    began = time.time()
+    jobs = [(cache_dir, norm, canvas, path, modality) for norm, canvas in caches.values()
+            for modality, folder in (("mr", "MR"), ("ct", "CT"))
+            for path in find_volumes(root / "train" / modality, folder)
+            if not SliceCache(cache_dir, norm, canvas).target(path, modality).exists()]
+    if jobs:
+        for_each_in_processes(_cache_slices, jobs)
+        _say(f"prepared {len(jobs)} training volumes in {time.time() - began:.0f} s ({cache_dir})")
+
+
+def _cache_slices(cache_dir: Path, norm, canvas, path: Path, modality: str) -> None:
+    from ..dataset import SliceCache
+
+    SliceCache(cache_dir, norm, canvas).slices(path, modality)
 
 
 def _representative(options: Options, setting: Setting, phantom, per_subject: list[dict]) -> Path:

@@ -135,6 +135,7 @@ class Options:
     timing_steps: tuple = (3, 5)           # warm-up, timed
     plan_only: bool = False
     threads: Optional[int] = None          # torch CPU threads (None: torch's default)
+    stop_after_minutes: Optional[float] = None  # every run this invocation trains stops by then (its model is kept)
 
     def settings(self) -> list[Setting]:
         chosen = []
