@@ -268,6 +268,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     try:
         from .bench import add_bench_arguments
         from .quality import add_quality_arguments
+        from .quality.recipe import add_recipe_arguments
         from .speed_bench import add_speed_arguments
     except ModuleNotFoundError as error:
         if error.name not in HARNESS:
@@ -277,13 +278,14 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
                                        "Slicer extension leaves it out); run mrtoct bench from a source checkout "
                                        "(pip install -e .)")
         return
-    add_bench_arguments(p, more=("speed", "quality"))
+    add_bench_arguments(p, more=("speed", "quality", "recipe"))
     add_speed_arguments(p)
     add_quality_arguments(p)
+    add_recipe_arguments(p)
 
 
 @command("bench", "benchmarks: speed (synthesis and training paths side by side); training seconds per iteration; "
-                  "synthesis time and peak memory; image quality")(_add_bench)
+                  "synthesis time and peak memory; image quality; training recipes under one time budget")(_add_bench)
 def _bench(args: argparse.Namespace) -> int:
     if getattr(args, "harness_missing", None):
         print(args.harness_missing, file=sys.stderr)
@@ -291,6 +293,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "quality":
         from .quality import run_quality_from_args
         return run_quality_from_args(args)
+    if args.what == "recipe":
+        from .quality.recipe import run_recipe_from_args
+        return run_recipe_from_args(args)
     if args.what == "speed":
         from .speed_bench import run_speed
         return run_speed(args)

@@ -40,6 +40,8 @@ SAMPLING_MODES = ("random", "pbs", "paired")
 MR_SCALINGS = ("wm_peak", "percentile", "none")    # preprocessing.MR_SCALINGS (kept here: no torch import)
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")   # acceleration.py applies them (kept here: no torch import)
 GC_OPERATORS = ("central", "sobel", "prewitt")     # losses.GRADIENT_OPERATORS
+GENERATOR_KINDS = ("resnet", "unet")               # networks.GENERATORS
+GENERATOR_NORMS = ("instance", "batch", "none")    # unet.NORMS
 
 
 @dataclass
@@ -77,6 +79,8 @@ class TrainConfig:
     mind_patch: int = 7
     mind_sigma: float = 2.0
     # --- networks
+    generator: str = "resnet"                     # resnet (the papers') | unet (recipe study, issue 22)
+    generator_norm: str = "instance"              # unet only: instance | batch | none
     ngf: int = 64
     ndf: int = 64
     n_blocks: int = 9
@@ -123,7 +127,13 @@ class TrainConfig:
             problems.append(f"plane {self.plane!r} is not sagittal, coronal or axial")
         if self.sampling not in SAMPLING_MODES:
             problems.append(f"sampling {self.sampling!r} is not one of {SAMPLING_MODES}")
-        if any(v % 4 for v in self.image_size):
+        if self.generator not in GENERATOR_KINDS:
+            problems.append(f"generator {self.generator!r} is not one of {GENERATOR_KINDS}")
+        if self.generator_norm not in GENERATOR_NORMS:
+            problems.append(f"generator_norm {self.generator_norm!r} is not one of {GENERATOR_NORMS}")
+        if self.generator == "unet" and any(v % 16 for v in self.image_size):
+            problems.append(f"image_size {self.image_size} must be multiples of 16 for the U-Net (four poolings)")
+        elif any(v % 4 for v in self.image_size):
             problems.append(f"image_size {self.image_size} must be multiples of 4 (two stride-2 convolutions)")
         if self.augment_pad is not None and any(p < s for p, s in zip(self.augment_pad, self.image_size)):
             problems.append(f"augment_pad {self.augment_pad} must be at least image_size {self.image_size}")

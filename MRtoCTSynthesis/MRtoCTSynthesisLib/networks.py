@@ -2,6 +2,8 @@
 
 - ``ResnetGenerator``: c7s1-ngf, two stride-2 convolutions, ``n_blocks`` residual blocks (reflection
   padding, instance norm), two transposed convolutions, c7s1-out, tanh.
+- ``UnetGenerator``: the U-Net of ``unet.py`` (four poolings, skip connections) with one output and tanh: a
+  generator choice of the recipe study (issue 22), not of the papers; H and W multiples of 16.
 - ``PatchDiscriminator``: the 70x70 PatchGAN (n_layers=3): five 4x4 convolutions.
 
 Both are built by name through ``build_network`` so a model file can name its architecture.
@@ -12,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .unet import UNet
 
 
 class ResidualBlock(nn.Module):
@@ -48,6 +52,16 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class UnetGenerator(UNet):
+    """U-Net generator: tanh of the U-Net's single output, so it maps to the same [-1, 1] window as the ResNet."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, ngf: int = 16, norm: str = "instance") -> None:
+        super().__init__(in_channels, out_channels, base=ngf, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().forward(x))
 
 
 class PatchDiscriminator(nn.Module):
@@ -89,7 +103,18 @@ def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
     return net
 
 
-NETWORKS = {"resnet_generator": ResnetGenerator, "patch_discriminator": PatchDiscriminator}
+NETWORKS = {"resnet_generator": ResnetGenerator, "unet_generator": UnetGenerator,
+            "patch_discriminator": PatchDiscriminator}
+GENERATORS = {"resnet": "resnet_generator", "unet": "unet_generator"}   # TrainConfig.generator -> NETWORKS name
+
+
+def generator_spec(generator: str, ngf: int, n_blocks: int, norm: str) -> dict:
+    """The model file's description of a generator of the configuration (architecture name and its arguments)."""
+    if generator == "resnet":
+        kwargs = {"in_channels": 1, "out_channels": 1, "ngf": ngf, "n_blocks": n_blocks}
+    else:
+        kwargs = {"in_channels": 1, "out_channels": 1, "ngf": ngf, "norm": norm}
+    return {"architecture": GENERATORS[generator], "kwargs": kwargs}
 
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:

@@ -49,12 +49,13 @@ from .figures import Panel, save_loss_curves, save_panel_grid
 from .losslog import append_row, read_rows, truncate_rows
 from .metrics import mutual_information
 from .modelfile import SUFFIX, range_note, save_model
-from .networks import PatchDiscriminator, ResnetGenerator, init_weights
+from .networks import PatchDiscriminator, build_network, generator_spec, init_weights
 from .preprocessing import Normalization, normalization_metadata
 from .sampling import SlicePair
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+BODY_HU = -500.0   # validation's body mask: CT above this (the benchmarks' CT body threshold)
 MODEL = "model" + SUFFIX
 PREVIEW_SLICES = 3
 
@@ -66,9 +67,9 @@ class Generators(nn.Module):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
-        kwargs = dict(in_channels=1, out_channels=1, ngf=config.ngf, n_blocks=config.n_blocks)
-        self.G_CT = init_weights(ResnetGenerator(**kwargs))
-        self.G_MR = init_weights(ResnetGenerator(**kwargs))
+        spec = generator_spec(config.generator, config.ngf, config.n_blocks, config.generator_norm)
+        self.G_CT = init_weights(build_network(spec["architecture"], **spec["kwargs"]))
+        self.G_MR = init_weights(build_network(spec["architecture"], **spec["kwargs"]))
         self.identity = config.lambda_identity > 0
 
     def forward(self, mr: torch.Tensor, ct: torch.Tensor) -> dict:
@@ -416,7 +417,9 @@ class CycleGANTrainer:
         """Cycle L1 and MI(MR, sCT) on validation slices; MAE in window units when the CT is registered to the MR."""
         if self.validation is None or not self.world.is_main:
             return {}
-        cycle, mi, mae = [], [], []
+        low, high = self.config.ct_window
+        body_level = 2 * (BODY_HU - low) / (high - low) - 1  # the body threshold in the network's units
+        cycle, mi, errors, body_errors = [], [], [], []
         for volume, stack in enumerate(self.validation.mr):
             picks = np.linspace(0, len(stack) - 1, num=min(8, len(stack))).round().astype(int)
             for index in picks:
@@ -426,11 +429,15 @@ class CycleGANTrainer:
                 cycle.append(float(np.abs(rec_mr[0] - mr).mean()))
                 mi.append(mutual_information(mr, fake_ct[0]))
                 if self.validation.paired:
-                    mae.append(float(np.abs(fake_ct[0] - ct).mean()))
+                    error = np.abs(fake_ct[0] - ct)
+                    errors.append(error.ravel())
+                    body_errors.append(error[ct > body_level])
         metrics = {"cycle_l1_mr": float(np.mean(cycle)), "mi_mr_sct": float(np.mean(mi))}
-        if mae:
-            low, high = self.config.ct_window
-            metrics["mae_hu"] = float(np.mean(mae)) * (high - low) / 2
+        if errors:  # whole canvas (mostly background) and inside the body, as the benchmarks score
+            metrics["mae_hu"] = float(np.concatenate(errors).mean()) * (high - low) / 2
+            inside = np.concatenate(body_errors)
+            if inside.size:
+                metrics["mae_body_hu"] = float(inside.mean()) * (high - low) / 2
         self.last_validation = metrics
         self.events.emit("validation", iteration=self.iteration, metrics=metrics)
         return metrics
@@ -521,8 +528,7 @@ class CycleGANTrainer:
 
     def model_metadata(self, seconds: float) -> dict:
         c = self.config
-        spec = {"architecture": "resnet_generator", "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": c.ngf,
-                                                                "n_blocks": c.n_blocks}}
+        spec = generator_spec(c.generator, c.ngf, c.n_blocks, c.generator_norm)
         weights = {k: getattr(c, k) for k in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc",
                                               "lambda_identity", "lambda_supervised")}
         windows = normalization_metadata(Normalization.from_config(c))

@@ -77,10 +77,34 @@ def test_build_network_by_name():
 
 
 @pytest.mark.parametrize("name, kwargs", [
-    ("unet_generator", {}),
+    ("vnet_generator", {}),
     ("resnet_generator", {"n_resblocks": 9}),
     ("patch_discriminator", {"n_layers": 3, "dropout": 0.5}),
 ])
 def test_build_network_rejects_unknown_names_and_arguments(name, kwargs):
     with pytest.raises(ValueError, match=name if not kwargs else "bad arguments"):
         build_network(name, **kwargs)
+
+
+def test_unet_generator_keeps_size_maps_to_tanh_range_and_is_built_by_name():
+    from MRtoCTSynthesisLib.networks import UnetGenerator, generator_spec
+
+    torch.manual_seed(0)
+    net = UnetGenerator(ngf=4)
+    y = net(torch.randn(2, 1, 32, 48) * 5)
+    assert y.shape == (2, 1, 32, 48) and y.abs().max() <= 1
+    spec = generator_spec("unet", 4, 9, "batch")
+    assert spec == {"architecture": "unet_generator",
+                    "kwargs": {"in_channels": 1, "out_channels": 1, "ngf": 4, "norm": "batch"}}
+    assert isinstance(build_network(spec["architecture"], **spec["kwargs"]), UnetGenerator)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        net(torch.zeros(1, 1, 40, 32))
+
+
+def test_segmentation_unet_is_the_shared_unet_with_its_own_keys():
+    from MRtoCTSegmentLib.unet import UNet2D
+    from MRtoCTSynthesisLib.unet import UNet
+
+    seg = UNet2D(in_channels=2, n_classes=3, base=4)
+    assert isinstance(seg, UNet) and seg.n_classes == 3
+    assert "head.weight" in seg.state_dict() and "down.0.0.weight" in seg.state_dict()  # model files keep loading

@@ -269,3 +269,25 @@ def test_control_variants_change_one_thing():
     assert {k for k in control if control[k] != hiasa[k]} == {"preset", "description", "lambda_gc"}
     supervised = Q.training_config("supervised", setting, net, 10, 0)
     assert supervised.supervised_only and supervised.sampling == "paired" and supervised.lambda_supervised == 1.0
+
+
+def test_recipe_arms_share_one_time_budget_and_are_scored_beside_the_baselines(tmp_path):
+    from MRtoCTSynthesisLib.cli import main as cli_main
+    from MRtoCTSynthesisLib.quality.recipe import curve
+
+    out = tmp_path / "recipe"
+    assert cli_main(["bench", "recipe", "--out", str(out), "--tiny", "--arm-seconds", "2", "--threads", "1",
+                     "--real-data", "none", "--no-progress", "--arms", "resnet32 b1 lr2e-4 (benchmark)",
+                     "unet16 b4 lr1e-3 b0.9"]) == 0
+    report = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
+    arms = {row["arm"]: row for row in report["summary"]}
+    assert {"resnet32 b1 lr2e-4 (benchmark)", "unet16 b4 lr1e-3 b0.9", "constant (baseline)",
+            "mr-lookup (baseline)"} <= set(arms)
+    assert arms["constant (baseline)"]["mae_vs_constant"] == 1.0
+    for name in ("resnet32 b1 lr2e-4 (benchmark)", "unet16 b4 lr1e-3 b0.9"):
+        assert arms[name]["train_seconds"] < 2 + 1.5       # the budget holds (one step may end after it)
+    config = json.loads((out / "arms" / "unet16_b4_lr1e-3_b0.9-seed0" / "config.json").read_text(encoding="utf-8"))
+    assert (config["generator"], config["batch_size"], config["lr"], config["beta1"]) == ("unet", 4, 1e-3, 0.9)
+    seconds, values = curve(out / "arms" / "unet16_b4_lr1e-3_b0.9-seed0")
+    assert len(values) >= 2 and (np.diff(seconds) > 0).all()   # a learning curve over seconds, in-body MAE
+    assert (out / "figures" / "recipe_curves.png").stat().st_size > 0

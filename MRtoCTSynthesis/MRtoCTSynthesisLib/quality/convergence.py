@@ -1,8 +1,8 @@
 """Convergence of a run from its validation curve: is the validation error flat over the last fifth of training?
 
 The trainer validates every ``validate_every`` iterations (``events.jsonl``, event "validation"): MAE in HU on the
-validation slices when the validation CT is registered to its MR (paired and supervised runs), else the cycle L1 of
-the MR. A run counts as converged when a straight line fitted to the points of the last fifth of its iterations
+validation slices when the validation CT is registered to its MR (paired and supervised runs; inside the body where
+the run recorded it, else over the whole canvas), else the cycle L1 of the MR. A run counts as converged when a straight line fitted to the points of the last fifth of its iterations
 changes by less than ``FLAT_CHANGE`` of their mean over that span.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ def validation_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
         for event in iter_events(path):
             if event.get("event") == "validation":
                 points[int(event["iteration"])] = event.get("metrics", {})  # a resumed run repeats: keep the last
-    metric = "mae_hu" if any("mae_hu" in m for m in points.values()) else "cycle_l1_mr"
+    metric = next((name for name in ("mae_body_hu", "mae_hu") if any(name in m for m in points.values())),
+                  "cycle_l1_mr")  # in-body MAE where recorded (runs since issue 22), whole canvas before
     kept = sorted(i for i, m in points.items() if metric in m)
     return metric, np.array(kept, dtype=float), np.array([points[i][metric] for i in kept], dtype=float)
 

@@ -122,7 +122,7 @@ def validation_figure(run_dirs: Sequence[Path], path: Path, title: str) -> Path:
         metric, its, values = validation_curve(run)
         if len(its):
             curves.setdefault(metric, []).append((Path(run).name, its, values))
-    labels = {"mae_hu": "validation MAE (HU, whole canvas)", "cycle_l1_mr": "validation cycle L1 of the MR"}
+    labels = {"mae_body_hu": "validation MAE (HU, inside the body)", "mae_hu": "validation MAE (HU, whole canvas)", "cycle_l1_mr": "validation cycle L1 of the MR"}
     fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(6 * max(1, len(curves)), 4), squeeze=False,
                              layout="constrained")
     for ax, (metric, runs) in zip(axes.flat, curves.items()):
