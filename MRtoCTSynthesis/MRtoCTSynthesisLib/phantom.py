@@ -23,6 +23,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import write_atomically
+
 PHANTOM_KINDS = ("head", "pelvis")
 CT_RANGE = (-1024.0, 3000.0)
 AIR_CT, AIR_MR = -1000.0, 0.0
@@ -471,7 +473,9 @@ def write_phantom(phantom: Phantom, folder: os.PathLike, name: str) -> dict[str,
         paths[key] = root / key / f"{name}.nii.gz"
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(getattr(phantom, key), str(paths[key]), useCompression=True)
-    names_path.write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
+    # atomic: phantoms of one folder may be written by several processes at once (quality/data.py), and a reader
+    # must never see a half-written labels.json
+    write_atomically(names_path, lambda temp: temp.write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8"))
     paths["label_names"] = names_path
     return paths
 

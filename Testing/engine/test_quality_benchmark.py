@@ -279,7 +279,7 @@ def test_recipe_arms_share_one_time_budget_and_are_scored_beside_the_baselines(t
     assert cli_main(["bench", "recipe", "--out", str(out), "--tiny", "--arm-seconds", "2", "--threads", "1",
                      "--real-data", "none", "--no-progress", "--arms", "resnet32 b1 lr2e-4 (benchmark)",
                      "unet16 b4 lr1e-3 b0.9"]) == 0
-    report = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
+    report = json.loads((out / "recipe_supervised.json").read_text(encoding="utf-8"))
     arms = {row["arm"]: row for row in report["summary"]}
     assert {"resnet32 b1 lr2e-4 (benchmark)", "unet16 b4 lr1e-3 b0.9", "constant (baseline)",
             "mr-lookup (baseline)"} <= set(arms)
@@ -290,4 +290,4 @@ def test_recipe_arms_share_one_time_budget_and_are_scored_beside_the_baselines(t
     assert (config["generator"], config["batch_size"], config["lr"], config["beta1"]) == ("unet", 4, 1e-3, 0.9)
     seconds, values = curve(out / "arms" / "unet16_b4_lr1e-3_b0.9-seed0")
     assert len(values) >= 2 and (np.diff(seconds) > 0).all()   # a learning curve over seconds, in-body MAE
-    assert (out / "figures" / "recipe_curves.png").stat().st_size > 0
+    assert (out / "figures" / "recipe_supervised_curves.png").stat().st_size > 0

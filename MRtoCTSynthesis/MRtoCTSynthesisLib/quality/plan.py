@@ -21,8 +21,6 @@ from .settings import PAPER_ITERATIONS, PLAN, Options, Setting, training_config
 def measure(options: Options, setting: Setting, data_root: Path, variants: Sequence[str],
             subject, scans: list[Path]) -> dict:
     """Seconds per iteration per variant (median of timed steps after warm-up) and seconds to evaluate a subject."""
-    import torch
-
     from ..modelfile import load_model
     from ..synthesis import synthesize
     from ..train import build_trainer
@@ -37,20 +35,9 @@ def measure(options: Options, setting: Setting, data_root: Path, variants: Seque
         config = training_config(variant, setting, net, 10, options.seeds[0])
         trainer = build_trainer(config, data_root / "train" / "mr", data_root / "train" / "ct", folder, options.device,
                                 cache_dir=options.out / "cache" / setting.anatomy, show_progress=False)
-        times = []
-        for step in range(warm + timed):
-            batch = trainer.data.batch(trainer.rng, config.batch_size)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            began = time.perf_counter()
-            trainer.train_step(batch.mr, batch.ct)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            if step >= warm:
-                times.append(time.perf_counter() - began)
-        result["seconds_per_iteration"][variant] = float(np.median(times))
-        _say(f"  {setting.anatomy}/{variant}: {np.median(times):.3f} s/iteration (median of {timed} after "
-             f"{warm} warm-up)")
+        result["seconds_per_iteration"][variant] = step_seconds(trainer, warm, timed)
+        _say(f"  {setting.anatomy}/{variant}: {result['seconds_per_iteration'][variant]:.3f} s/iteration (median of "
+             f"{timed} after {warm} warm-up)")
         if variant == variants[-1]:
             model = trainer.finish(0.0)
             bundle = load_model(model)
@@ -66,6 +53,25 @@ def measure(options: Options, setting: Setting, data_root: Path, variants: Seque
         del trainer
     shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def step_seconds(trainer, warm: int, timed: int) -> float:
+    """Median seconds per training iteration of ``trainer`` over ``timed`` steps after ``warm`` warm-up steps, batches
+    drawn as in training (the trainer's state moves on: use a trainer made for timing)."""
+    import torch
+
+    times = []
+    for step in range(warm + timed):
+        batch = trainer.data.batch(trainer.rng, trainer.config.batch_size)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        trainer.train_step(batch.mr, batch.ct)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warm:
+            times.append(time.perf_counter() - began)
+    return float(np.median(times))
 
 
 def choose_iterations(budget_s: float, elapsed_s: float, per_iteration_total: float, fixed_s: float) -> int:

@@ -15,12 +15,12 @@ each list is the variant at the benchmark's own recipe, the control.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 import numpy as np
 
 from .output import _dump, _say
+from .plan import step_seconds
 from .settings import Options, training_config
 
 # arm -> (variant, overrides of its training configuration)
@@ -38,7 +38,14 @@ SUPERVISED_ARMS = {
     "unet32 b4 lr1e-3 b0.9": ("supervised", {"generator": "unet", "ngf": 32, "batch_size": 4, "lr": 1e-3,
                                              "beta1": 0.9}),
 }
-ARM_SETS = {"supervised": SUPERVISED_ARMS}
+_FAST = {"generator": "unet", "ngf": 16, "batch_size": 4, "lr": 1e-3, "beta1": 0.9}
+UNPAIRED_ARMS = {
+    "yang2018 resnet32 b1 lr2e-4 (benchmark)": ("yang2018", {}),
+    "yang2018 unet16 b4 lr1e-3 b0.9": ("yang2018", _FAST),
+    "yang2018 unet16 b4 lr1e-3 b0.9 ndf32": ("yang2018", {**_FAST, "ndf": 32}),
+    "cyclegan-pbs unet16 b4 lr1e-3 b0.9": ("cyclegan-pbs", _FAST),
+}
+ARM_SETS = {"supervised": SUPERVISED_ARMS, "unpaired": UNPAIRED_ARMS}
 MARGIN = 0.9   # share of the budget planned for training steps (validation, previews and checkpoints take the rest)
 
 
@@ -59,23 +66,6 @@ def arm_config(variant: str, overrides: dict, options: Options, iterations: int,
                                checkpoint_every=iterations)
 
 
-def _measure(trainer, steps: tuple = (2, 3)) -> float:
-    """Median seconds per iteration of a fresh trainer (after warm-up steps), batches drawn as in training."""
-    import torch
-
-    warm, timed = steps
-    times = []
-    for step in range(warm + timed):
-        batch = trainer.data.batch(trainer.rng, trainer.config.batch_size)
-        began = time.perf_counter()
-        trainer.train_step(batch.mr, batch.ct)
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= warm:
-            times.append(time.perf_counter() - began)
-    return float(np.median(times))
-
-
 def train_arm(options: Options, name: str, variant: str, overrides: dict, seed: int, seconds: float,
               root: Path) -> Path:
     """Measure the arm's step, fit its iterations to ``seconds``, train it (stopping by the budget), return its run."""
@@ -91,7 +81,7 @@ def train_arm(options: Options, name: str, variant: str, overrides: dict, seed: 
     probe = build_trainer(arm_config(variant, overrides, options, 10, seed), root / "train" / "mr",
                           root / "train" / "ct", options.out / "_timing", options.device, cache_dir=cache,
                           show_progress=False)
-    per_step = _measure(probe)
+    per_step = step_seconds(probe, 2, 3)
     shutil.rmtree(options.out / "_timing", ignore_errors=True)
     iterations = max(10, int(seconds * MARGIN / per_step))
     _say(f"arm {name} seed {seed}: {per_step:.3f} s/iteration -> {iterations} iterations in {seconds:g} s")
@@ -121,7 +111,8 @@ def curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def curves_figure(runs: dict, path: Path, title: str) -> Path:
-    """Validation MAE inside the body against training seconds, one line per arm and seed."""
+    """Validation MAE inside the body against training seconds, one line per arm and seed (unpaired arms have no
+    registered validation CT in the trainer, so no line: their test MAE is in the table)."""
     from .. import figures  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
 
@@ -141,9 +132,9 @@ def curves_figure(runs: dict, path: Path, title: str) -> Path:
     return path
 
 
-def run_recipe(options: Options, seconds: float, arms: dict) -> dict:
-    """Train every arm for ``seconds`` each, score all on the test phantoms beside the baselines, write the table,
-    the curves and ``recipe.json``."""
+def run_recipe(options: Options, seconds: float, arms: dict, label: str = "supervised") -> dict:
+    """Train every arm for ``seconds`` each, score all on the test phantoms beside the baselines, write the tables,
+    the curves and ``recipe_<label>.json`` (arm sets of one --out share its data, cache and runs)."""
     import torch
 
     from ..modelfile import read_metadata
@@ -180,9 +171,9 @@ def run_recipe(options: Options, seconds: float, arms: dict) -> dict:
                  for r in baseline_rows]
     summary = summarise(rows)
     tables = options.out / "tables"
-    write_table(rows, tables, "recipe_per_subject", echo=False)
-    write_table(summary, tables, "recipe_summary", echo=False)
-    figure = curves_figure(runs, options.out / "figures" / "recipe_curves.png",
+    write_table(rows, tables, f"recipe_{label}_per_subject", echo=False)
+    write_table(summary, tables, f"recipe_{label}_summary", echo=False)
+    figure = curves_figure(runs, options.out / "figures" / f"recipe_{label}_curves.png",
                            f"Validation MAE inside the body, {seconds:g} s per arm, {machine['cpu']}, "
                            f"{machine['torch_threads']} torch threads, device {options.device}")
     print("\n" + format_table(summary), flush=True)
@@ -190,7 +181,7 @@ def run_recipe(options: Options, seconds: float, arms: dict) -> dict:
               "machine_end": machine_description(options.device), "arms": {n: {"variant": v, "overrides": o}
                                                                           for n, (v, o) in arms.items()},
               "summary": summary, "figure": str(figure)}
-    _dump(options.out / "recipe.json", report)
+    _dump(options.out / f"recipe_{label}.json", report)
     return report
 
 
@@ -233,5 +224,5 @@ def run_recipe_from_args(args: argparse.Namespace) -> int:
         arms = {a: arms[a] for a in args.arms}
     if args.tiny:  # smoke tests: tiny networks in every arm
         arms = {name: (variant, {**overrides, "ngf": 4}) for name, (variant, overrides) in arms.items()}
-    run_recipe(options, args.arm_seconds, arms)
+    run_recipe(options, args.arm_seconds, arms, args.arm_set)
     return 0
