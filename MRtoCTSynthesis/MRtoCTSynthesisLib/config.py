@@ -49,6 +49,7 @@ class TrainConfig:
     """One complete training configuration. Units: mm, HU, iterations."""
 
     preset: str = "cyclegan"
+    recipe: str = "paper"                         # paper (the presets as published) | fast (RECIPES, issue 22)
     description: str = ""
     # --- data (Yang sec. 3.1 unless a preset says otherwise)
     plane: str = "sagittal"                       # slicing plane of the 2D networks
@@ -127,6 +128,8 @@ class TrainConfig:
             problems.append(f"plane {self.plane!r} is not sagittal, coronal or axial")
         if self.sampling not in SAMPLING_MODES:
             problems.append(f"sampling {self.sampling!r} is not one of {SAMPLING_MODES}")
+        if self.recipe not in RECIPES:
+            problems.append(f"recipe {self.recipe!r} is not one of {tuple(RECIPES)}")
         if self.generator not in GENERATOR_KINDS:
             problems.append(f"generator {self.generator!r} is not one of {GENERATOR_KINDS}")
         if self.generator_norm not in GENERATOR_NORMS:
@@ -203,9 +206,22 @@ PRESETS: dict[str, dict] = {
                    sampling="paired", lambda_cycle=10.0),
 }
 
+# Recipes: network and optimiser settings put over a preset's (its losses, sampling and data setting stay). "paper"
+# changes nothing. "fast" is what learned fastest in the recipe study under one fixed CPU-time budget
+# (mrtoct bench recipe; docs/RESULTS.md section 9): a small U-Net generator (4x cheaper per slice on a CPU than the
+# ResNet, skip connections that carry the anatomy), batch 4 with Adam lr 1e-3 and beta1 0.9.
+RECIPES: dict[str, dict] = {
+    "paper": {},
+    "fast": dict(generator="unet", ngf=16, batch_size=4, lr=1e-3, beta1=0.9),
+}
+
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The named preset with optional overrides (any TrainConfig field)."""
+    """The named preset with optional overrides (any TrainConfig field). ``recipe`` (an override too) puts the named
+    recipe's network and optimiser settings over the preset's; explicit overrides still win."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESET_NAMES}")
-    return TrainConfig.from_dict({**PRESETS[name], "preset": name, **overrides})
+    recipe = overrides.get("recipe", "paper")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {tuple(RECIPES)}")
+    return TrainConfig.from_dict({**PRESETS[name], **RECIPES[recipe], "preset": name, **overrides})

@@ -1,4 +1,5 @@
 """The trainer: learning, presets recorded, exact resume after SIGKILL, DDP under torchrun, early data checks."""
+import argparse
 import csv
 import json
 import os
@@ -76,6 +77,24 @@ def test_paper_values_of_presets():
         preset("cyclegan", lambda_supervised=1.0)
     with pytest.raises(ValueError, match="unknown preset"):
         preset("pix2pix")
+
+
+def test_fast_recipe_changes_only_the_network_and_optimiser():
+    from MRtoCTSynthesisLib.config import RECIPES
+    from MRtoCTSynthesisLib.train import add_train_arguments, config_from_args
+
+    paper, fast = preset("yang2018"), preset("yang2018", recipe="fast")
+    changed = {k for k, v in vars(fast).items() if vars(paper)[k] != v}
+    assert changed == {"recipe", *RECIPES["fast"]}
+    assert (fast.generator, fast.ngf, fast.batch_size, fast.lr, fast.beta1) == ("unet", 16, 4, 1e-3, 0.9)
+    assert (fast.lambda_cycle, fast.lambda_structure, fast.sampling) == (10, 5, "pbs")   # the paper's losses stay
+    assert preset("yang2018", recipe="fast", lr=5e-4).lr == 5e-4                         # explicit overrides win
+    with pytest.raises(ValueError, match="unknown recipe"):
+        preset("yang2018", recipe="slow")
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--mr", "m", "--ct", "c", "--out", "o", "--preset", "hiasa2018", "--recipe", "fast"])
+    assert config_from_args(args) == preset("hiasa2018", recipe="fast")
 
 
 def test_time_budget_stops_training_and_keeps_the_model(phantoms, cache, tmp_path):
