@@ -554,7 +554,7 @@ def model_range_note(model: PathLike) -> str:
 def save_untrained_model(path: PathLike, name: str = "untrained", ngf: int = 4, n_blocks: int = 1,
                          plane: str = "sagittal", image_size: tuple = (32, 32),
                          pixel_spacing_mm: Optional[tuple] = None, seed: int = 0,
-                         generators: tuple = ("G_CT", "G_MR")) -> Path:
+                         generators: tuple = ("G_CT", "G_MR"), generator: str = "resnet") -> Path:
     """A valid model file whose generators are randomly initialised (torch's default, seeded), with Yang's windows.
 
     For self-tests and tests (tiny: fast, deterministic) and for cost benchmarks (a paper-size network costs the same
@@ -562,8 +562,10 @@ def save_untrained_model(path: PathLike, name: str = "untrained", ngf: int = 4, 
     """
     from .preprocessing import Normalization, normalization_metadata
 
+    from .networks import generator_spec
+
     torch.manual_seed(seed)
-    spec = {"architecture": "resnet_generator", "kwargs": {"ngf": ngf, "n_blocks": n_blocks}}
+    spec = generator_spec(generator, ngf, n_blocks, "instance")
     norm = Normalization(plane, tuple(image_size), (-1000.0, 3500.0), (0.0, 3500.0), 99.5, 3000.0, False,
                          None if pixel_spacing_mm is None else tuple(pixel_spacing_mm))
     metadata = {"name": name, "description": "untrained: randomly initialised generators", "license": "CC0-1.0",

@@ -35,6 +35,8 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """ResNet generator; keeps H x W whenever both are multiples of 4 (e.g. Yang's 384x256, Hiasa's 256x256)."""
 
+    size_multiple = 4   # two stride-2 downsamplings
+
     def __init__(self, in_channels: int = 1, out_channels: int = 1, ngf: int = 64, n_blocks: int = 9) -> None:
         super().__init__()
         layers: list[nn.Module] = [

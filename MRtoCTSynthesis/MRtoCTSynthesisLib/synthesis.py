@@ -103,7 +103,8 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     forward = bundle.build(forward_name, torch_device)
     backward = bundle.build(GENERATORS[target][0], torch_device) if quality_map else None
     prepared = prepare_volume(image, source, norm, oblique=oblique, progress=lambda message: report(0.02, message))
-    fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm)
+    fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm,
+                           multiple=getattr(forward, "size_multiple", 4))   # a grown canvas must suit the generator
     source_window, target_window = norm.window(source), norm.window(target)
     count = prepared.slices.shape[0]
     per_slice = network_gflop(forward, (1, 1, *norm.image_size))

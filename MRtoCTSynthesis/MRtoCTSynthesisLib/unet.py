@@ -41,6 +41,8 @@ class DoubleConv(nn.Sequential):
 class UNet(nn.Module):
     """U-Net: (B, in_channels, H, W) -> (B, out_channels, H, W), no output activation; H and W multiples of 16."""
 
+    size_multiple = MULTIPLE
+
     def __init__(self, in_channels: int, out_channels: int, base: int = 64, norm: str = "batch",
                  dropout: float = 0.0) -> None:
         super().__init__()

@@ -38,6 +38,18 @@ def test_sct_has_exactly_the_input_grid(models, plane, direction):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mr), before)  # input untouched
 
 
+def test_a_unet_model_takes_any_field_of_view(tmp_path):
+    """A slice that outgrows the canvas grows it to a multiple the U-Net accepts (16), not the ResNet's 4."""
+    from MRtoCTSynthesisLib.modelfile import save_untrained_model
+
+    model = save_untrained_model(tmp_path / "unet.mrtoct.safetensors", ngf=2, plane="axial", image_size=(32, 32),
+                                 pixel_spacing_mm=(4.0, 4.0), generator="unet")
+    mr = make_volume(size=(37, 41, 5), spacing=(4.0, 4.0, 4.0))      # 37 x 41 pixels > the 32 x 32 canvas
+    result = S.synthesize(mr, model, device="cpu", batch_size=2)
+    assert_same_geometry(result.sct, mr)
+    assert np.isfinite(sitk.GetArrayFromImage(result.sct)).all()
+
+
 class IdentityBundle:
     """Wraps a bundle so G_CT is the identity: the sCT must then be the MR's normalised values mapped to HU."""
 
