@@ -6,7 +6,7 @@
     python scripts/make_demo_model.py baselines [--model M] --out benchmarks/demo_model/baselines.json
 
 Every card and the ``baselines`` stage put the model's MAE next to the quality benchmark's baselines on the same test
-phantoms (``MRtoCTSynthesisLib.quality.baselines``: a constant HU, an MR-intensity lookup fitted on the training
+phantoms (``MRtoCTSynthesisLib.baselines``: a constant HU, an MR-intensity lookup fitted on the training
 phantoms, the class-mean floor of perfect labels) and as a fraction of the constant's MAE. A model above 1 has not
 learned the mapping; issue 12 asks a shipped demo model for <= 0.5.
 

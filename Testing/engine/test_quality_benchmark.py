@@ -291,3 +291,19 @@ def test_recipe_arms_share_one_time_budget_and_are_scored_beside_the_baselines(t
     seconds, values = curve(out / "arms" / "unet16_b4_lr1e-3_b0.9-seed0")
     assert len(values) >= 2 and (np.diff(seconds) > 0).all()   # a learning curve over seconds, in-body MAE
     assert (out / "figures" / "recipe_supervised_curves.png").stat().st_size > 0
+
+
+def test_the_comparison_runs_with_the_fast_recipe(tmp_path):
+    setting, net = Q.SETTINGS["default"]["head"], Q.NETWORKS["default"]
+    paper = Q.training_config("yang2018", setting, net, 10, 0)
+    fast = Q.training_config("yang2018", setting, net, 10, 0, recipe="fast")
+    assert (paper.generator, paper.ngf) == ("resnet", net.ngf)
+    assert (fast.generator, fast.ngf, fast.batch_size, fast.ndf) == ("unet", 16, 4, net.ndf)
+    assert (fast.lambda_structure, fast.sampling, fast.ct_window) == (paper.lambda_structure, paper.sampling,
+                                                                     paper.ct_window)
+    out = tmp_path / "fast"
+    assert cli_main(["bench", "quality", "--out", str(out), "--tiny", "--iterations", "2", "--variants", "supervised",
+                     "yang2018", "--recipe", "fast", "--real-data", "none", "--no-progress", "--threads", "1"]) == 0
+    config = json.loads((out / "runs" / "head" / "yang2018-seed0" / "config.json").read_text(encoding="utf-8"))
+    assert (config["recipe"], config["generator"], config["batch_size"]) == ("fast", "unet", 4)
+    assert "--recipe fast" in (out / "RESULTS.md").read_text(encoding="utf-8")

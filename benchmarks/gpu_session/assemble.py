@@ -15,7 +15,7 @@ from pathlib import Path
 
 from MRtoCTSynthesisLib.preprocessing import Normalization
 from MRtoCTSynthesisLib.quality import SETTINGS, NETWORKS, VARIANTS, training_config
-from MRtoCTSynthesisLib.quality.baselines import fit_baselines
+from MRtoCTSynthesisLib.baselines import fit_baselines
 from MRtoCTSynthesisLib.quality.convergence import convergence
 from MRtoCTSynthesisLib.quality.data import test_phantoms, written_subjects
 from MRtoCTSynthesisLib.quality.evaluation import evaluate_baselines

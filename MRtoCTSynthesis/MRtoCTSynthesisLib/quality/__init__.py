@@ -40,7 +40,7 @@ whole benchmark), ``reading`` and ``report`` (the Markdown report), ``command_li
 ``machine``, ``output`` and ``formatting`` (small shared helpers).
 """
 from .command_line import add_quality_arguments, options_from_args, run_quality_from_args
-from .baselines import BASELINES, Baselines, evaluation_mask, fit_baselines
+from ..baselines import BASELINES, Baselines, evaluation_mask, fit_baselines
 from .convergence import convergence, validation_curve
 from .data import (Subject, data_subjects, link_data, paired_files, split_subjects, subject_seeds_of, test_phantoms,
                    write_data, written_subjects)

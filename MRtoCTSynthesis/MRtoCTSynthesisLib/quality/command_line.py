@@ -5,6 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from ..config import RECIPES
 from .run import run_quality
 from .settings import ANATOMIES, DEFAULT_REAL_DATA, NETWORKS, REAL_SCANS, VARIANTS, Network, Options
 
@@ -50,6 +51,9 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
                        help="quality: a time budget for this invocation: a run still training that many minutes after "
                             "it started stops there and keeps its model (the report gives the iterations done); for "
                             "leased machines")
+    group.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
+                       help="quality: paper (the presets' networks and optimiser; default) or fast (config.RECIPES: a "
+                            "small U-Net, batch 4, Adam 1e-3; --ngf and --n-blocks then do not apply)")
     group.add_argument("--no-progress", action="store_true", help="quality: no progress bars")
     group.add_argument("--plan-only", action="store_true",
                        help="quality: write the data, measure and print the plan with its estimated time, then stop")
@@ -113,6 +117,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
         command += ["--threads", str(args.threads)]
+    if args.recipe != "paper":
+        command += ["--recipe", args.recipe]
     return Options(out=out, budget_minutes=args.budget_minutes, iterations=args.iterations, seeds=tuple(args.seeds),
                    anatomies=ANATOMIES if args.anatomy == "both" else (args.anatomy,),
                    variants=tuple(v for v in VARIANTS if v in args.variants), scale=scale, network=network,
@@ -120,7 +126,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    real_scans=tuple(args.real_scans), report=Path(args.report) if args.report else None,
                    device=args.device, progress=not args.no_progress, command=shlex.join(command),
                    timing_steps=(1, 2) if args.tiny else (3, 5), plan_only=args.plan_only, threads=args.threads,
-                   data=data, test_fraction=args.test_fraction, stop_after_minutes=args.stop_after_minutes)
+                   data=data, test_fraction=args.test_fraction, stop_after_minutes=args.stop_after_minutes,
+                   recipe=args.recipe)
 
 
 def run_quality_from_args(args: argparse.Namespace) -> int:

@@ -6,30 +6,13 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
+from ..baselines import Subject
 from .output import _dump, _jsonable, _say
 from .settings import TEST_DATA_SEED, TRAIN_DATA_SEED, Setting
 
 PAIRED_ROLES = ("mr", "ct", "mask")     # file stems in a subject folder (SynthRAD: mr.nii.gz, ct.nii.gz, mask.nii.gz)
-
-
-@dataclass
-class Subject:
-    """One paired subject: MR, its registered CT (HU, same grid), an optional evaluation mask and label map."""
-
-    name: str
-    mr: object                       # SimpleITK images
-    ct: object
-    mask: Optional[object] = None    # None: the CT body mask (CT > -500 HU, closed, holes filled)
-    labels: Optional[object] = None  # phantoms only: the exact tissue labels (for the class-mean floor)
-    seed: Optional[int] = None       # phantoms only
-
-    @classmethod
-    def of_phantom(cls, phantom, name: str) -> "Subject":
-        return cls(name, phantom.mr, phantom.ct, None, phantom.labels, int(phantom.seed))
 
 
 def subject_seeds_of(setting: Setting) -> tuple[list[int], list[int]]:

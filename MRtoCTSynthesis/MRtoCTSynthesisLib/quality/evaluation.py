@@ -24,7 +24,7 @@ def score_prediction(sct: np.ndarray, subject) -> dict:
     """An sCT (HU, the subject's grid) scored in the subject's evaluation mask: Yang's metrics, MAE per tissue, MI."""
     from .. import volumes as V
     from ..metrics import evaluate, mutual_information
-    from .baselines import evaluation_mask
+    from ..baselines import evaluation_mask
 
     ct, mr = V.array_of(subject.ct), V.array_of(subject.mr)
     if sct.shape != ct.shape:
@@ -67,7 +67,7 @@ def evaluate_run(model_path: Path, setting: Setting, subjects: list, device: str
 
 def evaluate_baselines(baselines, subjects: list) -> dict[str, list[dict]]:
     """Per-subject metrics of every baseline that can predict these subjects (``baselines.BASELINES``)."""
-    from .baselines import BASELINES
+    from ..baselines import BASELINES
 
     rows = {}
     for name in BASELINES:

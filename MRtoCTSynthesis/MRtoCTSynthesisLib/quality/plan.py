@@ -32,7 +32,7 @@ def measure(options: Options, setting: Setting, data_root: Path, variants: Seque
     for variant in variants:
         folder = scratch / f"{setting.anatomy}-{variant}"
         shutil.rmtree(folder, ignore_errors=True)
-        config = training_config(variant, setting, net, 10, options.seeds[0])
+        config = training_config(variant, setting, net, 10, options.seeds[0], options.recipe)
         trainer = build_trainer(config, data_root / "train" / "mr", data_root / "train" / "ct", folder, options.device,
                                 cache_dir=options.out / "cache" / setting.anatomy, show_progress=False)
         result["seconds_per_iteration"][variant] = step_seconds(trainer, warm, timed)
@@ -84,6 +84,7 @@ def choose_iterations(budget_s: float, elapsed_s: float, per_iteration_total: fl
 
 def plan_key(options: Options) -> dict:
     return _jsonable({"anatomies": options.anatomies, "variants": options.variants, "seeds": options.seeds,
+                      "recipe": options.recipe,
                       "scale": options.scale, "network": asdict(options.net()),
                       "settings": [asdict(s) for s in options.settings()],
                       **({"data": str(Path(options.data).resolve()), "test_fraction": options.test_fraction}

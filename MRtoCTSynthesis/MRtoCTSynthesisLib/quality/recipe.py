@@ -141,7 +141,7 @@ def run_recipe(options: Options, seconds: float, arms: dict, label: str = "super
     from ..preprocessing import Normalization
     from ..tables import format_table, write_table
     from ..train import MODEL
-    from .baselines import fit_baselines
+    from ..baselines import fit_baselines
     from .evaluation import evaluate_baselines, evaluate_run
     from .machine import machine_description
     from .run import load_subjects, prepare_data

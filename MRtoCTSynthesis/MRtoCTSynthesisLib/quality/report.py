@@ -128,7 +128,7 @@ def write_report(options: Options, plan: dict, per_subject: list[dict], summary:
     variant_rows = []
     for variant in options.variants:
         for setting in options.settings():
-            config = training_config(variant, setting, net, iterations, options.seeds[0])
+            config = training_config(variant, setting, net, iterations, options.seeds[0], options.recipe)
             changed = overrides_of(variant, config)
             name, extra = preset_of(variant)
             variant_rows.append([variant, f"{name}" + (f" + {extra}" if extra else ""), setting.anatomy,
@@ -142,7 +142,7 @@ def write_report(options: Options, plan: dict, per_subject: list[dict], summary:
            "of the CT gradient magnitude, MAE in bone (CT >= 250 HU), and the mutual information MR-sCT (64-bin "
            "joint histogram over the mask; Hiasa's measure). With several training seeds a subject's value is the "
            "mean over seeds. Paired t-tests (scipy.stats.ttest_rel) are over test subjects (on the seed means).", "",
-           "Baselines (same subjects, masks and metrics; `MRtoCTSynthesisLib/quality/baselines.py`): **constant** = "
+           "Baselines (same subjects, masks and metrics; `MRtoCTSynthesisLib/baselines.py`): **constant** = "
            "the median HU inside the body of the training CTs"
            + (" (" + ", ".join(f"{a} {v:.1f} HU" for a, v in constants.items()) + ")" if constants else "")
            + "; **mr-lookup** = the median training-CT HU per MR-intensity bin (128 bins of the normalised MR), "

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .baselines import BASELINES, fit_baselines
+from ..baselines import BASELINES, fit_baselines
 from .claims import claimed, holder
 from .convergence import convergence
 from .data import data_subjects, for_each_in_processes, link_data, test_phantoms, write_data, written_subjects
@@ -108,7 +108,7 @@ def _train_job(options: Options, job: dict, label: str, iterations: int, data_ro
     from ..train import MODEL, build_trainer
 
     setting = next(s for s in options.settings() if s.anatomy == job["anatomy"])
-    config = training_config(job["variant"], setting, options.net(), iterations, job["seed"])
+    config = training_config(job["variant"], setting, options.net(), iterations, job["seed"], options.recipe)
     folder = job_dir(options, job["anatomy"], job["variant"], job["seed"])
     status = job_status(options, job)
     recorded = folder / "config.json"
@@ -156,7 +156,8 @@ def _evaluate(options: Options, plan: dict, test_subjects: dict, train_subjects,
     converged, baselines_fitted = [], {}
     for setting in options.settings():
         a = setting.anatomy
-        norm = Normalization.from_config(training_config(options.variants[0], setting, options.net(), iterations, 0))
+        norm = Normalization.from_config(training_config(options.variants[0], setting, options.net(), iterations, 0,
+                                                         options.recipe))
         baselines_fitted[a] = fit_baselines(train_subjects(a), norm)  # the MR steps every variant shares
         _dump(options.out / "tables" / f"baselines_{a}.json", baselines_fitted[a].to_json())
         _say(f"baselines ({a}): constant {baselines_fitted[a].constant_hu:.1f} HU, MR lookup and class-mean floor "
@@ -266,7 +267,7 @@ def warm_cache(options: Options, setting: Setting, root: Path) -> None:
     cache_dir = options.out / "cache" / setting.anatomy
     caches = {}
     for variant in options.variants:
-        config = training_config(variant, setting, options.net(), 10, options.seeds[0])
+        config = training_config(variant, setting, options.net(), 10, options.seeds[0], options.recipe)
         norm = Normalization.from_config(config)
         caches[json.dumps(norm.to_json(), sort_keys=True)] = (norm, config.augment_pad or config.image_size)
     began = time.time()

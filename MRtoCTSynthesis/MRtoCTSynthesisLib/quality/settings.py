@@ -136,6 +136,7 @@ class Options:
     plan_only: bool = False
     threads: Optional[int] = None          # torch CPU threads (None: torch's default)
     stop_after_minutes: Optional[float] = None  # every run this invocation trains stops by then (its model is kept)
+    recipe: str = "paper"                  # config.RECIPES: the presets' networks and optimiser, or the fast recipe
 
     def settings(self) -> list[Setting]:
         chosen = []
@@ -162,21 +163,22 @@ def preset_of(variant: str) -> tuple[str, dict]:
     return VARIANT_PRESETS.get(variant, (variant, {}))
 
 
-def training_config(variant: str, setting: Setting, net: Network, iterations: int, seed: int):
+def training_config(variant: str, setting: Setting, net: Network, iterations: int, seed: int, recipe: str = "paper"):
     """The preset ``variant`` in the benchmark's common data setting; only losses and sampling stay the preset's.
 
     PBS uses Yang's shift in millimetres (``Setting.pbs_max_shift``); validation runs 20 times per run so that
-    convergence can be read from the curve."""
+    convergence can be read from the curve. A recipe other than "paper" brings its own generator (``net`` then gives
+    the discriminator width only)."""
     from ..config import preset
 
     name, losses = preset_of(variant)
     every = max(1, min(1000, iterations // 10))
     losses = {"lambda_supervised": 0.0, **losses}
-    return preset(name, plane=setting.plane, image_size=setting.image_size, augment_pad=setting.augment_pad,
+    widths = asdict(net) if recipe == "paper" else {"ndf": net.ndf}
+    return preset(name, recipe=recipe, plane=setting.plane, image_size=setting.image_size, augment_pad=setting.augment_pad,
                   pixel_spacing_mm=setting.pixel_spacing_mm, ct_window=CT_WINDOW_YANG, mr_window=MR_WINDOW_YANG,
                   mr_scaling=MR_SCALING[setting.anatomy], mr_percentile=99.5,
-                  mr_percentile_value=MR_PERCENTILE_VALUE_YANG, ngf=net.ngf, ndf=net.ndf, n_blocks=net.n_blocks,
-                  iterations=iterations, seed=seed, pbs_max_shift=setting.pbs_max_shift,
+                  mr_percentile_value=MR_PERCENTILE_VALUE_YANG, **widths, iterations=iterations, seed=seed, pbs_max_shift=setting.pbs_max_shift,
                   validation_fraction=setting.validation_fraction, checkpoint_every=every, preview_every=every,
                   validate_every=max(1, min(1000, iterations // 20)), log_every=max(1, min(25, every)), **losses)
 

@@ -26,9 +26,25 @@ LOOKUP_BINS = 128
 AIR_HU = -1000.0
 
 
+@dataclass
+class Subject:
+    """One paired subject: MR, its registered CT (HU, same grid), an optional evaluation mask and label map."""
+
+    name: str
+    mr: object                       # SimpleITK images
+    ct: object
+    mask: Optional[object] = None    # None: the CT body mask (CT > -500 HU, closed, holes filled)
+    labels: Optional[object] = None  # phantoms only: the exact tissue labels (for the class-mean floor)
+    seed: Optional[int] = None       # phantoms only
+
+    @classmethod
+    def of_phantom(cls, phantom, name: str) -> "Subject":
+        return cls(name, phantom.mr, phantom.ct, None, phantom.labels, int(phantom.seed))
+
+
 def evaluation_mask(subject) -> np.ndarray:
     """The subject's evaluation mask (its own, else the CT body mask: CT > -500 HU, closed, holes filled)."""
-    from .. import volumes as V
+    from . import volumes as V
 
     image = subject.mask if subject.mask is not None else V.body_mask(subject.ct, threshold=-500.0)
     return V.array_of(image) > 0
@@ -50,8 +66,8 @@ class Baselines:
     def normalised_mr(self, mr) -> np.ndarray:
         """The MR image as the networks see it, in [-1, 1] on its own grid: ``prepare_volume``'s intensity steps (N4
         where on, then its scale factor, then the MR window) without the reorientation and slicing."""
-        from .. import volumes as V
-        from ..preprocessing import mr_scale_factor
+        from . import volumes as V
+        from .preprocessing import mr_scale_factor
 
         if self.norm.n4:
             mr = V.n4_bias_correction(mr, shrink=self.norm.n4_shrink, iterations=self.norm.n4_iterations)
@@ -61,7 +77,7 @@ class Baselines:
 
     def predict(self, name: str, subject) -> Optional[np.ndarray]:
         """The baseline's sCT (HU) on the subject's grid, or None when it cannot be made (the floor without labels)."""
-        from .. import volumes as V
+        from . import volumes as V
 
         mask = evaluation_mask(subject)
         sct = np.full(mask.shape, AIR_HU, np.float32)
@@ -88,7 +104,7 @@ def _bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def fit_baselines(subjects: Sequence, norm) -> Baselines:
     """Fit the constant and the MR-intensity lookup on the training subjects (inside their evaluation masks); ``norm``
     is the networks' ``preprocessing.Normalization``."""
-    from .. import volumes as V
+    from . import volumes as V
 
     edges = np.linspace(-1.0, 1.0, LOOKUP_BINS + 1)
     probe = Baselines(0.0, edges, np.zeros(LOOKUP_BINS), norm)
