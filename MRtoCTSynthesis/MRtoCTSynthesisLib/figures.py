@@ -28,6 +28,7 @@ class Panel:
     cmap: str = "gray"
     aspect: float = 1.0
     colorbar: bool = False
+    lines: Sequence[tuple] = ()      # (xs, ys, colour) drawn over the image, in pixel coordinates
 
 
 def save_panel_grid(rows: Sequence[Sequence[Panel]], path: os.PathLike, suptitle: str = "",
@@ -42,6 +43,8 @@ def save_panel_grid(rows: Sequence[Sequence[Panel]], path: os.PathLike, suptitle
             ax = axes[r][c]
             shown = ax.imshow(panel.image, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax, aspect=panel.aspect,
                               interpolation="nearest")
+            for xs, ys, colour in panel.lines:
+                ax.plot(xs, ys, color=colour, linewidth=0.8)
             ax.set_title(panel.title, fontsize=8)
             if panel.colorbar:
                 fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)

@@ -100,6 +100,10 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     forward_name, target = GENERATORS[source]
     report = progress or (lambda fraction, message: None)
     report(0.0, f"preparing the {source.upper()}")
+    if quality_map and GENERATORS[target][0] not in bundle.state_dicts:
+        raise ValueError(f"model {bundle.metadata['name']!r} has no {GENERATORS[target][0]} generator (it was trained "
+                         "in one direction only), so it cannot make the quality maps (they translate back); "
+                         "synthesize without the quality map, or use a CycleGAN-trained model")
     forward = bundle.build(forward_name, torch_device)
     backward = bundle.build(GENERATORS[target][0], torch_device) if quality_map else None
     prepared = prepare_volume(image, source, norm, oblique=oblique, progress=lambda message: report(0.02, message))

@@ -50,6 +50,16 @@ def test_a_unet_model_takes_any_field_of_view(tmp_path):
     assert np.isfinite(sitk.GetArrayFromImage(result.sct)).all()
 
 
+def test_a_one_way_model_refuses_the_quality_map_clearly(tmp_path):
+    from MRtoCTSynthesisLib.modelfile import save_untrained_model
+
+    model = save_untrained_model(tmp_path / "one_way.mrtoct.safetensors", generators=("G_CT",))
+    mr = make_volume(size=(22, 18, 9))
+    assert S.synthesize(mr, model, device="cpu").sct.GetSize() == mr.GetSize()
+    with pytest.raises(ValueError, match="no G_MR generator.*without the quality map"):
+        S.synthesize(mr, model, device="cpu", quality_map=True)
+
+
 class IdentityBundle:
     """Wraps a bundle so G_CT is the identity: the sCT must then be the MR's normalised values mapped to HU."""
 

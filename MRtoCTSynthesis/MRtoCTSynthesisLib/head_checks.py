@@ -1,0 +1,206 @@
+"""Reference-free checks of a head sCT, for real MRs that have no CT of the same patient (issue 21).
+
+* Skull completeness over the vault: from a point in the brain, rays go outward and upward; the share of them that
+  cross bone (sCT > 250 HU) before they leave the head. The point: 55 mm below the top of the head (about the
+  brain's centre in an adult), at the head's centroid in that axial slice. The rays: azimuth every 15 degrees,
+  elevation 10 to 80 degrees every 10 (all above the centre: the cranial vault, above the orbits), each weighted by
+  cos(elevation) (its share of the solid angle). A ray that leaves the scanned volume before the head (a slab that
+  cuts the head) is not counted. A closed vault gives 1; a real CT gives the upper bound.
+* HU histogram in the head: the shares of air (< -400 HU), fat (-400 to -30), soft tissue (-30 to 250) and bone
+  (>= 250) inside the head mask, and their total-variation distance to those of real head CTs.
+* Bone in the brain: the share of voxels above 250 HU in the upper half of a 40 mm ball about the same centre (all
+  brain in an adult head): a real CT has almost none. It catches what the vault check cannot, an sCT that paints
+  bone everywhere (dark CSF mapped to bone, say).
+* MI(MR, sCT) in the head (``metrics.mutual_information``).
+
+Everything is computed on the canonical (LPS) volume resampled to 2 mm voxels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import volumes as V
+from .head_simulator import output_grid
+from .metrics import mutual_information
+
+GRID_MM = 2.0
+BONE_HU = 250.0
+CENTRE_BELOW_TOP_MM = 55.0
+BRAIN_BALL_MM = 40.0
+AZIMUTHS = np.radians(np.arange(0, 360, 15))
+ELEVATIONS = np.radians(np.arange(10, 81, 10))
+STEP_MM = 0.5
+HU_CLASSES = (("air", -np.inf, -400.0), ("fat", -400.0, -30.0), ("soft tissue", -30.0, BONE_HU),
+              ("bone", BONE_HU, np.inf))
+
+
+@dataclass
+class Rays:
+    """The rays of a skull-completeness check: direction (unit, array axes k, j, i), weight, hit (bone crossed),
+    counted (left the head inside the scanned volume) and the 2 mm voxel where each stopped."""
+
+    centre: np.ndarray
+    directions: np.ndarray
+    weights: np.ndarray
+    hit: np.ndarray
+    counted: np.ndarray
+    ends: np.ndarray
+
+    @property
+    def completeness(self) -> float:
+        """Weighted share of counted rays that hit bone; NaN if fewer than 20 rays could be counted."""
+        if self.counted.sum() < 20:
+            return float("nan")
+        w = self.weights * self.counted
+        return float((w * self.hit).sum() / w.sum())
+
+
+@dataclass
+class HeadCheck:
+    """The checks of one volume, with the 2 mm arrays they were computed on (for the figure)."""
+
+    completeness: float
+    rays_counted: int
+    brain_bone: float
+    hu_shares: dict
+    mi_mr_sct: Optional[float]
+    rays: Rays = field(repr=False)
+    hu: np.ndarray = field(repr=False)
+    mr: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def summary(self, reference_shares: Optional[dict] = None) -> dict:
+        """JSON-ready numbers; with ``reference_shares``, the histogram distance to them."""
+        out = {"skull_completeness": round(self.completeness, 3), "rays_counted": self.rays_counted,
+               "brain_bone_share": round(self.brain_bone, 4), "hu_shares": {k: round(v, 4) for k, v in self.hu_shares.items()}}
+        if self.mi_mr_sct is not None:
+            out["mi_mr_sct"] = round(float(self.mi_mr_sct), 4)
+        if reference_shares is not None:
+            out["hu_histogram_distance"] = round(histogram_distance(self.hu_shares, reference_shares), 4)
+        return out
+
+
+def on_check_grid(image: sitk.Image, fill: float, nearest: bool = False) -> np.ndarray:
+    """(K, J, I) array of ``image`` in canonical LPS orientation with 2 mm voxels."""
+    canonical, _ = V.to_canonical(image, default_value=fill)
+    grid = output_grid(canonical, GRID_MM)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return V.array_of(sitk.Resample(canonical, grid, sitk.Transform(), interpolator, fill, sitk.sitkFloat32))
+
+
+def head_mask(mr_or_ct: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+    """The head: Otsu (or ``threshold``) foreground, largest component, closed, holes filled per slice."""
+    image = sitk.GetImageFromArray(mr_or_ct)
+    image.SetSpacing((GRID_MM,) * 3)
+    return V.array_of(V.body_mask(image, threshold=threshold), np.uint8) > 0
+
+
+def brain_centre(head: np.ndarray) -> np.ndarray:
+    """(k, j, i): 55 mm below the highest axial slice of the head, at the head's centroid in that slice."""
+    rows = np.flatnonzero(head.reshape(head.shape[0], -1).sum(axis=1) >= 20)
+    if rows.size == 0:
+        raise ValueError("no head found in the volume")
+    k = int(max(rows[0], rows[-1] - round(CENTRE_BELOW_TOP_MM / GRID_MM)))
+    j, i = np.argwhere(head[k]).mean(axis=0)
+    return np.array([k, j, i], float)
+
+
+def cast_rays(head: np.ndarray, sct: np.ndarray, centre: np.ndarray) -> Rays:
+    """March every ray from ``centre`` in STEP_MM steps until it leaves the head (or the volume)."""
+    el, az = np.meshgrid(ELEVATIONS, AZIMUTHS, indexing="ij")
+    el, az = el.ravel(), az.ravel()
+    # canonical LPS arrays: axis k runs superior, j posterior, i left
+    directions = np.stack([np.sin(el), np.cos(el) * np.cos(az), np.cos(el) * np.sin(az)], axis=1)
+    steps = np.arange(1, int(400 / STEP_MM)) * (STEP_MM / GRID_MM)
+    points = centre[None, None, :] + directions[:, None, :] * steps[None, :, None]      # (rays, steps, 3)
+    index = np.rint(points).astype(int)
+    inside_volume = np.all((index >= 0) & (index < np.array(head.shape)), axis=2)
+    clipped = np.clip(index, 0, np.array(head.shape) - 1)
+    in_head = head[tuple(clipped.T)].T & inside_volume
+    bone = (sct[tuple(clipped.T)].T >= BONE_HU) & in_head
+    out_of_head = ~in_head
+    leave = np.where(out_of_head.any(axis=1), out_of_head.argmax(axis=1), steps.size - 1)
+    counted = inside_volume[np.arange(len(leave)), leave]        # left through the scalp, not the volume's edge
+    hit = np.array([bone[r, :leave[r]].any() for r in range(len(leave))])
+    ends = clipped[np.arange(len(leave)), leave]
+    return Rays(centre, directions, np.cos(el), hit, counted, ends)
+
+
+def brain_bone_share(hu: np.ndarray, centre: np.ndarray) -> float:
+    """Share of voxels >= 250 HU in the upper half of the BRAIN_BALL_MM ball about ``centre`` (inside the volume)."""
+    k, j, i = np.ogrid[tuple(slice(0, n) for n in hu.shape)]
+    distance = np.sqrt((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2) * GRID_MM
+    ball = (distance <= BRAIN_BALL_MM) & (k >= centre[0])
+    return float((hu[ball] >= BONE_HU).mean())
+
+
+def hu_shares(hu: np.ndarray, mask: np.ndarray) -> dict:
+    values = hu[mask]
+    return {name: float(((values >= lo) & (values < hi)).mean()) for name, lo, hi in HU_CLASSES}
+
+
+def histogram_distance(a: dict, b: dict) -> float:
+    """Total-variation distance between two sets of class shares: half the sum of absolute differences (0 to 1)."""
+    return 0.5 * sum(abs(a[k] - b[k]) for k in a)
+
+
+def check_sct(mr: sitk.Image, sct: sitk.Image) -> HeadCheck:
+    """The checks of an sCT against the MR it came from (same grid)."""
+    mr_array = on_check_grid(mr, 0.0)
+    sct_array = on_check_grid(sct, -1000.0)
+    head = head_mask(mr_array)
+    rays = cast_rays(head, sct_array, brain_centre(head))
+    return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(sct_array, rays.centre),
+                     hu_shares(sct_array, head),
+                     mutual_information(mr_array, sct_array, head), rays, sct_array, mr_array)
+
+
+def check_ct(ct: sitk.Image) -> HeadCheck:
+    """The same checks on a real CT (the upper bound of completeness; the reference HU shares)."""
+    hu = on_check_grid(ct, -1024.0)
+    head = head_mask(hu, threshold=-500.0)
+    rays = cast_rays(head, hu, brain_centre(head))
+    return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(hu, rays.centre),
+                     hu_shares(hu, head), None, rays, hu)
+
+
+def mean_shares(checks: list) -> dict:
+    """Class shares averaged over several volumes (the reference of the histogram distance)."""
+    return {name: float(np.mean([c.hu_shares[name] for c in checks])) for name, _, _ in HU_CLASSES}
+
+
+def _ray_lines(rays: Rays, shape: tuple, plane: str) -> list:
+    """The rays lying in the coronal (left-right) or sagittal (front-back) plane through the centre, as panel lines:
+    green crossed bone, red did not, grey not counted (left the scanned volume first)."""
+    axis = 2 if plane == "coronal" else 1
+    lines = []
+    for d, end, hit, counted in zip(rays.directions, rays.ends, rays.hit, rays.counted):
+        if abs(d[3 - axis]) > 1e-6:        # not in this plane
+            continue
+        colour = "grey" if not counted else ("lime" if hit else "red")
+        lines.append(([rays.centre[axis], end[axis]], [shape[0] - 1 - rays.centre[0], shape[0] - 1 - end[0]],
+                      colour))                                             # superior up
+    return lines
+
+
+def check_figure(mr: np.ndarray, columns: dict, path, title: str):
+    """Rows axial, coronal, sagittal through the brain centre; columns the MR and each sCT (``columns``: title ->
+    HeadCheck), the in-plane rays of the completeness check drawn on the coronal and sagittal sCT panels."""
+    from .figures import CT_WINDOW, Panel, save_panel_grid
+
+    first = next(iter(columns.values()))
+    k, j, i = (int(round(c)) for c in first.rays.centre)
+    cuts = {"axial": lambda a: a[k], "coronal": lambda a: a[::-1, j, :], "sagittal": lambda a: a[::-1, :, i]}
+    top = float(np.percentile(mr, 99.5)) or 1.0
+    rows = []
+    for plane, cut in cuts.items():
+        row = [Panel(cut(mr), f"MR ({plane})", 0, top)]
+        for name, check in columns.items():
+            lines = _ray_lines(check.rays, mr.shape, plane) if plane != "axial" else ()
+            row.append(Panel(cut(check.hu), f"{name}: vault {check.completeness:.2f}, brain bone "
+                                            f"{100 * check.brain_bone:.0f}%", *CT_WINDOW, lines=lines))
+        rows.append(row)
+    return save_panel_grid(rows, path, suptitle=title)

@@ -1,0 +1,233 @@
+"""Simulated MR/CT head pairs with randomised MR contrast, for a model that works on any common MR contrast (issue 21).
+
+Domain randomisation (SynthSeg, Billot et al. 2023; SynthSR, Iglesias et al. 2023): the network is trained on pairs
+whose anatomy is realistic and whose MR appearance is drawn so widely that a real scan is one more sample.
+
+Anatomy comes from two sources, both deformed at random (affine: scale 0.85-1.15 per axis, rotation up to 12/8/8
+degrees, shear; plus a smooth elastic displacement of a few mm):
+* real head CTs (read from wherever they are, never copied): the CT itself is the target, with its real HU and
+  texture; its tissue label map comes from HU thresholds (``tissue_labels_from_ct``);
+* the project's head phantoms (``phantom.make_phantom``), whose label maps hold grey and white matter, CSF and eyes.
+
+The MR is drawn from the label map (``random_mr``): each tissue gets a random mean intensity (cortical bone and air
+always dark, as in every MR sequence; the rest uniform, so T1, T2, post-contrast and odd contrasts are all covered),
+a smooth within-tissue texture, partial-volume blur, a random slice thickness along a random axis, a bias field,
+Rician noise and a gamma change. Labels use the numbering of ``phantom.HEAD_LABELS``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from . import volumes as V
+from .phantom import HEAD_LABELS, make_phantom
+
+LABEL = {name: number for number, name in HEAD_LABELS.items()}
+DARK_TISSUES = ("cortical_bone", "air_cavity")    # no MR signal in any clinical sequence (short T2*, no protons)
+CT_AIR_HU = -1024.0
+SPACING_MM = 2.0                                  # grid of the simulated pairs (the skull is 4-8 mm thick)
+
+# HU thresholds of ``tissue_labels_from_ct`` (partial volume puts some voxels in the neighbouring class)
+BODY_HU, FAT_HU, SOFT_HU, MARROW_HU, CORTICAL_HU = -500.0, -200.0, -30.0, 250.0, 700.0
+CSF_HU = 15.0           # intracranial soft tissue below this is CSF ...
+SKIN_MM = 2.0           # the outermost shell of the body is skin
+
+
+def tissue_labels_from_ct(ct: sitk.Image) -> sitk.Image:
+    """A head tissue label map (``phantom.HEAD_LABELS`` numbering) from a CT in HU, on the CT's grid.
+
+    Body: the CT > -500 HU mask (largest component, closed, holes filled). Inside it by HU: air cavity < -200,
+    fat -200..-30, cortical bone > 700, marrow (cancellous bone, diploe) 250..700, soft tissue otherwise. The
+    intracranial space is what the skull encloses in each axial slice (bone closed over 6 mm, holes filled, bone
+    removed); its soft tissue is CSF below 15 HU, grey matter above the brain's median HU (grey matter is 5-10 HU
+    denser than white matter) and white matter below. Eyes are not told apart from soft tissue. Skin: a 2 mm shell.
+    """
+    canonical, _ = V.to_canonical(ct, default_value=CT_AIR_HU)
+    hu = V.array_of(canonical)
+    spacing = canonical.GetSpacing()[::-1]                                    # (k, j, i) mm
+    body = V.array_of(V.body_mask(canonical, threshold=BODY_HU), np.uint8) > 0
+    labels = np.full(hu.shape, LABEL["muscle"], np.uint8)
+    labels[hu < SOFT_HU] = LABEL["fat"]
+    labels[hu < FAT_HU] = LABEL["air_cavity"]          # below fat: air, or its partial volume with tissue
+    bone = hu >= MARROW_HU
+    labels[bone] = LABEL["bone_marrow"]
+    labels[hu >= CORTICAL_HU] = LABEL["cortical_bone"]
+    inside = _intracranial(bone, spacing) & body
+    brain = inside & (hu >= CSF_HU) & (hu < MARROW_HU)
+    labels[inside & (hu < CSF_HU) & (hu >= FAT_HU)] = LABEL["csf"]
+    if brain.any():
+        smooth = ndimage.gaussian_filter(hu, 1.0 / np.asarray(spacing))
+        grey = smooth > np.median(smooth[brain])
+        labels[brain & grey] = LABEL["grey_matter"]
+        labels[brain & ~grey] = LABEL["white_matter"]
+    shell = body & ~ndimage.binary_erosion(body, _ball(SKIN_MM, spacing))
+    labels[shell & (labels == LABEL["muscle"])] = LABEL["skin"]
+    labels[~body] = 0
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(canonical)
+    return image
+
+
+def _intracranial(bone: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Per axial slice: the holes of the closed bone mask (the space a closed skull ring encloses), bone excluded."""
+    closed = ndimage.binary_closing(bone, _ball(6.0, spacing), border_value=0)
+    filled = np.stack([ndimage.binary_fill_holes(s) for s in closed])
+    inside = filled & ~closed
+    return ndimage.binary_opening(inside, _ball(2.0, spacing))
+
+
+def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    r = [max(1, int(round(radius_mm / s))) for s in spacing]
+    grid = np.ogrid[tuple(slice(-n, n + 1) for n in r)]
+    return sum((g * s / radius_mm) ** 2 for g, s in zip(grid, spacing)) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------------ geometry
+def random_deformation(reference: sitk.Image, rng: np.random.Generator, elastic_mm: float = 4.0) -> sitk.Transform:
+    """Affine (scale 0.85-1.15 per axis, rotation up to 12/8/8 degrees about x/y/z, shear up to 0.05) about the
+    volume's centre, composed with a smooth B-spline displacement (control points 40 mm apart, sd ``elastic_mm``)."""
+    centre = reference.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in reference.GetSize()])
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(centre)
+    angles = np.radians(rng.uniform(-1, 1, 3) * [12, 8, 8])
+    rotation = sitk.Euler3DTransform(centre, *angles).GetMatrix()
+    shear = np.eye(3) + rng.uniform(-0.05, 0.05, (3, 3)) * (1 - np.eye(3))
+    matrix = np.reshape(rotation, (3, 3)) @ shear @ np.diag(rng.uniform(0.85, 1.15, 3))
+    affine.SetMatrix(matrix.ravel().tolist())
+    affine.SetTranslation((rng.uniform(-1, 1, 3) * 5.0).tolist())
+    mesh = [max(1, int(round(n * s / 40.0))) for n, s in zip(reference.GetSize(), reference.GetSpacing())]
+    elastic = sitk.BSplineTransformInitializer(reference, mesh, 3)
+    elastic.SetParameters((rng.standard_normal(len(elastic.GetParameters())) * elastic_mm).tolist())
+    return sitk.CompositeTransform([affine, elastic])
+
+
+def output_grid(image: sitk.Image, spacing_mm: float = SPACING_MM) -> sitk.Image:
+    """An empty canonical (LPS) grid of ``spacing_mm`` voxels over the physical extent of ``image``."""
+    size = [max(1, int(round(n * s / spacing_mm))) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing([spacing_mm] * 3)
+    grid.SetDirection(image.GetDirection())
+    first = np.asarray(image.TransformContinuousIndexToPhysicalPoint([-0.5] * 3))
+    grid.SetOrigin((first + np.asarray(image.GetDirection()).reshape(3, 3) @ np.full(3, spacing_mm / 2)).tolist())
+    return grid
+
+
+def _warp(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform, nearest: bool, fill: float) -> sitk.Image:
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.Resample(image, grid, transform, interpolator, fill, image.GetPixelID())
+
+
+# ---------------------------------------------------------------------------------------------------------- MR
+@dataclass(frozen=True)
+class Contrast:
+    """The drawn MR appearance of one simulated scan (recorded so a sample can be reproduced and described)."""
+
+    means: dict            # tissue name -> mean intensity in [0, 1]
+    texture: float         # within-tissue relative sd of the smooth texture
+    blur_voxels: tuple     # partial-volume Gaussian sd per axis (k, j, i)
+    bias: float            # sd of the log bias field
+    noise: float           # Rician noise sd (share of the brightest tissue)
+    gamma: float
+
+
+def draw_contrast(rng: np.random.Generator, spacing_mm: float = SPACING_MM) -> Contrast:
+    """One random MR contrast: tissue means U(0.05, 1) (bone and air U(0, 0.08)); a thick-slice acquisition
+    (1-7 mm) along one random axis half of the time."""
+    means = {name: float(rng.uniform(0.0, 0.08) if name in DARK_TISSUES else rng.uniform(0.05, 1.0))
+             for name in HEAD_LABELS.values()}
+    blur = rng.uniform(0.3, 0.8, 3)
+    if rng.random() < 0.5:
+        blur[rng.integers(3)] = rng.uniform(1.0, 7.0) / spacing_mm / 2.355   # FWHM = slice thickness
+    return Contrast(means, float(rng.uniform(0.0, 0.08)), tuple(float(b) for b in blur),
+                    float(rng.uniform(0.0, 0.35)), float(rng.uniform(0.0, 0.05)), float(np.exp(rng.normal(0, 0.25))))
+
+
+def random_mr(labels: np.ndarray, contrast: Contrast, rng: np.random.Generator) -> np.ndarray:
+    """An MR-like (K, J, I) float32 volume in [0, ~1000] drawn from a label map with ``contrast``."""
+    means = np.zeros(max(HEAD_LABELS) + 1, np.float32)
+    for number, name in HEAD_LABELS.items():
+        means[number] = contrast.means[name]
+    mr = means[labels] * (1 + contrast.texture * _smooth_field(labels.shape, rng, 4.0))
+    mr = ndimage.gaussian_filter(mr, contrast.blur_voxels)
+    mr *= np.exp(contrast.bias * _smooth_field(labels.shape, rng, 30.0))
+    sigma = contrast.noise * float(means.max())
+    mr = np.hypot(mr + sigma * rng.standard_normal(mr.shape), sigma * rng.standard_normal(mr.shape))
+    return (1000.0 * np.power(np.maximum(mr, 0) / max(float(mr.max()), 1e-6), contrast.gamma)).astype(np.float32)
+
+
+def _smooth_field(shape: Sequence[int], rng: np.random.Generator, correlation_voxels: float) -> np.ndarray:
+    """Zero-mean, unit-sd Gaussian random field smoothed over ``correlation_voxels`` (drawn coarse, then zoomed)."""
+    step = max(1, int(correlation_voxels))
+    coarse = rng.standard_normal([max(2, -(-n // step) + 1) for n in shape]).astype(np.float32)
+    coarse = ndimage.gaussian_filter(coarse, 1.0)
+    field = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=1)[tuple(slice(n) for n in shape)]
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------ samples
+@dataclass
+class Anatomy:
+    """A source of anatomy: a CT (HU) and its tissue label map on one grid."""
+
+    name: str
+    ct: sitk.Image
+    labels: sitk.Image
+
+    @classmethod
+    def of_ct(cls, path: os.PathLike) -> "Anatomy":
+        ct = V.read_volume(path)
+        labels = tissue_labels_from_ct(ct)
+        canonical, _ = V.to_canonical(ct, default_value=CT_AIR_HU)
+        hu = V.array_of(canonical)
+        hu[V.array_of(labels, np.uint8) == 0] = CT_AIR_HU     # the table and head holder are not anatomy
+        return cls(Path(path).name, V.image_like(hu, canonical), labels)
+
+    @classmethod
+    def of_phantom(cls, seed: int) -> "Anatomy":
+        phantom = make_phantom("head", seed, (88, 128, 128), (SPACING_MM,) * 3)
+        return cls(f"phantom-{seed}", phantom.ct, phantom.labels)
+
+
+def simulated_pair(anatomy: Anatomy, rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image, Contrast]:
+    """(MR, CT in HU, the contrast drawn) on one 2 mm canonical grid: ``anatomy`` deformed at random, the MR drawn
+    from its deformed labels."""
+    grid = output_grid(anatomy.ct)
+    transform = random_deformation(grid, rng)
+    ct = _warp(anatomy.ct, grid, transform, nearest=False, fill=CT_AIR_HU)
+    labels = V.array_of(_warp(anatomy.labels, grid, transform, nearest=True, fill=0), np.uint8)
+    contrast = draw_contrast(rng)
+    mr = V.image_like(random_mr(labels, contrast, rng), ct)
+    return mr, ct, contrast
+
+
+def anatomy_of_pair(index: int, real_cts: Sequence[Anatomy], seed: int) -> Anatomy:
+    """Pair ``index``'s anatomy: even pairs take the real CTs in turn, odd pairs a new phantom (its seed from
+    (seed, index)); only phantoms when there is no real CT."""
+    if real_cts and index % 2 == 0:
+        return real_cts[(index // 2) % len(real_cts)]
+    return Anatomy.of_phantom(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+
+
+def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_pairs: int, seed: int = 0,
+                            progress: Optional[Callable[[int, int], None]] = None) -> list[Path]:
+    """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``); each pair's random state
+    comes from (seed, index), so any pair can be remade alone. Returns the MR paths."""
+    root = Path(folder)
+    for sub in ("mr", "ct"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(n_pairs):
+        mr, ct, _ = simulated_pair(anatomy_of_pair(i, real_cts, seed), np.random.default_rng([seed, i]))
+        name = f"sim_{i:03d}.nii.gz"
+        V.write_volume(ct, root / "ct" / name)
+        V.write_volume(mr, root / "mr" / name)
+        written.append(root / "mr" / name)
+        if progress:
+            progress(i + 1, n_pairs)
+    return written

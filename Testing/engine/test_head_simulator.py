@@ -1,0 +1,123 @@
+"""The head simulator (labels from a CT, contrast-randomised MR, deformed pairs) and the reference-free head checks."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MRtoCTSynthesisLib import head_checks as C
+from MRtoCTSynthesisLib import head_simulator as H
+from MRtoCTSynthesisLib import volumes as V
+from MRtoCTSynthesisLib.phantom import make_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom("head", 3, (44, 64, 64), (4.0, 4.0, 4.0))
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_labels_from_a_ct_find_bone_air_and_the_brain(phantom):
+    labels = V.array_of(H.tissue_labels_from_ct(phantom.ct), np.uint8)
+    truth = V.array_of(phantom.labels, np.uint8)      # phantoms are LPS already: same grid
+    assert labels.shape == truth.shape
+    assert dice(labels == H.LABEL["cortical_bone"], truth == H.LABEL["cortical_bone"]) > 0.6
+    assert dice(labels > 0, truth > 0) > 0.95
+    brain = np.isin(labels, [H.LABEL[n] for n in ("grey_matter", "white_matter", "csf")])
+    true_brain = np.isin(truth, [H.LABEL[n] for n in ("grey_matter", "white_matter", "csf")])
+    assert dice(brain, true_brain) > 0.8
+
+
+def test_random_contrasts_keep_bone_and_air_dark_and_vary_the_rest(phantom):
+    labels = V.array_of(phantom.labels, np.uint8)
+    brain = labels == H.LABEL["white_matter"]
+    ratios = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        contrast = H.draw_contrast(rng)
+        mr = H.random_mr(labels, contrast, rng)
+        assert mr.dtype == np.float32 and np.isfinite(mr).all() and mr.min() >= 0
+        assert contrast.means["cortical_bone"] <= 0.08 and contrast.means["air_cavity"] <= 0.08
+        ratios.append(contrast.means["white_matter"] / max(contrast.means["grey_matter"], 1e-3))
+        assert mr[brain].mean() > 0
+    assert min(ratios) < 1 < max(ratios)            # white matter brighter than grey in some draws, darker in others
+
+
+def test_a_simulated_pair_is_registered_reproducible_and_deformed(phantom):
+    anatomy = H.Anatomy("phantom", phantom.ct, phantom.labels)
+    mr, ct, _ = H.simulated_pair(anatomy, np.random.default_rng(1))
+    again, _, _ = H.simulated_pair(anatomy, np.random.default_rng(1))
+    other, other_ct, _ = H.simulated_pair(anatomy, np.random.default_rng(2))
+    assert mr.GetSize() == ct.GetSize() and mr.GetSpacing() == ct.GetSpacing() == (H.SPACING_MM,) * 3
+    assert mr.GetOrigin() == ct.GetOrigin() and mr.GetDirection() == ct.GetDirection()
+    np.testing.assert_array_equal(V.array_of(mr), V.array_of(again))
+    body, other_body = V.array_of(ct) > -500, V.array_of(other_ct) > -500
+    assert dice(body, other_body) < 0.98                                  # another draw, another shape
+    assert -1100 <= V.array_of(ct).min() and V.array_of(ct).max() < 3000
+
+
+def test_write_simulated_dataset_alternates_real_anatomy_and_phantoms(tmp_path, phantom, monkeypatch):
+    monkeypatch.setattr(H, "make_phantom", lambda kind, seed, shape, spacing: phantom)   # keep the test fast
+    real = H.Anatomy("ct", phantom.ct, phantom.labels)
+    assert H.anatomy_of_pair(0, [real], 0) is real and H.anatomy_of_pair(1, [real], 0).name.startswith("phantom")
+    paths = H.write_simulated_dataset(tmp_path, [real], 2, seed=5)
+    assert [p.name for p in paths] == ["sim_000.nii.gz", "sim_001.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "ct").iterdir()) == ["sim_000.nii.gz", "sim_001.nii.gz"]
+
+
+def test_vault_check_sees_a_closed_skull_and_an_opened_one(phantom):
+    closed = C.check_ct(phantom.ct)
+    assert closed.completeness > 0.9 and closed.rays_counted >= 100 and closed.brain_bone < 0.01
+    hu = V.array_of(phantom.ct)
+    labels = V.array_of(phantom.labels, np.uint8)
+    centre_k = int(closed.rays.centre[0] / 2)                  # check grid 2 mm, phantom 4 mm
+    top = np.zeros_like(hu, bool)
+    top[centre_k:] = True
+    opened = hu.copy()
+    opened[top & np.isin(labels, [H.LABEL["cortical_bone"], H.LABEL["bone_marrow"]])] = 40.0
+    assert C.check_ct(V.image_like(opened, phantom.ct)).completeness < 0.1
+    everywhere = np.where(labels > 0, 1200.0, -1000.0).astype(np.float32)
+    assert C.check_ct(V.image_like(everywhere, phantom.ct)).brain_bone > 0.9
+
+
+def test_rays_that_leave_the_scan_are_not_counted(phantom):
+    full = C.check_ct(phantom.ct)
+    slab = phantom.ct[:, :, 8:30]                               # cut through the head above and below
+    cut = C.check_ct(slab)
+    assert cut.rays_counted < full.rays_counted
+
+
+def test_histogram_distance_and_the_sct_check(phantom):
+    shares = C.hu_shares(np.array([-1000.0, -100.0, 40.0, 1000.0]), np.ones(4, bool))
+    assert shares == {"air": 0.25, "fat": 0.25, "soft tissue": 0.25, "bone": 0.25}
+    assert C.histogram_distance(shares, shares) == 0
+    assert C.histogram_distance(shares, {"air": 1.0, "fat": 0, "soft tissue": 0, "bone": 0}) == 0.75
+    check = C.check_sct(phantom.mr, phantom.ct)                 # the true CT as the "sCT" of the phantom MR
+    assert check.completeness > 0.9 and check.mi_mr_sct > 0.1
+    assert set(check.summary(shares)) >= {"skull_completeness", "brain_bone_share", "hu_histogram_distance"}
+
+
+def test_check_figure_is_written(tmp_path, phantom):
+    check = C.check_sct(phantom.mr, phantom.ct)
+    path = C.check_figure(check.mr, {"CT": check}, tmp_path / "f.png", "phantom")
+    assert path.exists() and path.stat().st_size > 10_000
+    assert sitk.ReadImage(str(path)).GetSize()[0] > 200
+
+
+def test_the_model_recipe_script_trains_a_model_from_simulated_pairs(tmp_path, monkeypatch):
+    """scripts/make_head_model.py end to end at the smallest size (phantom anatomy only: no real CT folder)."""
+    from helpers import REPO
+    from MRtoCTSynthesisLib.modelfile import load_model
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import make_head_model
+
+    monkeypatch.setitem(make_head_model.CONFIG, "image_size", (32, 32))
+    monkeypatch.setitem(make_head_model.CONFIG, "augment_pad", (48, 48))
+    monkeypatch.setitem(make_head_model.CONFIG, "pixel_spacing_mm", (8.0, 8.0))
+    assert make_head_model.main(["all", "--work", str(tmp_path), "--real-data", str(tmp_path / "absent"),
+                                 "--pairs", "2", "--minutes", "0.02"]) == 0
+    assert sorted(p.name for p in (tmp_path / "sim" / "mr").iterdir()) == ["sim_000.nii.gz", "sim_001.nii.gz"]
+    metadata = load_model(tmp_path / make_head_model.NAME / "model.mrtoct.safetensors").metadata
+    assert metadata["plane"] == "axial" and metadata["training"]["recipe"] == "fast"

@@ -1,0 +1,119 @@
+"""Reference-free checks of head sCTs on every real head MR of ../shared/data/real (issue 21): old and new default
+models side by side, with the constant and MR-lookup baselines and the real head CTs as the upper bound.
+
+    python benchmarks/real_head_checks.py --out benchmarks/real_head [--models phantom-head-demo head-synth]
+
+No real MR here has a CT of the same patient, so there is no MAE: the checks are skull completeness over the vault,
+the in-head HU histogram against the real head CTs and MI(MR, sCT) (``MRtoCTSynthesisLib.head_checks``). Writes
+results.json, results.md and one figure per MR (three planes through the brain centre: MR | each sCT, the in-plane
+rays of the completeness check drawn: green crossed bone, red did not, grey left the scanned slab).
+The baselines are fitted on head phantoms (T1-like) with each model's own MR normalisation: the constant is the
+median body HU, the lookup maps the normalised MR intensity to HU (``baselines``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from MRtoCTSynthesisLib import head_checks as C
+from MRtoCTSynthesisLib import volumes as V
+from MRtoCTSynthesisLib.modelfile import load_model
+from MRtoCTSynthesisLib.phantom import make_phantom, subject_seeds
+from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
+from MRtoCTSynthesisLib.baselines import CONSTANT, LOOKUP, Subject, fit_baselines
+from MRtoCTSynthesisLib.quality.machine import machine_description
+from MRtoCTSynthesisLib.quality.settings import DEFAULT_REAL_DATA
+from MRtoCTSynthesisLib.synthesis import synthesize
+
+HEAD_MRS = ("head_t1_philips_mprage.nii.gz", "head_t1gd_remind022.nii.gz", "head_t1_rire001.mha",
+            "head_t1gd_brain1.nrrd", "head_t1_tcga_fg6692.nii.gz", "head_t1gd_tcga_fg6692.nii.gz")
+HEAD_CTS = ("head_ct_ge_dicom", "head_ct_vtk_headsq.nii.gz")
+MODELS = ("phantom-head-demo", "head-synth")
+BASELINE_PHANTOMS = 8
+
+
+def baseline_scts(mr, model: str) -> dict:
+    """The constant and MR-lookup sCTs of ``mr`` (fitted on head phantoms with the model's MR normalisation)."""
+    norm = normalization_from_metadata(load_model(model).metadata)
+    phantoms = [Subject.of_phantom(make_phantom("head", s, (88, 128, 128), (2.0, 2.0, 2.0)), str(s))
+                for s in subject_seeds(11, BASELINE_PHANTOMS)]
+    fitted = fit_baselines(phantoms, norm)
+    subject = Subject("real", mr, None, V.body_mask(mr))
+    return {name: V.image_like(fitted.predict(name, subject), mr) for name in (CONSTANT, LOOKUP)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/real_head"))
+    parser.add_argument("--real-data", type=Path, default=DEFAULT_REAL_DATA)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--figures", type=Path, default=Path("docs/images/real_head"))
+    args = parser.parse_args(argv)
+    if not args.real_data.is_dir():
+        raise SystemExit(f"no real data folder at {args.real_data}")
+    labels = [load_model(m).metadata["name"] for m in args.models]
+    cts = {name: C.check_ct(V.read_volume(args.real_data / name)) for name in HEAD_CTS}
+    reference = C.mean_shares(list(cts.values()))
+    results = {"machine": machine_description("cpu"),
+               "reference_hu_shares": {k: round(v, 4) for k, v in reference.items()},
+               "real_cts": {name: check.summary(reference) for name, check in cts.items()}, "mrs": {}}
+    for name in HEAD_MRS:
+        path = args.real_data / name
+        if not path.exists():
+            continue
+        mr = V.read_volume(path)
+        rows, columns = {}, {}
+        for label, sct in baseline_scts(mr, args.models[-1]).items():
+            check = C.check_sct(mr, sct)
+            rows[label], columns[label] = check.summary(reference), check
+        for model, label in zip(args.models, labels):
+            began = time.time()
+            sct = synthesize(mr, model, device="cpu").sct
+            seconds = time.time() - began
+            check = C.check_sct(mr, sct)
+            rows[label] = {**check.summary(reference), "synthesis_seconds": round(seconds, 1)}
+            columns[label] = check
+            print(f"{name} {label}: {rows[label]}", flush=True)
+        results["mrs"][name] = {"size": list(mr.GetSize()), "spacing_mm": [round(s, 3) for s in mr.GetSpacing()],
+                                "results": rows}
+        first = next(iter(columns.values()))
+        C.check_figure(first.mr, {k: columns[k] for k in (LOOKUP, *labels)},
+                       args.figures / f"{name.split('.')[0]}.png",
+                       f"{name}: real MR (no CT of this patient) and sCTs; rays of the vault check "
+                       "(green: crossed bone > 250 HU, red: did not, grey: left the scan)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (args.out / "results.md").write_text(markdown(results, labels), encoding="utf-8")
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def markdown(results: dict, models) -> str:
+    predictors = (CONSTANT, LOOKUP, *models)
+    columns = (("vault", "skull_completeness", "{:.2f}", predictors), ("brain bone %", "brain_bone_share", "{:.1%}",
+                                                                       predictors),
+               ("HU-histogram distance", "hu_histogram_distance", "{:.3f}", predictors),
+               ("MI", "mi_mr_sct", "{:.3f}", models))
+    lines = ["| real head MR | " + " | ".join(f"{title}: {p}" for title, _, _, who in columns for p in who) + " |",
+             "|---" * (1 + sum(len(who) for *_, who in columns)) + "|"]
+    for name, entry in results["mrs"].items():
+        r = entry["results"]
+        lines.append(f"| {name} | " + " | ".join(form.format(r[p][key]) for _, key, form, who in columns for p in who)
+                     + " |")
+    lines += ["", "Real head CTs (upper bound of the vault check; their mean HU shares are the histogram reference):", ""]
+    for name, summary in results["real_cts"].items():
+        lines.append(f"- {name}: vault {summary['skull_completeness']:.2f} ({summary['rays_counted']} rays), brain "
+                     f"bone {summary['brain_bone_share']:.1%}, "
+                     f"shares {summary['hu_shares']}, distance to the mean {summary['hu_histogram_distance']:.3f}")
+    seconds = {m: [e["results"][m]["synthesis_seconds"] for e in results["mrs"].values()] for m in models}
+    lines += ["", "Synthesis seconds per MR on this CPU: " + "; ".join(f"{m}: {v}" for m, v in seconds.items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    raise SystemExit(main())
