@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from MRtoCTSynthesisLib import volumes as V
-from MRtoCTSynthesisLib.demo import DEMO_SEED, DEMO_SHAPE, DEMO_SPACING
+from MRtoCTSynthesisLib.demo import DEMO_SEED
 from MRtoCTSynthesisLib.metrics import evaluate, mutual_information
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
 from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "MRtoCTSynthesis" / "Resources" / "Models"
 SUBJECTS, SEED = 16, 0
 TEST_SEEDS = tuple(DEMO_SEED + k for k in range(4))  # unseen subjects (the demo shows the first)
-SHAPE, SPACING = DEMO_SHAPE, DEMO_SPACING
+SHAPE, SPACING = (64, 64, 48), (3.0, 3.0, 3.0)   # the old demo setting (its anatomy shrunk to fit)
 PAIRED_NOTE = (f"Supervised: the 'paired' preset plus the supervised L1 switch (lambda 10) on {SUBJECTS} registered "
                f"phantom MR/CT pairs (seeds from {SEED}); an unpaired yang2018 run at this budget stayed at -1000 HU "
                "for 1000+ iterations.")

@@ -24,11 +24,11 @@ from slicer.parameterNodeWrapper import (
     unannotatedType,
 )
 
+from MRtoCTSynthesisLib import DEFAULT_MODEL
 from MRtoCTSynthesisLib.config import PRECISIONS, PRESET_NAMES, preset
 
 from .display import CT_WINDOW_PRESETS, DEFAULT_WINDOW_PRESET
 
-DEFAULT_MODEL = "phantom-head-demo"
 DEFAULT_PRESET = "yang2018"
 PLANES = ("sagittal", "coronal", "axial")
 _PRESET = preset(DEFAULT_PRESET)

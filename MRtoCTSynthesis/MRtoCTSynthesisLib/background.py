@@ -7,7 +7,7 @@ and what a line of output means (``_handle_line``); ``training_process.TrainingP
 
 ``BackgroundSynthesis`` runs ``mrtoct synthesize``; the Slicer panel polls it from a timer::
 
-    job = BackgroundSynthesis([mr_path], out_dir, model="phantom-head-demo", device="auto").start()
+    job = BackgroundSynthesis([mr_path], out_dir, model="head-synth", device="auto").start()
     # every 200 ms:
     for update in job.poll():          # new {"progress": 0.42, "message": "...", "eta_seconds": 12.0}
         show(update)

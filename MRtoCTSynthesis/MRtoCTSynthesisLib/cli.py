@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import __version__
+from . import DEFAULT_MODEL, __version__
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -72,7 +72,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_synthesize(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="MR volume files or DICOM series folders")
-    p.add_argument("--model", default="phantom-head-demo", help="catalog name, local model name or model file")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"catalog name, local model name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="output folder for <name>_sct.nii.gz files")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: the device's "
@@ -242,18 +243,17 @@ def _phantom(args: argparse.Namespace) -> int:
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
-    p.add_argument("--model", default="phantom-head-demo")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default="auto")
 
 
-@command("demo", "the main job: synthesize a CT from an embedded phantom MR with the demo model")(_add_demo)
+@command("demo", "the main job: synthesize CTs from an embedded real head MR and a phantom with the default model")(
+    _add_demo)
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_summary, run_demo
 
     metrics = run_demo(args.out, args.model, args.device)
-    print(f"sCT written to {args.out}/sct.nii.gz; picture {args.out}/demo.png")
-    for name in ("mae", "psnr", "ssim", "ssim_hg", "mae_bone", "mi_mr_sct"):
-        print(f"  {name:<10} {metrics[name]:9.3f}")
+    print(demo_summary(metrics, args.out))
     return 0
 
 

@@ -85,7 +85,8 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
 
     ``precision`` is one of ``acceleration.PRECISIONS`` (auto: the fastest correct path of the device) and
     ``batch_size`` None takes the device's rule; the result records the precision and backend that ran.
-    The quality maps use the reverse generator: the cycle residual is in the source window's units.
+    The cycle residual uses the reverse generator (a one-way model has none: ``quality_maps_of``) and is in the source
+    window's units.
     """
     began = time.time()
     if source not in GENERATORS:
@@ -100,12 +101,9 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     forward_name, target = GENERATORS[source]
     report = progress or (lambda fraction, message: None)
     report(0.0, f"preparing the {source.upper()}")
-    if quality_map and GENERATORS[target][0] not in bundle.state_dicts:
-        raise ValueError(f"model {bundle.metadata['name']!r} has no {GENERATORS[target][0]} generator (it was trained "
-                         "in one direction only), so it cannot make the quality maps (they translate back); "
-                         "synthesize without the quality map, or use a CycleGAN-trained model")
+    names = quality_maps_of(bundle, source) if quality_map else ()
     forward = bundle.build(forward_name, torch_device)
-    backward = bundle.build(GENERATORS[target][0], torch_device) if quality_map else None
+    backward = bundle.build(GENERATORS[target][0], torch_device) if "cycle_residual" in names else None
     prepared = prepare_volume(image, source, norm, oblique=oblique, progress=lambda message: report(0.02, message))
     fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm,
                            multiple=getattr(forward, "size_multiple", 4))   # a grown canvas must suit the generator
@@ -117,9 +115,9 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     for note in plan.notes:
         log.info(note)
     run_forward = prepare(forward, plan)
-    run_backward = prepare(backward, plan) if quality_map else None
+    run_backward = prepare(backward, plan) if backward is not None else None
     out = np.empty(prepared.slices.shape, np.float32)
-    maps = {name: np.empty(prepared.slices.shape, np.float32) for name in QUALITY_MAPS} if quality_map else {}
+    maps = {name: np.empty(prepared.slices.shape, np.float32) for name in names}
     started = time.time()
     for start in range(0, count, plan.batch_size):
         if cancel is not None and cancel():
@@ -130,10 +128,11 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
             canvas = V.fit_slices(x, fit, pad_value=-1.0)
             fake = run_forward(canvas)
             out[start:stop] = target_window.from_network(V.unfit_slices(fake, fit)[:, 0]).cpu().numpy()
-            if quality_map:
+            if run_backward is not None:
                 rec = V.unfit_slices(run_backward(fake), fit)
                 half_range = (source_window.high - source_window.low) / 2
                 maps["cycle_residual"][start:stop] = ((rec - x).abs()[:, 0] * half_range).cpu().numpy()
+            if quality_map:
                 discrepancy = (mind_descriptor(canvas.float()) - mind_descriptor(fake)).abs().mean(dim=1, keepdim=True)
                 maps["structure_discrepancy"][start:stop] = V.unfit_slices(discrepancy, fit)[:, 0].cpu().numpy()
         done = stop / count
@@ -197,11 +196,18 @@ def air_outside_body(sct: sitk.Image, mr: sitk.Image, margin_mm: float = 5.0, ma
     return sitk.Mask(sct, body, outsideValue=CT_BACKGROUND_HU)
 
 
+def quality_maps_of(bundle: ModelBundle, source: str = "mr") -> tuple:
+    """The quality maps a model can make: the cycle residual needs the reverse generator (a model trained in one
+    direction, like the supervised default, has none), the structure discrepancy needs only the forward one."""
+    reverse = GENERATORS[GENERATORS[source][1]][0]
+    return QUALITY_MAPS if reverse in bundle.state_dicts else QUALITY_MAPS[1:]
+
+
 def output_path(out_dir: os.PathLike, source: os.PathLike, suffix: str = "_sct") -> Path:
     return Path(out_dir) / f"{volume_stem(Path(source))}{suffix}.nii.gz"
 
 
-def planned_outputs(inputs: Sequence[os.PathLike], out_dir: os.PathLike, quality_map: bool = False,
+def planned_outputs(inputs: Sequence[os.PathLike], out_dir: os.PathLike, quality_maps: Sequence[str] = (),
                     dicom_out: Optional[os.PathLike] = None, overwrite: bool = False) -> dict[Path, list[Path]]:
     """Every output of every input, checked before any work (``synthesize_files`` calls it first).
 
@@ -220,7 +226,7 @@ def planned_outputs(inputs: Sequence[os.PathLike], out_dir: os.PathLike, quality
     owner: dict[Path, Path] = {}
     for source in inputs:
         outputs = [output_path(out_dir, source)]
-        outputs += [output_path(out_dir, source, f"_{name}") for name in QUALITY_MAPS] if quality_map else []
+        outputs += [output_path(out_dir, source, f"_{name}") for name in quality_maps]
         outputs += [Path(dicom_out) / volume_stem(source)] if dicom_out is not None else []
         for output in outputs:
             key = output.resolve()
@@ -257,8 +263,8 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
     """
     from .dicom_export import write_ct_series
 
-    plan = planned_outputs(inputs, out_dir, quality_map, dicom_out, overwrite)
     bundle = load_bundle(model)  # once: a bad model fails the whole call before any file is touched
+    plan = planned_outputs(inputs, out_dir, quality_maps_of(bundle) if quality_map else (), dicom_out, overwrite)
     folders = [Path(f) for f in (out_dir, dicom_out) if f is not None]
     created = [f for f in folders if not f.exists()]
     for folder in folders:

@@ -50,14 +50,19 @@ def test_a_unet_model_takes_any_field_of_view(tmp_path):
     assert np.isfinite(sitk.GetArrayFromImage(result.sct)).all()
 
 
-def test_a_one_way_model_refuses_the_quality_map_clearly(tmp_path):
+def test_a_one_way_model_gives_the_quality_map_it_can(tmp_path):
+    """Without G_MR (a supervised model) there is no cycle residual; the structure discrepancy needs only G_CT."""
     from MRtoCTSynthesisLib.modelfile import save_untrained_model
 
     model = save_untrained_model(tmp_path / "one_way.mrtoct.safetensors", generators=("G_CT",))
     mr = make_volume(size=(22, 18, 9))
-    assert S.synthesize(mr, model, device="cpu").sct.GetSize() == mr.GetSize()
-    with pytest.raises(ValueError, match="no G_MR generator.*without the quality map"):
-        S.synthesize(mr, model, device="cpu", quality_map=True)
+    result = S.synthesize(mr, model, device="cpu", quality_map=True)
+    assert list(result.quality) == ["structure_discrepancy"]
+    assert_same_geometry(result.quality["structure_discrepancy"], mr)
+    sitk.WriteImage(mr, str(tmp_path / "mr.nii.gz"))
+    [done] = S.synthesize_files([tmp_path / "mr.nii.gz"], tmp_path / "out", model, device="cpu", quality_map=True)
+    assert done.error is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mr_sct.nii.gz", "mr_structure_discrepancy.nii.gz"]
 
 
 class IdentityBundle:

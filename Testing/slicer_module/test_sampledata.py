@@ -1,4 +1,4 @@
-"""The Sample Data entry: its loader puts the demo's head phantom MR into the (real) scene, and ``registerSampleData``
+"""The Sample Data entries: their loaders put the demo's real head MR and head phantom MR into the (real) scene, and ``registerSampleData``
 registers it the way Slicer's SampleData module takes it. SampleData itself (a GUI module) does not load headless:
 ``sampledata_module`` stands in for it with ``registerCustomSampleDataSource``'s exact signatures, read from Slicer's
 source (Modules/Scripted/SampleData/SampleData.py of v5.6.0 and of 5.12/5.13), and its click, which calls
@@ -50,15 +50,30 @@ def test_phantom_mr_sample_is_the_demo_subject(module, scene):
     assert node.GetDisplayNode() is not None
 
 
+def test_real_mr_sample_is_the_embedded_mr(module, scene):
+    from MRtoCTSlicer.nodes import sitkImageFromVolumeNode
+    from MRtoCTSlicer.sampledata import REAL_NODE_NAME, loadRealHeadMR
+    from MRtoCTSynthesisLib.demo import SAMPLE_MR
+
+    node = loadRealHeadMR()
+    assert node.GetScene() is scene and node.GetName() == REAL_NODE_NAME
+    expected = sitk.ReadImage(str(SAMPLE_MR))
+    image = sitkImageFromVolumeNode(node)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))
+    np.testing.assert_allclose(image.GetDirection(), expected.GetDirection(), atol=1e-6)
+
+
 @pytest.mark.parametrize("version", ["5.6", "5.12"])
-def test_registered_entry_loads_the_phantom_when_clicked(module, scene, monkeypatch, version):
-    from MRtoCTSlicer.sampledata import CATEGORY, NODE_NAME, SAMPLE_NAME, registerSampleData
+def test_registered_entries_load_their_mr_when_clicked(module, scene, monkeypatch, version):
+    from MRtoCTSlicer.sampledata import (CATEGORY, NODE_NAME, REAL_NODE_NAME, REAL_SAMPLE_NAME, SAMPLE_NAME,
+                                         registerSampleData)
 
     sampleData, sources = sampledata_module(version)
     monkeypatch.setitem(sys.modules, "SampleData", sampleData)
     registerSampleData()
-    [source] = sources
-    assert (source.category, source.sampleName, source.nodeNames) == (CATEGORY, SAMPLE_NAME, NODE_NAME)
-    assert Path(source.thumbnailFileName).is_file()
-    node = source.customDownloader(source)  # what the entry's button does
-    assert node.GetScene() is scene and node.GetName() == NODE_NAME
+    assert [(s.category, s.sampleName, s.nodeNames) for s in sources] == [
+        (CATEGORY, REAL_SAMPLE_NAME, REAL_NODE_NAME), (CATEGORY, SAMPLE_NAME, NODE_NAME)]
+    for source in sources:
+        assert Path(source.thumbnailFileName).is_file()
+        node = source.customDownloader(source)  # what the entry's button does
+        assert node.GetScene() is scene and node.GetName() == source.nodeNames
