@@ -21,13 +21,13 @@ import numpy as np
 
 from MRtoCTSynthesisLib import head_checks as C
 from MRtoCTSynthesisLib import volumes as V
-from MRtoCTSynthesisLib.modelfile import load_model
+from MRtoCTSynthesisLib.baselines import CONSTANT, LOOKUP, Subject, fit_baselines
 from MRtoCTSynthesisLib.phantom import make_phantom, subject_seeds
 from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
-from MRtoCTSynthesisLib.baselines import CONSTANT, LOOKUP, Subject, fit_baselines
 from MRtoCTSynthesisLib.quality.machine import machine_description
 from MRtoCTSynthesisLib.quality.settings import DEFAULT_REAL_DATA
-from MRtoCTSynthesisLib.synthesis import synthesize
+from MRtoCTSynthesisLib.synthesis import load_bundle, synthesize
+
 
 HEAD_MRS = ("head_t1_philips_mprage.nii.gz", "head_t1gd_remind022.nii.gz", "head_t1_rire001.mha",
             "head_t1gd_brain1.nrrd", "head_t1_tcga_fg6692.nii.gz", "head_t1gd_tcga_fg6692.nii.gz")
@@ -38,7 +38,7 @@ BASELINE_PHANTOMS = 8
 
 def baseline_scts(mr, model: str) -> dict:
     """The constant and MR-lookup sCTs of ``mr`` (fitted on head phantoms with the model's MR normalisation)."""
-    norm = normalization_from_metadata(load_model(model).metadata)
+    norm = normalization_from_metadata(load_bundle(model).metadata)
     phantoms = [Subject.of_phantom(make_phantom("head", s, (88, 128, 128), (2.0, 2.0, 2.0)), str(s))
                 for s in subject_seeds(11, BASELINE_PHANTOMS)]
     fitted = fit_baselines(phantoms, norm)
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.real_data.is_dir():
         raise SystemExit(f"no real data folder at {args.real_data}")
-    labels = [load_model(m).metadata["name"] for m in args.models]
+    labels = [load_bundle(m).metadata["name"] for m in args.models]
     cts = {name: C.check_ct(V.read_volume(args.real_data / name)) for name in HEAD_CTS}
     reference = C.mean_shares(list(cts.values()))
     results = {"machine": machine_description("cpu"),
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
         first = next(iter(columns.values()))
         C.check_figure(first.mr, {k: columns[k] for k in (LOOKUP, *labels)},
                        args.figures / f"{name.split('.')[0]}.png",
-                       f"{name}: real MR (no CT of this patient) and sCTs; rays of the vault check "
-                       "(green: crossed bone > 250 HU, red: did not, grey: left the scan)")
+                       f"{name}: real MR (no CT of this patient) and sCTs\nrays of the vault check: green crossed "
+                       "bone > 250 HU, red did not, grey left the scan")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(markdown(results, labels), encoding="utf-8")
