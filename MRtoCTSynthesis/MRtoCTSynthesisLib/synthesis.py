@@ -25,6 +25,7 @@ import torch
 from . import volumes as V
 from .acceleration import PRECISIONS, network_gflop, pick_device, prepare, resolve_plan
 from .atomic import OutputSet, remove_stale_temporaries
+from .claim import claimed
 from .dataset import looks_like_ct, volume_stem
 from .losses import mind_descriptor
 from .modelfile import Catalog, ModelBundle, load_model
@@ -259,41 +260,43 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
     in ``<dicom_out>/<name>/``). The outputs are checked first (``planned_outputs``: no collision, no input
     overwritten, no earlier DICOM series replaced without ``overwrite``). Each input's outputs are verified and
     published together, so a failure or an interrupt leaves the earlier results as they were and nothing partial;
-    temporaries of killed earlier runs are removed. ``series`` picks the series of DICOM folder inputs.
+    temporaries of killed earlier runs are removed. ``series`` picks the series of DICOM folder inputs. The output
+    folders are claimed for the whole call (``claim.py``): another run into one of them is refused at once.
     """
     from .dicom_export import write_ct_series
 
     bundle = load_bundle(model)  # once: a bad model fails the whole call before any file is touched
-    plan = planned_outputs(inputs, out_dir, quality_maps_of(bundle) if quality_map else (), dicom_out, overwrite)
     folders = [Path(f) for f in (out_dir, dicom_out) if f is not None]
-    created = [f for f in folders if not f.exists()]
-    for folder in folders:
-        remove_stale_temporaries(folder)
+    with claimed(folders):  # a second run into the same folders is refused at once, never interleaved
+        plan = planned_outputs(inputs, out_dir, quality_maps_of(bundle) if quality_map else (), dicom_out, overwrite)
+        created = [f for f in folders if not f.exists()]
+        for folder in folders:
+            remove_stale_temporaries(folder)
 
-    def one(index: int, source: Path, file_progress: Progress, written: list) -> FileResult:
-        result = synthesize(V.read_volume(source, series if source.is_dir() else None), bundle, device, batch_size,
-                            precision, quality_map, file_progress, cancel)
-        outputs = OutputSet()
+        def one(index: int, source: Path, file_progress: Progress, written: list) -> FileResult:
+            result = synthesize(V.read_volume(source, series if source.is_dir() else None), bundle, device, batch_size,
+                                precision, quality_map, file_progress, cancel)
+            outputs = OutputSet()
+            try:
+                V.write_volume(result.sct, plan[source][0], outputs=outputs)
+                for name, quality in result.quality.items():
+                    V.write_volume(quality, output_path(out_dir, source, f"_{name}"), outputs=outputs)
+                if dicom_out is not None:
+                    write_ct_series(result.sct, plan[source][-1], reference_dicom=source if source.is_dir() else None,
+                                    overwrite=overwrite, outputs=outputs)
+                written.extend(outputs.publish())
+            except BaseException:
+                outputs.discard()
+                raise
+            return FileResult(source, written[0], None, 0.0, written[1:], result.device, result.model_name,
+                              result.precision, result.backend)
+
         try:
-            V.write_volume(result.sct, plan[source][0], outputs=outputs)
-            for name, quality in result.quality.items():
-                V.write_volume(quality, output_path(out_dir, source, f"_{name}"), outputs=outputs)
-            if dicom_out is not None:
-                write_ct_series(result.sct, plan[source][-1], reference_dicom=source if source.is_dir() else None,
-                                overwrite=overwrite, outputs=outputs)
-            written.extend(outputs.publish())
-        except BaseException:
-            outputs.discard()
-            raise
-        return FileResult(source, written[0], None, 0.0, written[1:], result.device, result.model_name,
-                          result.precision, result.backend)
-
-    try:
-        return run_per_file(inputs, one, lambda source, error: FileResult(source, None, error), progress)
-    finally:
-        for folder in created:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()  # made by this call and left empty (every input failed): do not leave it
+            return run_per_file(inputs, one, lambda source, error: FileResult(source, None, error), progress)
+        finally:
+            for folder in created:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()  # made by this call and left empty (every input failed): do not leave it
 
 
 def run_per_file(inputs: Sequence[os.PathLike], process: Callable[[int, Path, Progress, list], object],
