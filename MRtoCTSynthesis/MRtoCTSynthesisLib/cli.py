@@ -86,6 +86,9 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
                    help="replace DICOM series left in --dicom-out by an earlier run (default: refuse before any work)")
     p.add_argument("--series", help="DICOM folder inputs: the series to read (SeriesInstanceUID or SeriesNumber; "
                                     "default: the rule of 'mrtoct series')")
+    p.add_argument("--input-is-mr", action="store_true",
+                   help="accept inputs that look like a label map or a CT stored without its rescale (refused by "
+                        "default: they give a meaningless sCT)")
     p.add_argument("--png", action="store_true", help="also write <name>_sct.png: MR | sCT (| quality maps)")
     p.add_argument("--progress-json", action="store_true",
                    help="print progress and the results as JSON lines on stdout (for the Slicer module)")
@@ -100,7 +103,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     progress = BatchProgress(args.progress_json)
     results = synthesize_files(args.inputs, args.out, args.model, args.device, args.quality_map, args.dicom_out,
                                progress, batch_size=args.batch_size, precision=args.precision, series=args.series,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, input_is_mr=args.input_is_mr)
     progress.close()
     if args.png:
         for r in results:

@@ -27,6 +27,7 @@ from .acceleration import PRECISIONS, network_gflop, pick_device, prepare, resol
 from .atomic import OutputSet, remove_stale_temporaries
 from .claim import claimed
 from .dataset import looks_like_ct, volume_stem
+from .input_kind import non_mr_kind
 from .losses import mind_descriptor
 from .modelfile import Catalog, ModelBundle, load_model
 from .preprocessing import CT_BACKGROUND_HU, normalization_from_metadata, prepare_volume, restore_volume
@@ -152,23 +153,25 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
 def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: Optional[int] = None,
                precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
                cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample",
-               mask_background: bool = True) -> SynthesisResult:
+               mask_background: bool = True, input_is_mr: bool = False) -> SynthesisResult:
     """Synthesize a CT (HU) from one MR volume (``translate`` from MR); the input image is never modified.
 
     With ``mask_background`` the sCT is air (-1000 HU) outside the MR's body mask dilated by 5 mm: a 2D generator
     can invent tissue in slices that hold only background noise, and nothing outside the body is anatomy.
-    The MR is checked first (``check_mr_input``).
+    The MR is checked first (``check_mr_input``; ``input_is_mr`` accepts an MR that looks like a label map or an
+    unrescaled CT).
     """
-    check_mr_input(image)
+    check_mr_input(image, input_is_mr)
     result = translate(image, model, "mr", device, batch_size, precision, quality_map, progress, cancel, oblique)
     if mask_background:
         result.sct = air_outside_body(result.sct, image)
     return result
 
 
-def check_mr_input(image: sitk.Image) -> None:
+def check_mr_input(image: sitk.Image, input_is_mr: bool = False) -> None:
     """Refuse what would give a meaningless sCT: a slab under MIN_THICKNESS voxels along an axis, a non-positive
-    spacing, NaN/inf voxels, or a CT in HU (values below ``dataset.CT_AIR_BELOW_HU``, the check training uses)."""
+    spacing, NaN/inf voxels, a CT in HU (values below ``dataset.CT_AIR_BELOW_HU``, the check training uses), and
+    unless ``input_is_mr``, a label map or a CT stored without its rescale (``input_kind``)."""
     V.check_image(image, "the MR")
     thin = [(axis, n) for axis, n in zip("ijk", image.GetSize()) if n < MIN_THICKNESS]
     if thin:
@@ -180,6 +183,10 @@ def check_mr_input(image: sitk.Image) -> None:
     if looks_like_ct(values):
         raise V.VolumeError(f"the input has values down to {float(values.min()):g}, like a CT in HU (air near "
                             "-1000), not an MR (magnitudes >= 0); MR-to-CT synthesis needs the MR. Give the MR volume")
+    kind = None if input_is_mr else non_mr_kind(values)
+    if kind:
+        raise V.VolumeError(f"the input looks like {kind}, not an MR; MR-to-CT synthesis needs the MR. Give the MR "
+                            "volume, or if this is an MR, run again with --input-is-mr (Python: input_is_mr=True)")
 
 
 def air_outside_body(sct: sitk.Image, mr: sitk.Image, margin_mm: float = 5.0, mask_spacing_mm: float = 2.0) -> sitk.Image:
@@ -253,7 +260,8 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
                      quality_map: bool = False, dicom_out: Optional[os.PathLike] = None,
                      progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
                      batch_size: Optional[int] = None, precision: str = "auto",
-                     series: Optional[Union[str, int]] = None, overwrite: bool = False) -> list[FileResult]:
+                     series: Optional[Union[str, int]] = None, overwrite: bool = False,
+                     input_is_mr: bool = False) -> list[FileResult]:
     """Synthesize many MR files; a failing input is reported in its FileResult and the others go on.
 
     Writes ``<out>/<name>_sct.nii.gz`` (and ``_cycle_residual``/``_structure_discrepancy`` maps, and a DICOM CT series
@@ -275,7 +283,7 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
 
         def one(index: int, source: Path, file_progress: Progress, written: list) -> FileResult:
             result = synthesize(V.read_volume(source, series if source.is_dir() else None), bundle, device, batch_size,
-                                precision, quality_map, file_progress, cancel)
+                                precision, quality_map, file_progress, cancel, input_is_mr=input_is_mr)
             outputs = OutputSet()
             try:
                 V.write_volume(result.sct, plan[source][0], outputs=outputs)

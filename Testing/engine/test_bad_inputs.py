@@ -113,6 +113,22 @@ def ct_as_mr(tmp, model):
     return synthesize(tmp, model, mr_file(tmp, "ct.nii.gz", low=-1000.0, high=2000.0))
 
 
+def unrescaled_ct_as_mr(tmp, model):
+    from MRtoCTSynthesisLib.phantom import make_phantom
+
+    ct = make_phantom("head", 2, (32, 32, 24), (7.0, 7.0, 7.0)).ct
+    tmp.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.Cast(sitk.Round(ct + 1024.0), sitk.sitkInt16), str(tmp / "ct_stored.nii.gz"))
+    return synthesize(tmp, model, tmp / "ct_stored.nii.gz")
+
+
+def mask_as_mr(tmp, model):
+    mask = sitk.Cast(mr_image() > 300, sitk.sitkUInt8)
+    tmp.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(mask, str(tmp / "mask.nii.gz"))
+    return synthesize(tmp, model, tmp / "mask.nii.gz")
+
+
 def slab(slices, spacing):
     def setup(tmp, model):
         return synthesize(tmp, model, mr_file(tmp, "mr.nii.gz", size=(20, 18, slices), spacing=(spacing,) * 3))
@@ -230,6 +246,8 @@ CASES = [
     Case("NaN voxels (.nii.gz)", with_voxel(np.nan), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("inf voxels (.nii.gz)", with_voxel(np.inf), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("a CT given as the MR", ct_as_mr, 1, r"like a CT in HU"),
+    Case("a CT stored without its rescale (HU + 1024) given as the MR", unrescaled_ct_as_mr, 1, r"without its rescale"),
+    Case("a 0/1 mask given as the MR", mask_as_mr, 1, r"label map or mask"),
     Case("one-slice volume, 1 mm", slab(1, 1.0), 1, r"a slab only 1 voxel\(s\) thick"),
     Case("two-slice volume, 0.5 mm", slab(2, 0.5), 1, r"a slab only 2 voxel\(s\) thick"),
     Case("--out is a file", out_is_a_file, 2, r"--out .* is a file"),
