@@ -90,6 +90,36 @@ def _pair_of(value: Any, key: str, positive: bool = False, ascending: bool = Fal
         raise ModelFileError(f"model metadata: {key!r} must be a list of two finite numbers ({rule}), got {value!r}")
 
 
+# Sane ranges of the values that decide allocations and outputs (issue 20): a damaged or hostile card must be refused
+# with a message, not end in an allocator error, a hang or 1e29 HU. Generous: every real model is far inside them.
+LIMITS = {"ct_window": (-2000.0, 6000.0),          # HU a CT can hold (air -1000, metal implants ~ 3000-4000)
+          "mr_window": (-1e6, 1e6),                # MR units after scaling (presets: [0, 100] and [0, 3500])
+          "image_size": (16, 4096),                # canvas pixels per side
+          "pixel_spacing_mm": (0.05, 20.0)}
+NETWORK_LIMITS = {"in_channels": (1, 8), "out_channels": (1, 8), "ngf": (1, 512), "ndf": (1, 512),
+                  "n_blocks": (0, 64), "n_layers": (1, 8)}
+NETWORK_CHOICES = {"norm": ("instance", "batch", "none")}
+
+
+def _within(values: Any, key: str, unit: str = "") -> None:
+    lo, hi = LIMITS[key]
+    if any(not lo <= v <= hi for v in values):
+        raise ModelFileError(f"model metadata: {key!r} is {values!r}, outside the sane range [{lo:g}, {hi:g}]{unit}; "
+                             "the model file is damaged or not made by this engine: use another copy")
+
+
+def _check_network_kwargs(kwargs: dict, where: str) -> None:
+    """Integer widths, depths and channel counts in NETWORK_LIMITS, string choices in NETWORK_CHOICES."""
+    for key, value in kwargs.items():
+        if key in NETWORK_LIMITS:
+            lo, hi = NETWORK_LIMITS[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ModelFileError(f"{where}: {key!r} must be an integer in [{lo}, {hi}], got {value!r}; the model "
+                                     "file is damaged or not made by this engine: use another copy")
+        elif key in NETWORK_CHOICES and value not in NETWORK_CHOICES[key]:
+            raise ModelFileError(f"{where}: {key!r} must be one of {NETWORK_CHOICES[key]}, got {value!r}")
+
+
 def validate_metadata(metadata: Any) -> dict:
     """Check the bundle metadata schema (format_version 1); returns it unchanged, raises ModelFileError naming the key.
 
@@ -125,11 +155,14 @@ def validate_metadata(metadata: Any) -> dict:
         raise ModelFileError(f"{where}: 'loss_weights' values must be finite numbers, got {bad_weights}")
     for key in ("mr_window", "ct_window"):
         _pair_of(_field(metadata, key, list, where), key, ascending=True)
+        _within(metadata[key], key, " HU" if key == "ct_window" else "")
     _check_mr_normalization(metadata["mr_normalization"], where)
     _pair_of(_field(metadata, "image_size", list, where), "image_size", positive=True, integer=True)
+    _within(metadata["image_size"], "image_size", " pixels")
     spacing = _field(metadata, "pixel_spacing_mm", (list, type(None)), where)
     if spacing is not None:
         _pair_of(spacing, "pixel_spacing_mm", positive=True)
+        _within(spacing, "pixel_spacing_mm", " mm")
     networks = metadata["networks"]
     if "G_CT" not in networks:
         raise ModelFileError(f"{where}: 'networks' must contain 'G_CT' (the MR-to-CT generator), "
@@ -141,7 +174,7 @@ def validate_metadata(metadata: Any) -> dict:
         if not isinstance(spec, dict):
             raise ModelFileError(f"{net_where} must be an object with 'architecture' and 'kwargs'")
         architecture = _field(spec, "architecture", str, net_where)
-        _field(spec, "kwargs", dict, net_where)
+        _check_network_kwargs(_field(spec, "kwargs", dict, net_where), net_where)
         if architecture not in NETWORKS:
             raise ModelFileError(f"{net_where}: unknown architecture {architecture!r}; this engine knows "
                                  f"{sorted(NETWORKS)} (the model may need a newer extension)")

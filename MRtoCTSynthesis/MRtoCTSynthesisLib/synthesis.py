@@ -37,6 +37,7 @@ ModelLike = Union[str, os.PathLike, ModelBundle]
 Progress = Callable[[float, str], None]
 QUALITY_MAPS = ("cycle_residual", "structure_discrepancy")
 MIN_THICKNESS = 3  # voxels along every axis of an MR to synthesize
+VOXEL_MM = (0.01, 50.0)  # voxel sizes a scanner produces, with a wide margin (clinical MR: 0.1-10 mm)
 
 
 class SynthesisCancelled(RuntimeError):
@@ -170,7 +171,8 @@ def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_
 
 def check_mr_input(image: sitk.Image, input_is_mr: bool = False) -> None:
     """Refuse what would give a meaningless sCT: a slab under MIN_THICKNESS voxels along an axis, a non-positive
-    spacing, NaN/inf voxels, a CT in HU (values below ``dataset.CT_AIR_BELOW_HU``, the check training uses), and
+    spacing or one outside VOXEL_MM (a 1e-4 mm or 1e5 mm voxel would make the body mask or the canvas ask for
+    terabytes), NaN/inf voxels, a CT in HU (values below ``dataset.CT_AIR_BELOW_HU``, the check training uses), and
     unless ``input_is_mr``, a label map or a CT stored without its rescale (``input_kind``)."""
     V.check_image(image, "the MR")
     thin = [(axis, n) for axis, n in zip("ijk", image.GetSize()) if n < MIN_THICKNESS]
@@ -179,6 +181,11 @@ def check_mr_input(image: sitk.Image, input_is_mr: bool = False) -> None:
                             f"{thin[0][1]} voxel(s) thick along {thin[0][0]}; synthesis needs a 3D volume at least "
                             f"{MIN_THICKNESS} voxels in every direction (the body mask and the model's slicing plane "
                             "need context). Give the whole series, not single slices")
+    odd = [s for s in image.GetSpacing() if not VOXEL_MM[0] <= s <= VOXEL_MM[1]]
+    if odd:
+        raise V.VolumeError(f"the MR's voxel size {tuple(round(s, 6) for s in image.GetSpacing())} mm is outside what "
+                            f"a scanner produces ({VOXEL_MM[0]:g} to {VOXEL_MM[1]:g} mm): the header's spacing is "
+                            "probably damaged or in other units (m, um). Write the true voxel size into the header")
     values = sitk.GetArrayViewFromImage(image)
     if looks_like_ct(values):
         raise V.VolumeError(f"the input has values down to {float(values.min()):g}, like a CT in HU (air near "

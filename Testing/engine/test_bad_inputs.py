@@ -129,6 +129,12 @@ def mask_as_mr(tmp, model):
     return synthesize(tmp, model, tmp / "mask.nii.gz")
 
 
+def voxel_size(mm):
+    def setup(tmp, model):
+        return synthesize(tmp, model, mr_file(tmp, "mr.nii.gz", spacing=(mm,) * 3))
+    return setup
+
+
 def slab(slices, spacing):
     def setup(tmp, model):
         return synthesize(tmp, model, mr_file(tmp, "mr.nii.gz", size=(20, 18, slices), spacing=(spacing,) * 3))
@@ -248,6 +254,8 @@ CASES = [
     Case("a CT given as the MR", ct_as_mr, 1, r"like a CT in HU"),
     Case("a CT stored without its rescale (HU + 1024) given as the MR", unrescaled_ct_as_mr, 1, r"without its rescale"),
     Case("a 0/1 mask given as the MR", mask_as_mr, 1, r"label map or mask"),
+    Case("1e-4 mm voxels", voxel_size(1e-4), 1, r"voxel size .* is outside what a scanner produces"),
+    Case("1e5 mm voxels", voxel_size(1e5), 1, r"voxel size .* is outside what a scanner produces"),
     Case("one-slice volume, 1 mm", slab(1, 1.0), 1, r"a slab only 1 voxel\(s\) thick"),
     Case("two-slice volume, 0.5 mm", slab(2, 0.5), 1, r"a slab only 2 voxel\(s\) thick"),
     Case("--out is a file", out_is_a_file, 2, r"--out .* is a file"),

@@ -1,6 +1,7 @@
 """Model bundle (*.mrtoct.safetensors): round trip, refusals with clear messages, catalog, cache, download."""
 import copy
 import json
+import time
 import os
 import pickle
 
@@ -296,3 +297,26 @@ def test_bad_catalog(tmp_path):
     path.write_text(json.dumps({"version": 2, "models": []}), encoding="utf-8")
     with pytest.raises(ModelFileError, match="version 2"):
         Catalog(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"ct_window": [-1e30, 1e30]}, r"'ct_window' is .* outside the sane range \[-2000, 6000\] HU"),
+    ({"image_size": [2, 2]}, r"'image_size' is \[2, 2\], outside the sane range \[16, 4096\] pixels"),
+    ({"image_size": [200000, 200000]}, r"'image_size' .* outside the sane range"),
+    ({"pixel_spacing_mm": [1e-4, 1e-4]}, r"'pixel_spacing_mm' .* outside the sane range \[0.05, 20\] mm"),
+    ({"networks": {"G_CT": {"architecture": "resnet_generator", "kwargs": {**TINY, "ngf": -3}}}},
+     r"'ngf' must be an integer in \[1, 512\], got -3"),
+    ({"networks": {"G_CT": {"architecture": "resnet_generator", "kwargs": {**TINY, "ngf": "wide"}}}},
+     r"'ngf' must be an integer .* got 'wide'"),
+    ({"networks": {"G_CT": {"architecture": "resnet_generator", "kwargs": {**TINY, "n_blocks": 10 ** 9}}}},
+     r"'n_blocks' must be an integer in \[0, 64\]"),
+    ({"networks": {"G_CT": {"architecture": "unet_generator", "kwargs": {"ngf": 4, "norm": "layer"}}}},
+     r"'norm' must be one of"),
+])
+def test_absurd_metadata_is_refused_with_one_clear_message(tmp_path, change, message):
+    """A card damaged after saving (the weights' checksum does not cover the metadata) fails at load, by name."""
+    path = write_raw(tmp_path / "bad.mrtoct.safetensors", make_metadata(**change), prefixed(tiny_net()))
+    began = time.time()
+    with pytest.raises(modelfile.ModelFileError, match=message):
+        load_model(path)
+    assert time.time() - began < 5                      # refused before anything is built or allocated
