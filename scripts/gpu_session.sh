@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (issue 19): measure GPU speed side by side, then train the papers' comparison at the 2 mm
-# head setting (7 variants x 2 seeds, all runs at once on the one GPU, iterations fitted to the time left), evaluate,
+# head setting (7 variants x 2 seeds, all runs at once on the one GPU, iterations fitted to the time left; the recipe
+# RECIPE, default fast: the recipe study's winner, RECIPE=paper for the presets as published), evaluate,
 # and write compact results. About 9.5 minutes on one H200 (run it with a 10-minute limit). Writes only under $OUT (default benchmarks/results/
 # gpu-session); data, checkpoints and caches live in a scratch folder that is deleted at the end.
 #
@@ -74,12 +75,14 @@ else
     VARIANTS=(cyclegan cyclegan-pbs paired yang2018 hiasa2018 cyclegan-cycle3 supervised); SEEDS=(0 1)
     SCALE=(); SCALE_NAME=default; WINDOW=15; EVAL_RESERVE=130
 fi
+RECIPE="${RECIPE:-fast}"   # the recipe study's winner (issue 22); RECIPE=paper runs the presets as published
 QUALITY=("$PY" -m MRtoCTSynthesisLib.cli bench quality --out "$Q" --anatomy head --seeds "${SEEDS[@]}"
-         --variants "${VARIANTS[@]}" --device "$DEVICE" --real-data none --no-progress "${SCALE[@]}")
+         --variants "${VARIANTS[@]}" --device "$DEVICE" --real-data none --no-progress --recipe "$RECIPE" "${SCALE[@]}")
 say "timing ${#VARIANTS[@]} variants x ${#SEEDS[@]} seeds training at once (${WINDOW} s window)"
 TRAIN_END=$(( STARTED + SESSION_SECONDS - EVAL_RESERVE ))
 "$PY" -m MRtoCTSynthesisLib.quality.concurrency --variants "${VARIANTS[@]}" --seeds "${SEEDS[@]}" \
-    --device "$DEVICE" --seconds "$WINDOW" --scale "$SCALE_NAME" --json "$Q/concurrency.json" > /dev/null || exit 1
+    --device "$DEVICE" --seconds "$WINDOW" --scale "$SCALE_NAME" --recipe "$RECIPE" --json "$Q/concurrency.json" \
+    > /dev/null || exit 1
 # iterations that fit the training time left, less about 60 s of data, cache and plan before the first step
 ITERATIONS=$("$PY" - "$Q/concurrency.json" $(( TRAIN_END - $(date +%s) - 60 )) <<'EOF'
 import json, sys

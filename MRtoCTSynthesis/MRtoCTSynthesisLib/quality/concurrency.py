@@ -22,7 +22,8 @@ from .settings import NETWORKS, SETTINGS, VARIANTS, training_config
 WARM_UP_STEPS = 3
 
 
-def _time_job(variant: str, seed: int, scale: str, anatomy: str, device: str, seconds: float, barrier, results) -> None:
+def _time_job(variant: str, seed: int, scale: str, anatomy: str, device: str, seconds: float, barrier, results,
+              recipe: str = "paper") -> None:
     """One process: a trainer of ``variant`` on random slices, warmed up, then steps counted in a common window."""
     import numpy as np
     import torch
@@ -31,7 +32,7 @@ def _time_job(variant: str, seed: int, scale: str, anatomy: str, device: str, se
     from ..train import CycleGANTrainer
 
     setting, net = SETTINGS[scale][anatomy], NETWORKS[scale]
-    config = training_config(variant, setting, net, 100, seed)
+    config = training_config(variant, setting, net, 100, seed, recipe)
     rng = np.random.default_rng(seed)
     volumes = [rng.uniform(-1, 1, (12, *config.augment_pad)).astype(np.float32) for _ in range(2)]
     data = SliceDataset(volumes, volumes, config.sampling, config.image_size, config.pbs_max_shift)
@@ -55,12 +56,13 @@ def _time_job(variant: str, seed: int, scale: str, anatomy: str, device: str, se
 
 
 def concurrent_step_seconds(variants: Sequence[str], seeds: Sequence[int], device: str, seconds: float,
-                            scale: str = "default", anatomy: str = "head") -> dict:
+                            scale: str = "default", anatomy: str = "head", recipe: str = "paper") -> dict:
     """Seconds per iteration of every (variant, seed) job while all of them train at once (one process each)."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     jobs = [(v, s) for v in variants for s in seeds]
     barrier, results = context.Barrier(len(jobs)), context.Queue()
-    processes = [context.Process(target=_time_job, args=(v, s, scale, anatomy, device, seconds, barrier, results))
+    processes = [context.Process(target=_time_job, args=(v, s, scale, anatomy, device, seconds, barrier, results,
+                                                                   recipe))
                  for v, s in jobs]
     for process in processes:
         process.start()
@@ -72,7 +74,8 @@ def concurrent_step_seconds(variants: Sequence[str], seeds: Sequence[int], devic
         raise RuntimeError(f"{len(failed)} timing processes failed (exit codes {failed})")
     rows.sort(key=lambda r: (VARIANTS.index(r["variant"]), r["seed"]))
     slowest = max(r["seconds_per_iteration"] for r in rows)
-    return {"processes": len(jobs), "device": device, "scale": scale, "anatomy": anatomy, "window_seconds": seconds,
+    return {"processes": len(jobs), "device": device, "scale": scale, "anatomy": anatomy, "recipe": recipe,
+            "window_seconds": seconds,
             "jobs": rows, "slowest_seconds_per_iteration": slowest,
             "iterations_per_second_all_runs": sum(1 / r["seconds_per_iteration"] for r in rows)}
 
@@ -93,10 +96,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="timed window (after each job's warm-up)")
     parser.add_argument("--scale", default="default", choices=sorted(SETTINGS))
     parser.add_argument("--anatomy", default="head", choices=["head", "pelvis"])
+    parser.add_argument("--recipe", default="paper", choices=["paper", "fast"], help="config.RECIPES")
     parser.add_argument("--budget-seconds", type=float, help="also print the iterations that fit this budget")
     parser.add_argument("--json", help="write the timing here")
     args = parser.parse_args(argv)
-    timing = concurrent_step_seconds(args.variants, args.seeds, args.device, args.seconds, args.scale, args.anatomy)
+    timing = concurrent_step_seconds(args.variants, args.seeds, args.device, args.seconds, args.scale, args.anatomy,
+                                     args.recipe)
     if args.budget_seconds:
         timing["budget_seconds"] = args.budget_seconds
         timing["iterations"] = iterations_for(args.budget_seconds, timing)
