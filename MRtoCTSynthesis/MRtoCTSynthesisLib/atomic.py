@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Optional
 
 Verify = Callable[[Path], None]
 _MARK = ".partial-"
+_NAME_KEPT = 120          # bytes of the target's name in its temporary's (names end at 255 bytes on most systems)
 _STALE = re.compile(r"^\..+\.partial-(\d+)-[0-9a-f]{8}")
 _LIVE: set[Path] = set()  # temporaries of this process not yet published or removed
 
@@ -36,7 +37,10 @@ class OutputVerificationError(OSError):
 def temporary_path(dest: os.PathLike, suffix: str = ".part") -> Path:
     """A new hidden path beside ``dest`` (same file system, so the final rename is atomic), registered as live."""
     dest = Path(dest)
-    temp = dest.with_name(f".{dest.name}{_MARK}{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    name = dest.name   # a name that fits as the final name must fit as the temporary's too: keep its first bytes
+    while len(name.encode("utf-8")) > _NAME_KEPT:
+        name = name[:-1]
+    temp = dest.with_name(f".{name}{_MARK}{os.getpid()}-{secrets.token_hex(4)}{suffix}")
     _LIVE.add(temp)
     return temp
 

@@ -57,7 +57,11 @@ def read_volume(path: PathLike, series: Optional[Union[str, int]] = None) -> sit
             check_volume_file(p)
             image = sitk.ReadImage(str(p))
     except RuntimeError as error:
-        raise VolumeError(f"{p}: cannot be read as a volume ({itk_message(error)}); "
+        message = itk_message(error)
+        if p.is_file() and "No such file or directory" in message:   # ITK's words for a file it could not parse
+            raise VolumeError(f"{p}: the file exists but cannot be read: it is probably truncated or damaged (ITK: "
+                              f"{message}); copy it again") from error
+        raise VolumeError(f"{p}: cannot be read as a volume ({message}); "
                           f"supported: {', '.join(VOLUME_SUFFIXES)} files and DICOM series folders") from error
     if image.GetDimension() != 3:
         raise VolumeError(f"{p}: is {image.GetDimension()}D; a 3D volume is needed")

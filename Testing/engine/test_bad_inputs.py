@@ -135,6 +135,12 @@ def voxel_size(mm):
     return setup
 
 
+def truncated_mha(tmp, model):
+    path = mr_file(tmp, "mr.mha")
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    return synthesize(tmp, model, path)
+
+
 def slab(slices, spacing):
     def setup(tmp, model):
         return synthesize(tmp, model, mr_file(tmp, "mr.nii.gz", size=(20, 18, slices), spacing=(spacing,) * 3))
@@ -251,6 +257,7 @@ CASES = [
     Case("degenerate direction matrix (NRRD)", degenerate_direction_nrrd, 1, r"Bad direction, determinant is 0"),
     Case("NaN voxels (.nii.gz)", with_voxel(np.nan), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("inf voxels (.nii.gz)", with_voxel(np.inf), 1, r"3 voxel\(s\) are NaN or infinite"),
+    Case("truncated .mha", truncated_mha, 1, r"the file exists but cannot be read: it is probably truncated"),
     Case("a CT given as the MR", ct_as_mr, 1, r"like a CT in HU"),
     Case("a CT stored without its rescale (HU + 1024) given as the MR", unrescaled_ct_as_mr, 1, r"without its rescale"),
     Case("a 0/1 mask given as the MR", mask_as_mr, 1, r"label map or mask"),
@@ -332,3 +339,12 @@ def test_the_committed_table_is_up_to_date():
         TABLE.write_text(text, encoding="utf-8")
     assert TABLE.is_file() and TABLE.read_text(encoding="utf-8") == text, \
         "docs/BAD_INPUTS.md is out of date: regenerate it (see this module's docstring)"
+
+
+
+def test_a_long_input_name_that_fits_is_written(workspace, tmp_path):
+    """A 236-character name fits as the output's name; its hidden temporary must fit too (it failed with ENAMETOOLONG)."""
+    _, model = workspace
+    source = mr_file(tmp_path, "a" * 229 + ".nii.gz")
+    assert cli_main(synthesize(tmp_path, model, source)) == 0
+    assert (tmp_path / "out" / ("a" * 229 + "_sct.nii.gz")).is_file()
