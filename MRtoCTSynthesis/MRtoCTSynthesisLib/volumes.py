@@ -52,7 +52,16 @@ def read_volume(path: PathLike, series: Optional[Union[str, int]] = None) -> sit
         raise VolumeError(f"{p}: a series can only be chosen in a DICOM folder, and this is a file")
     try:
         if p.is_dir():
-            image = read_dicom_series(choose_series(p, series).files)
+            files = choose_series(p, series).files
+            try:
+                image = read_dicom_series(files)
+            except RuntimeError as error:
+                bad = damaged_file(files, itk_message(error))
+                if bad is None:
+                    raise
+                raise VolumeError(f"{p}: the DICOM file {bad.name} of the series cannot be read: it is probably "
+                                  f"truncated or damaged ({itk_message(error)}); copy it again, or remove it if "
+                                  "the series is complete without it") from error
         else:
             check_volume_file(p)
             image = sitk.ReadImage(str(p))
@@ -70,6 +79,19 @@ def read_volume(path: PathLike, series: Optional[Union[str, int]] = None) -> sit
                           "vector image); a scalar MR or CT volume is needed")
     check_image(image, str(p))
     return image
+
+
+def damaged_file(files: Sequence[Path], message: str) -> Optional[Path]:
+    """The file of a series that a reader's error is about: the one it names, else the first that cannot be read."""
+    named = next((Path(f) for f in files if str(f) in message), None)
+    if named is not None:
+        return named
+    for f in files:
+        try:
+            sitk.ReadImage(str(f))
+        except RuntimeError:
+            return Path(f)
+    return None
 
 
 def write_volume(image: sitk.Image, path: PathLike, compress: bool = True,

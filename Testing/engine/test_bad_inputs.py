@@ -135,6 +135,15 @@ def voxel_size(mm):
     return setup
 
 
+def dicom_with_a_truncated_slice(tmp, model):
+    from MRtoCTSynthesisLib.dicom_export import write_ct_series
+
+    files = write_ct_series(mr_image(size=(20, 18, 8)), tmp / "series")   # a CT-typed series of MR values
+    victim = sorted(files)[3]
+    victim.write_bytes(victim.read_bytes()[:-300])       # header intact, pixel data cut short
+    return synthesize(tmp, model, tmp / "series")
+
+
 def truncated_mha(tmp, model):
     path = mr_file(tmp, "mr.mha")
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
@@ -258,6 +267,8 @@ CASES = [
     Case("NaN voxels (.nii.gz)", with_voxel(np.nan), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("inf voxels (.nii.gz)", with_voxel(np.inf), 1, r"3 voxel\(s\) are NaN or infinite"),
     Case("truncated .mha", truncated_mha, 1, r"the file exists but cannot be read: it is probably truncated"),
+    Case("DICOM folder with one truncated slice", dicom_with_a_truncated_slice, 1,
+         r"the DICOM file .* of the series cannot be read: it is probably truncated"),
     Case("a CT given as the MR", ct_as_mr, 1, r"like a CT in HU"),
     Case("a CT stored without its rescale (HU + 1024) given as the MR", unrescaled_ct_as_mr, 1, r"without its rescale"),
     Case("a 0/1 mask given as the MR", mask_as_mr, 1, r"label map or mask"),
