@@ -31,6 +31,8 @@ def test_unrescaled_ct_label_map_and_mask_are_recognised(phantom):
     assert "without its rescale" in non_mr_kind(np.rint(ct + 1024).astype(np.int16))
     assert "label map" in non_mr_kind(V.array_of(phantom.labels, np.uint8))
     assert "2 distinct integer values: 0, 1" in non_mr_kind((V.array_of(phantom.labels) > 0).astype(np.uint8))
+    assert "soft tissue at HU + 32768" in non_mr_kind(np.rint(ct + 32768).astype(np.uint16))   # unsigned storage
+    assert "a constant volume (every voxel 300" in non_mr_kind(np.full((8, 8, 8), 300, np.int16))
     assert non_mr_kind(V.array_of(phantom.mr)) is None
     assert non_mr_kind(np.rint(V.array_of(phantom.mr)).astype(np.int16)) is None      # an integer MR is an MR
 
