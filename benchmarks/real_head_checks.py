@@ -7,8 +7,8 @@ No real MR here has a CT of the same patient, so there is no MAE: the checks are
 the in-head HU histogram against the real head CTs and MI(MR, sCT) (``MRtoCTSynthesisLib.head_checks``). Writes
 results.json, results.md and one figure per MR (three planes through the brain centre: MR | each sCT, the in-plane
 rays of the completeness check drawn: green crossed bone, red did not, grey left the scanned slab).
-The baselines are fitted on head phantoms (T1-like) with each model's own MR normalisation: the constant is the
-median body HU, the lookup maps the normalised MR intensity to HU (``baselines``).
+The baselines are fitted on head phantoms (T1-like) with the last model's MR normalisation (the new default's): the
+constant is the median body HU, the lookup maps the normalised MR intensity to HU (``baselines``).
 """
 from __future__ import annotations
 
@@ -36,12 +36,15 @@ MODELS = ("phantom-head-demo", "head-synth")
 BASELINE_PHANTOMS = 8
 
 
-def baseline_scts(mr, model: str) -> dict:
-    """The constant and MR-lookup sCTs of ``mr`` (fitted on head phantoms with the model's MR normalisation)."""
-    norm = normalization_from_metadata(load_bundle(model).metadata)
+def fitted_baselines(bundle):
+    """The constant and the MR lookup fitted on head phantoms with the model's MR normalisation (once per run)."""
     phantoms = [Subject.of_phantom(make_phantom("head", s, (88, 128, 128), (2.0, 2.0, 2.0)), str(s))
                 for s in subject_seeds(11, BASELINE_PHANTOMS)]
-    fitted = fit_baselines(phantoms, norm)
+    return fit_baselines(phantoms, normalization_from_metadata(bundle.metadata))
+
+
+def baseline_scts(mr, fitted) -> dict:
+    """The constant and MR-lookup sCTs of ``mr``."""
     subject = Subject("real", mr, None, V.body_mask(mr))
     return {name: V.image_like(fitted.predict(name, subject), mr) for name in (CONSTANT, LOOKUP)}
 
@@ -55,7 +58,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.real_data.is_dir():
         raise SystemExit(f"no real data folder at {args.real_data}")
-    labels = [load_bundle(m).metadata["name"] for m in args.models]
+    bundles = [load_bundle(m) for m in args.models]          # read and verified once
+    labels = [b.metadata["name"] for b in bundles]
+    fitted = fitted_baselines(bundles[-1])
     cts = {name: C.check_ct(V.read_volume(args.real_data / name)) for name in HEAD_CTS}
     reference = C.mean_shares(list(cts.values()))
     results = {"machine": machine_description("cpu"),
@@ -67,12 +72,12 @@ def main(argv=None) -> int:
             continue
         mr = V.read_volume(path)
         rows, columns = {}, {}
-        for label, sct in baseline_scts(mr, args.models[-1]).items():
+        for label, sct in baseline_scts(mr, fitted).items():
             check = C.check_sct(mr, sct)
             rows[label], columns[label] = check.summary(reference), check
-        for model, label in zip(args.models, labels):
+        for bundle, label in zip(bundles, labels):
             began = time.time()
-            sct = synthesize(mr, model, device="cpu").sct
+            sct = synthesize(mr, bundle, device="cpu").sct
             seconds = time.time() - began
             check = C.check_sct(mr, sct)
             rows[label] = {**check.summary(reference), "synthesis_seconds": round(seconds, 1)}
@@ -104,7 +109,8 @@ def markdown(results: dict, models) -> str:
         r = entry["results"]
         lines.append(f"| {name} | " + " | ".join(form.format(r[p][key]) for _, key, form, who in columns for p in who)
                      + " |")
-    lines += ["", "Real head CTs (upper bound of the vault check; their mean HU shares are the histogram reference):", ""]
+    lines += ["", "Real head CTs (upper bound of the vault check; their mean HU shares are the histogram reference):",
+              ""]
     for name, summary in results["real_cts"].items():
         lines.append(f"- {name}: vault {summary['skull_completeness']:.2f} ({summary['rays_counted']} rays), brain "
                      f"bone {summary['brain_bone_share']:.1%}, "

@@ -23,6 +23,7 @@ from . import volumes as V
 from .figures import CT_WINDOW, Column, save_volume_comparison
 from .head_checks import check_figure, check_sct
 from .metrics import evaluate, mutual_information
+from .modelfile import ModelBundle
 from .phantom import make_phantom, subject_seeds
 from .preprocessing import normalization_from_metadata
 from .synthesis import load_bundle, synthesize
@@ -40,14 +41,14 @@ def _progress(label: str) -> Callable[[float, str], None]:
     return lambda f, m: print(f"\r{label}: {100 * f:5.1f}%  {m:<60}", end="", flush=True)
 
 
-def real_mr_part(out: Path, model: str, device: str) -> dict:
+def real_mr_part(out: Path, bundle: ModelBundle, device: str) -> dict:
     """Synthesize the embedded real MR; its reference-free checks and picture."""
     mr = V.read_volume(SAMPLE_MR)
-    result = synthesize(mr, model, device=device, progress=_progress("real MR"))
+    result = synthesize(mr, bundle, device=device, progress=_progress("real MR"))
     print()
     V.write_volume(result.sct, out / "real_mr_sct.nii.gz")
     check = check_sct(mr, result.sct)
-    card = load_bundle(model).metadata.get("validation_metrics", {}).get("real_head_mrs", {})
+    card = bundle.metadata.get("validation_metrics", {}).get("real_head_mrs", {})
     reference = card.get("reference_hu_shares")
     check_figure(check.mr, {result.model_name: check}, out / "real_mr.png",
                  f"demo: {result.model_name} on a real T1 MPRAGE (no CT of this person exists)\nrays of the vault "
@@ -57,12 +58,12 @@ def real_mr_part(out: Path, model: str, device: str) -> dict:
                      "full_resolution_original": card.get("mrs", {}).get(SAMPLE_MR_CARD_KEY, {}).get("results", {})}}
 
 
-def phantom_part(out: Path, model: str, device: str) -> dict:
+def phantom_part(out: Path, bundle: ModelBundle, device: str) -> dict:
     """Synthesize an unseen phantom; its scores beside the constant and lookup baselines."""
     from .baselines import CONSTANT, LOOKUP, Subject, fit_baselines
 
     phantom = make_phantom("head", DEMO_SEED, DEMO_SHAPE, DEMO_SPACING)
-    result = synthesize(phantom.mr, model, device=device, progress=_progress("phantom"))
+    result = synthesize(phantom.mr, bundle, device=device, progress=_progress("phantom"))
     print()
     for name, image in (("mr", phantom.mr), ("ct_reference", phantom.ct), ("sct", result.sct)):
         V.write_volume(image, out / f"{name}.nii.gz")
@@ -72,7 +73,7 @@ def phantom_part(out: Path, model: str, device: str) -> dict:
                "mi_mr_sct": mutual_information(mr, sct, mask), "mi_mr_ct": mutual_information(mr, ct, mask),
                "model": result.model_name, "device": result.device, "seconds": round(result.seconds, 2)}
     training = [Subject.of_phantom(make_phantom("head", s, DEMO_SHAPE, DEMO_SPACING), str(s)) for s in BASELINE_SEEDS]
-    fitted = fit_baselines(training, normalization_from_metadata(load_bundle(model).metadata))
+    fitted = fit_baselines(training, normalization_from_metadata(bundle.metadata))
     subject = Subject.of_phantom(phantom, str(DEMO_SEED))
     metrics["baselines_mae"] = {name: float(np.abs(fitted.predict(name, subject)[mask] - ct[mask]).mean())
                                 for name in (CONSTANT, LOOKUP)}
@@ -90,7 +91,8 @@ def phantom_part(out: Path, model: str, device: str) -> dict:
 def run_demo(out_dir: os.PathLike, model: str = DEFAULT_MODEL, device: str = "auto") -> dict:
     """Run both parts; returns the metrics (also written to metrics.json)."""
     out = Path(out_dir)
-    metrics = {"real_mr": real_mr_part(out, model, device), "phantom": phantom_part(out, model, device)}
+    bundle = load_bundle(model)     # read and verified once for both parts
+    metrics = {"real_mr": real_mr_part(out, bundle, device), "phantom": phantom_part(out, bundle, device)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
 
