@@ -43,18 +43,19 @@ CONFIG = dict(recipe="fast", lambda_adversarial=0.0, lambda_cycle=0.0, lambda_su
               description="supervised on simulated head pairs with randomised MR contrast (issue 21)")
 
 
-def make_data(work: Path, real_data: Path, pairs: int) -> None:
+def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int) -> None:
     real = [Anatomy.of_ct(real_data / name) for name in REAL_CTS if (real_data / name).exists()]
     print(f"anatomy: {[a.name for a in real]} and phantoms", flush=True)
     began = time.time()
-    write_simulated_dataset(work / "sim", real, pairs, SEED,
+    write_simulated_dataset(work / "sim", real, pairs, SEED, own_mr_every=own_mr_every,
                             progress=lambda done, total: print(f"\rpairs {done}/{total}, "
                                                                f"{time.time() - began:.0f} s", end="", flush=True))
     print(flush=True)
 
 
-def train(work: Path, minutes: float) -> Path:
-    """Fit the iterations to ``minutes`` (a first call) or resume the run; returns the model path."""
+def train(work: Path, minutes: float, init_from: str = "") -> Path:
+    """Fit the iterations to ``minutes`` (a first call) or resume the run; returns the model path. ``init_from``: a
+    model file to start from (a warm start, e.g. the previous head-synth)."""
     run, cache = work / NAME, work / "cache"
     sim = work / "sim"
     resume = (run / CHECKPOINT).exists()
@@ -69,7 +70,7 @@ def train(work: Path, minutes: float) -> Path:
         print(f"{per_step:.3f} s per iteration -> {iterations} iterations in {minutes:g} min", flush=True)
         every = max(50, iterations // 25 // 50 * 50)
         config = preset("paired", **CONFIG, iterations=iterations, validate_every=every, checkpoint_every=every,
-                        preview_every=every * 5)
+                        preview_every=every * 5, init_from=init_from)
         trainer = build_trainer(config, sim / "mr", sim / "ct", run, "cpu", cache_dir=cache)
     return trainer.run(stop_at=time.time() + minutes * 60 * 1.1)
 
@@ -140,14 +141,17 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="working folder (simulated pairs, cache, run)")
     parser.add_argument("--real-data", type=Path, default=DEFAULT_REAL_DATA, help="folder with the real head CTs")
     parser.add_argument("--pairs", type=int, default=PAIRS)
+    parser.add_argument("--own-mr-every", type=int, default=0,
+                        help="every Nth phantom pair keeps the phantom's own T1-like MR (0: all random contrasts)")
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
+    parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")
     parser.add_argument("--real-checks", type=Path, default=Path("benchmarks/real_head/results.json"),
                         help="finalize: the real-MR checks to put on the card (benchmarks/real_head_checks.py)")
     args = parser.parse_args(argv)
     if args.stage in ("data", "all"):
-        make_data(args.work, args.real_data, args.pairs)
+        make_data(args.work, args.real_data, args.pairs, args.own_mr_every)
     if args.stage in ("train", "all"):
-        print(f"model: {train(args.work, args.minutes)}", flush=True)
+        print(f"model: {train(args.work, args.minutes, args.init_from)}", flush=True)
     if args.stage == "finalize":
         finalize(args.work, args.real_checks)
     return 0

@@ -28,6 +28,8 @@ def eventText(event):
         where = f"on {event.get('device')}" + (f" x{event['world_size']}" if event.get("world_size", 1) > 1 else "")
         verb = "resumed at" if event.get("resumed") else "started at"
         return f"Training {verb} iteration {event.get('iteration')} of {event.get('iterations')} {where}"
+    if kind == "warm_start":
+        return f"Networks {', '.join(event.get('networks') or [])} start from {event.get('file')}"
     if kind == "checkpoint":
         return f"Checkpoint at iteration {event.get('iteration')}"
     if kind == "preview":

@@ -96,6 +96,7 @@ class TrainConfig:
     pool_size: int = 50
     seed: int = 0
     precision: str = "auto"                       # auto | bfloat16 | float16 | float32 (acceleration.resolve_plan)
+    init_from: str = ""                           # warm start: a model file whose networks start the run (train.py)
     # --- bookkeeping
     checkpoint_every: int = 1000
     preview_every: int = 500

@@ -3,6 +3,7 @@
 Every event has ``event`` (its kind), ``time`` (UNIX seconds) and ``run`` (the run folder). Kinds and fields:
 
 ==============  ====================================================================================
+``warm_start``  file, sha256, networks (loaded from it), model (its name): a new run started from a model file
 ``start``       iteration (first to run), iterations (total), config, device, world_size, resumed
 ``iteration``   iteration, iterations, losses {name: value}, lr, seconds_per_iteration, eta_seconds
 ``validation``  iteration, metrics {name: value}
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-EVENT_KINDS = ("start", "iteration", "validation", "preview", "checkpoint", "stopped", "finished", "error")
+EVENT_KINDS = ("warm_start", "start", "iteration", "validation", "preview", "checkpoint", "stopped", "finished", "error")
 EVENTS_FILE = "events.jsonl"
 
 

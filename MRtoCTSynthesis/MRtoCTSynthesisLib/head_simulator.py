@@ -173,11 +173,12 @@ def _smooth_field(shape: Sequence[int], rng: np.random.Generator, correlation_vo
 # ------------------------------------------------------------------------------------------------------ samples
 @dataclass
 class Anatomy:
-    """A source of anatomy: a CT (HU) and its tissue label map on one grid."""
+    """A source of anatomy: a CT (HU) and its tissue label map on one grid (and, for a phantom, its own T1-like MR)."""
 
     name: str
     ct: sitk.Image
     labels: sitk.Image
+    mr: Optional[sitk.Image] = None
 
     @classmethod
     def of_ct(cls, path: os.PathLike) -> "Anatomy":
@@ -191,15 +192,20 @@ class Anatomy:
     @classmethod
     def of_phantom(cls, seed: int) -> "Anatomy":
         phantom = make_phantom("head", seed, (88, 128, 128), (SPACING_MM,) * 3)
-        return cls(f"phantom-{seed}", phantom.ct, phantom.labels)
+        return cls(f"phantom-{seed}", phantom.ct, phantom.labels, phantom.mr)
 
 
-def simulated_pair(anatomy: Anatomy, rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image, Contrast]:
+def simulated_pair(anatomy: Anatomy, rng: np.random.Generator,
+                   own_mr: bool = False) -> tuple[sitk.Image, sitk.Image, Optional[Contrast]]:
     """(MR, CT in HU, the contrast drawn) on one 2 mm canonical grid: ``anatomy`` deformed at random, the MR drawn
-    from its deformed labels."""
+    from its deformed labels; with ``own_mr`` the anatomy's own MR deformed alike instead (contrast None)."""
     grid = output_grid(anatomy.ct)
     transform = random_deformation(grid, rng)
     ct = _warp(anatomy.ct, grid, transform, nearest=False, fill=CT_AIR_HU)
+    if own_mr:
+        if anatomy.mr is None:
+            raise ValueError(f"anatomy {anatomy.name} has no MR of its own")
+        return _warp(anatomy.mr, grid, transform, nearest=False, fill=0.0), ct, None
     labels = V.array_of(_warp(anatomy.labels, grid, transform, nearest=True, fill=0), np.uint8)
     contrast = draw_contrast(rng)
     mr = V.image_like(random_mr(labels, contrast, rng), ct)
@@ -214,16 +220,24 @@ def anatomy_of_pair(index: int, real_cts: Sequence[Anatomy], seed: int) -> Anato
     return Anatomy.of_phantom(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
+def keeps_own_mr(index: int, own_mr_every: int) -> bool:
+    """Pair ``index`` (a phantom: odd) keeps the phantom's own T1-like MR when ``own_mr_every`` > 0 and it is every
+    ``own_mr_every``-th phantom pair; the others get a random contrast."""
+    return own_mr_every > 0 and index % 2 == 1 and (index // 2) % own_mr_every == own_mr_every - 1
+
+
 def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_pairs: int, seed: int = 0,
-                            progress: Optional[Callable[[int, int], None]] = None) -> list[Path]:
-    """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``); each pair's random state
-    comes from (seed, index), so any pair can be remade alone. Returns the MR paths."""
+                            progress: Optional[Callable[[int, int], None]] = None,
+                            own_mr_every: int = 0) -> list[Path]:
+    """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``; ``keeps_own_mr``); each
+    pair's random state comes from (seed, index), so any pair can be remade alone. Returns the MR paths."""
     root = Path(folder)
     for sub in ("mr", "ct"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(n_pairs):
-        mr, ct, _ = simulated_pair(anatomy_of_pair(i, real_cts, seed), np.random.default_rng([seed, i]))
+        anatomy = anatomy_of_pair(i, real_cts, seed)
+        mr, ct, _ = simulated_pair(anatomy, np.random.default_rng([seed, i]), keeps_own_mr(i, own_mr_every))
         name = f"sim_{i:03d}.nii.gz"
         V.write_volume(ct, root / "ct" / name)
         V.write_volume(mr, root / "mr" / name)

@@ -48,7 +48,7 @@ from .events import EventWriter
 from .figures import Panel, save_loss_curves, save_panel_grid
 from .losslog import append_row, read_rows, truncate_rows
 from .metrics import mutual_information
-from .modelfile import SUFFIX, range_note, save_model
+from .modelfile import SUFFIX, load_model, range_note, save_model, sha256_of
 from .networks import PatchDiscriminator, build_network, generator_spec, init_weights
 from .preprocessing import Normalization, normalization_metadata
 from .sampling import SlicePair
@@ -486,6 +486,30 @@ class CycleGANTrainer:
         self.events.emit("checkpoint", iteration=self.iteration, path=path)
         return path
 
+    def warm_start(self, path: os.PathLike) -> dict:
+        """Start the networks from the model file ``path`` (a warm start, issue 22: e.g. a GAN from a supervised
+        model, or a longer run from a shipped one): each generator the file holds is loaded (strict); the rest, the
+        optimisers and the schedule start fresh. Refused unless the file's networks and normalisation (windows,
+        plane, MR scaling) are this run's, since its weights mean something only under them."""
+        bundle = load_model(path)
+        c = self.config
+        mine = normalization_metadata(Normalization.from_config(c))
+        spec = generator_spec(c.generator, c.ngf, c.n_blocks, c.generator_norm)
+        differ = [f"{key} (file {bundle.metadata.get(key)!r}, run {value!r})" for key, value in mine.items()
+                  if key not in ("image_size", "pixel_spacing_mm") and bundle.metadata.get(key) != value]
+        differ += [f"network {name} (file {bundle.metadata['networks'][name]!r}, run {spec!r})"
+                   for name in bundle.state_dicts if bundle.metadata["networks"][name] != spec]
+        if differ:
+            raise ValueError(f"--init-from {path} cannot start this run: its settings differ: {'; '.join(differ)}. "
+                             "Give the run the file's settings (its model card lists them) or start without it")
+        for name, weights in bundle.state_dicts.items():
+            getattr(self.generators, name).load_state_dict(weights, strict=True)
+        record = {"file": str(path), "sha256": sha256_of(path), "networks": sorted(bundle.state_dicts),
+                  "model": bundle.metadata.get("name", "")}
+        self.warm_started = record
+        self.events.emit("warm_start", **record)
+        return record
+
     def load_checkpoint(self, path: os.PathLike) -> None:
         """Restore everything a step depends on, on every rank, so the run continues as if never interrupted."""
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -542,7 +566,7 @@ class CycleGANTrainer:
                 **windows,
                 "training": {**self.data_summary, "iterations": self.iteration, "seconds": round(seconds, 1),
                              "sampling": c.sampling, "recipe": c.recipe, "seed": c.seed, "world_size": self.world.size,
-                             "engine_version": __version__},
+                             "engine_version": __version__, "warm_start": getattr(self, "warm_started", None)},
                 "validation_metrics": getattr(self, "last_validation", {})}
 
 
@@ -624,6 +648,8 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
                "ct_slices": sum(len(v) for v in data.ct)}
     trainer = CycleGANTrainer(config, data, run_dir, torch_device, world, validation, echo_events, show_progress,
                               trace_ranks, summary)
+    if config.init_from and not resume:     # a resumed run's weights come from its checkpoint
+        trainer.warm_start(config.init_from)
     if resume:
         load_checkpoint_checked(trainer, run_dir / CHECKPOINT)
         if trainer.iteration > config.iterations:

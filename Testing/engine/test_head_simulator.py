@@ -66,6 +66,21 @@ def test_write_simulated_dataset_alternates_real_anatomy_and_phantoms(tmp_path, 
     assert sorted(p.name for p in (tmp_path / "ct").iterdir()) == ["sim_000.nii.gz", "sim_001.nii.gz"]
 
 
+def test_a_phantom_pair_can_keep_its_own_mr_deformed_like_its_ct(phantom):
+    anatomy = H.Anatomy("phantom", phantom.ct, phantom.labels, phantom.mr)
+    mr, ct, contrast = H.simulated_pair(anatomy, np.random.default_rng(4), own_mr=True)
+    drawn, drawn_ct, _ = H.simulated_pair(anatomy, np.random.default_rng(4))
+    assert contrast is None
+    np.testing.assert_array_equal(V.array_of(ct), V.array_of(drawn_ct))       # the same deformation
+    body, own_body = V.array_of(ct) > -500, V.array_of(phantom.ct) > -500
+    assert np.corrcoef(V.array_of(mr)[body], V.array_of(drawn)[body])[0, 1] < 0.99   # not the drawn contrast
+    assert abs(V.array_of(mr)[body].mean() / V.array_of(phantom.mr)[own_body].mean() - 1) < 0.2   # the phantom's
+    with pytest.raises(ValueError, match="no MR of its own"):
+        H.simulated_pair(H.Anatomy("ct", phantom.ct, phantom.labels), np.random.default_rng(4), own_mr=True)
+    assert [i for i in range(16) if H.keeps_own_mr(i, 2)] == [3, 7, 11, 15]
+    assert not any(H.keeps_own_mr(i, 0) for i in range(16))
+
+
 def test_vault_check_sees_a_closed_skull_and_an_opened_one(phantom):
     closed = C.check_ct(phantom.ct)
     assert closed.completeness > 0.9 and closed.rays_counted >= 100 and closed.brain_bone < 0.01

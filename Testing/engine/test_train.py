@@ -115,6 +115,30 @@ def test_time_budget_stops_training_and_keeps_the_model(phantoms, cache, tmp_pat
     assert resumed.iteration == 1
 
 
+def test_warm_start_begins_from_the_model_file_and_refuses_another_network(phantoms, cache, tmp_path):
+    from MRtoCTSynthesisLib.train import build_trainer
+
+    donor = train(phantoms, tmp_path / "donor", "--preset", "paired", "--iterations", "2", "--seed", "5",
+                  cache=cache) / MODEL
+    config = preset("yang2018", image_size=(32, 32), augment_pad=(36, 36), ngf=4, n_blocks=1, ndf=4, iterations=2,
+                    preview_every=1000, validate_every=1000, seed=6, init_from=str(donor))
+    trainer = build_trainer(config, phantoms / "mr", phantoms / "ct", tmp_path / "warm", "cpu", cache,
+                            show_progress=False)
+    given = load_model(donor).state_dicts
+    for name in ("G_CT", "G_MR"):
+        for key, value in getattr(trainer.generators, name).state_dict().items():
+            torch.testing.assert_close(value, given[name][key], atol=0, rtol=0)
+    model = trainer.run()
+    assert load_model(model).metadata["training"]["warm_start"]["networks"] == ["G_CT", "G_MR"]
+    wider = config.with_overrides(ngf=8)
+    with pytest.raises(ValueError, match=r"cannot start this run.*network G_CT"):
+        build_trainer(wider, phantoms / "mr", phantoms / "ct", tmp_path / "wider", "cpu", cache, show_progress=False)
+    other_window = config.with_overrides(ct_window=(-1000.0, 2000.0))
+    with pytest.raises(ValueError, match="ct_window"):
+        build_trainer(other_window, phantoms / "mr", phantoms / "ct", tmp_path / "window", "cpu", cache,
+                      show_progress=False)
+
+
 def test_linear_decay_schedule():
     factor = linear_decay(200_000, 100_000)
     assert factor(0) == 1 and factor(99_999) == 1 and factor(150_000) == 0.5 and factor(200_000) == 0
