@@ -35,7 +35,7 @@ from MRtoCTSynthesisLib.train import CHECKPOINT, MODEL, build_trainer
 
 NAME = "head-synth"
 REAL_CTS = ("head_ct_ge_dicom", "head_ct_vtk_headsq.nii.gz")
-PAIRS, SEED = 120, 0
+PAIRS, SEED = 160, 0
 CONFIG = dict(recipe="fast", lambda_adversarial=0.0, lambda_cycle=0.0, lambda_supervised=1.0,
               plane="axial", image_size=(160, 160), augment_pad=(176, 176), pixel_spacing_mm=(2.0, 2.0),
               ct_window=(-1000.0, 2500.0), mr_window=(0.0, 3500.0), mr_scaling="percentile", mr_percentile=99.5,

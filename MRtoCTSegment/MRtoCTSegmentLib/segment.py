@@ -27,6 +27,7 @@ import torch
 
 from MRtoCTSynthesisLib import volumes as V
 from MRtoCTSynthesisLib.atomic import write_atomically
+from MRtoCTSynthesisLib.claim import claimed
 from MRtoCTSynthesisLib.dataset import volume_stem
 from MRtoCTSynthesisLib.modelfile import ModelFileError
 from MRtoCTSynthesisLib.preprocessing import CT_BACKGROUND_HU
@@ -242,14 +243,22 @@ def segment_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model: Se
                   sct_inputs: Optional[Sequence[os.PathLike]] = None, device: str = "auto", batch_size: int = 8,
                   probabilities: bool = False, masks: bool = True, save_sct: bool = False,
                   progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None) -> list:
-    """Segment many MR files; a failing input is reported in its FileResult (its outputs removed), the rest go on."""
+    """Segment many MR files; a failing input is reported in its FileResult (its outputs removed), the rest go on.
+    ``out_dir`` is claimed for the whole call (``claim.py``): another run into it is refused at once."""
     seg = load(model)  # once: a bad model fails before any file is touched
     bundle = load_bundle(synthesis_model) if synthesis_model is not None and "sct" in seg.channels else None
     inputs = [Path(p) for p in inputs]
     if sct_inputs is not None and len(sct_inputs) != len(inputs):
         raise ValueError(f"{len(sct_inputs)} sCT volumes given for {len(inputs)} MR volumes; give one per MR")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    seg.table.write_color_table(Path(out_dir) / f"{seg.table.name}.ctbl")
+    with claimed([out_dir]):  # two runs into one folder would replace each other's masks
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        seg.table.write_color_table(Path(out_dir) / f"{seg.table.name}.ctbl")
+        return _segment_each(inputs, out_dir, seg, bundle, sct_inputs, device, batch_size, probabilities, masks,
+                             save_sct, progress, cancel)
+
+
+def _segment_each(inputs, out_dir, seg, bundle, sct_inputs, device, batch_size, probabilities, masks, save_sct,
+                  progress, cancel) -> list:
 
     def one(index: int, source: Path, file_progress, written: list) -> FileResult:
         sct = V.read_volume(sct_inputs[index]) if sct_inputs is not None else None

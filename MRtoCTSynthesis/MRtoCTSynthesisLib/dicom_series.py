@@ -26,6 +26,7 @@ from .dicom_geometry import describe_series
 from .volume_checks import VolumeError
 
 log = logging.getLogger(__name__)
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 RULE = "one 3D volume; ORIGINAL before DERIVED; then most slices; then lowest SeriesNumber"
 
 
@@ -60,20 +61,44 @@ class DicomSeries:
 def list_series(folder: Union[str, os.PathLike]) -> list[DicomSeries]:
     """The image series in ``folder`` (not its sub-folders), in SeriesNumber order; files that are not DICOM images
     are skipped."""
+    return scan_folder(folder)[0]
+
+
+def scan_folder(folder: Union[str, os.PathLike]) -> tuple[list[DicomSeries], list[Path]]:
+    """(the image series of ``folder``, its damaged DICOM files).
+
+    A file is damaged when it is DICOM but cut short: a .dcm/.ima file that cannot be parsed at all, or a file with
+    the DICM signature whose header ends before its image attributes (no Rows or no SeriesInstanceUID) while its
+    storage class is missing or that of the folder's images. pydicom reads such a file without an error, so without
+    this check a slice would silently be missing from the series (and filled in by interpolation)."""
     folder = Path(folder)
     groups: dict[str, dict] = {}
+    unparsable, headless = [], []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
+        except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
+            if path.suffix.lower() in DICOM_SUFFIXES:
+                unparsable.append(path)
             continue
         if "Rows" not in ds or "SeriesInstanceUID" not in ds:
-            continue  # DICOMDIR, structured reports, presentation states: no image
+            headless.append((path, _storage_class(ds)))
+            continue  # DICOMDIR, structured reports, presentation states: no image (or a damaged image: below)
         uid = str(ds.SeriesInstanceUID)
-        group = groups.setdefault(uid, {"ds": ds, "files": []})
+        group = groups.setdefault(uid, {"ds": ds, "files": [], "classes": set()})
         group["files"].append(str(path))
+        group["classes"].add(_storage_class(ds))
+    image_classes = set().union(*(g["classes"] for g in groups.values())) - {None}
+    damaged = unparsable + [p for p, kind in headless if kind is None or kind in image_classes]
     series = [_describe(uid, g["ds"], g["files"]) for uid, g in groups.items()]
-    return sorted(series, key=lambda s: (s.number is None, s.number or 0, s.uid))
+    return sorted(series, key=lambda s: (s.number is None, s.number or 0, s.uid)), damaged
+
+
+def _storage_class(ds: pydicom.Dataset) -> Optional[str]:
+    """The file's SOP class (file meta header, else the dataset); None when neither has it."""
+    meta = getattr(ds, "file_meta", None)
+    value = (meta.get("MediaStorageSOPClassUID") if meta is not None else None) or ds.get("SOPClassUID")
+    return str(value) if value else None
 
 
 def _describe(uid: str, ds: pydicom.Dataset, files: list) -> DicomSeries:
@@ -114,7 +139,12 @@ def choose_series(folder: Union[str, os.PathLike], series: Optional[Union[str, i
     Raises VolumeError, listing the folder's series, when none qualifies or ``series`` names none or several.
     """
     folder = Path(folder)
-    found = list_series(folder)
+    found, damaged = scan_folder(folder)
+    if damaged:
+        names = ", ".join(p.name for p in damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        raise VolumeError(f"{folder}: the DICOM file(s) {names} are damaged (cut short before the image: probably an "
+                          "incomplete copy), so a series would silently miss slices; copy them again, or move them "
+                          "out of the folder if the series is complete without them")
     if not found:
         raise VolumeError(f"{folder}: folder holds no DICOM series (no DICOM image file); point to a folder of "
                           "DICOM files or to a volume file")

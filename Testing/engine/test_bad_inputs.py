@@ -144,6 +144,17 @@ def dicom_with_a_truncated_slice(tmp, model):
     return synthesize(tmp, model, tmp / "series")
 
 
+def dicom_with_a_slice_cut_in_its_header(keep_bytes):
+    def setup(tmp, model):
+        from MRtoCTSynthesisLib.dicom_export import write_ct_series
+
+        files = write_ct_series(mr_image(size=(20, 18, 8)), tmp / "series")
+        victim = sorted(files)[3]
+        victim.write_bytes(victim.read_bytes()[:keep_bytes])   # pydicom reads the rest of it without an error
+        return synthesize(tmp, model, tmp / "series")
+    return setup
+
+
 def truncated_mha(tmp, model):
     path = mr_file(tmp, "mr.mha")
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
@@ -269,6 +280,10 @@ CASES = [
     Case("truncated .mha", truncated_mha, 1, r"the file exists but cannot be read: it is probably truncated"),
     Case("DICOM folder with one truncated slice", dicom_with_a_truncated_slice, 1,
          r"the DICOM file .* of the series cannot be read: it is probably truncated"),
+    Case("DICOM folder, one slice cut inside its preamble (100 bytes left)", dicom_with_a_slice_cut_in_its_header(100),
+         1, r"the DICOM file\(s\) CT0004.dcm are damaged"),
+    Case("DICOM folder, one slice cut inside its header (600 bytes left)", dicom_with_a_slice_cut_in_its_header(600),
+         1, r"the DICOM file\(s\) CT0004.dcm are damaged"),
     Case("a CT given as the MR", ct_as_mr, 1, r"like a CT in HU"),
     Case("a CT stored without its rescale (HU + 1024) given as the MR", unrescaled_ct_as_mr, 1, r"without its rescale"),
     Case("a 0/1 mask given as the MR", mask_as_mr, 1, r"label map or mask"),

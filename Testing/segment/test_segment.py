@@ -207,6 +207,18 @@ def test_cancel_and_missing_sct(world, tmp_path):
         S.segment(mr, model, device="cpu")
 
 
+def test_a_second_segmentation_run_into_the_same_folder_is_refused(world, tmp_path):
+    from MRtoCTSynthesisLib.claim import OutputInUseError, claimed
+
+    mr = world["root"] / "ph" / "mr" / "pelvis_000.nii.gz"
+    with claimed([tmp_path / "out"]):                    # the state of another run writing there
+        with pytest.raises(OutputInUseError, match="being written"):
+            S.segment_files([mr], tmp_path / "out", world["model"], world["synthesis"], device="cpu")
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.nii.gz"))
+    results = S.segment_files([mr], tmp_path / "out", world["model"], world["synthesis"], device="cpu")
+    assert results[0].error is None and results[0].outputs
+
+
 # ------------------------------------------------------------------------------------------- outputs, names, colours
 
 def test_outputs_take_names_colours_and_codes_from_the_label_table(world, tmp_path):
