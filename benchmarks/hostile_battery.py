@@ -75,6 +75,21 @@ def truncated(name: str, keep: float) -> Callable[[Path], Path]:
     return make
 
 
+def dicom_series(damage: Callable[[list], None] = lambda files: None) -> Callable[[Path], Path]:
+    """The phantom MR written as a DICOM series (int16), then ``damage(files)``; returns the folder."""
+    def make(folder: Path) -> Path:
+        from MRtoCTSynthesisLib.dicom_export import write_ct_series
+
+        files = sorted(write_ct_series(image(MR.astype(np.float32)), folder / "series"))
+        damage(files)
+        return folder / "series"
+    return make
+
+
+def cut_file(index: int, keep_bytes: int) -> Callable[[list], None]:
+    return lambda files: files[index].write_bytes(files[index].read_bytes()[:keep_bytes])
+
+
 ROT = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 CASES = [
     Case("phantom MR float32 .nii.gz", writes("mr.nii.gz", MR), "ok"),
@@ -126,6 +141,16 @@ CASES = [
     Case("name with spaces and quotes", writes("my \"head\" 'T1'.nii.gz", MR), "ok"),
     Case("a folder with no DICOM", lambda folder: (folder / "empty_dir").mkdir() or folder / "empty_dir",
          "refuse", "DICOM"),
+    Case("DICOM series of the phantom MR", dicom_series(), "ok"),
+    Case("DICOM series with a README.txt beside the slices",
+         dicom_series(lambda files: (files[0].parent / "README.txt").write_text("notes\n")), "ok"),
+    Case("DICOM series, slice 10 cut to 64 bytes (inside the preamble)", dicom_series(cut_file(10, 64)), "refuse",
+         "damaged"),
+    Case("DICOM series, slice 10 cut to 400 bytes (inside its header)", dicom_series(cut_file(10, 400)), "refuse",
+         "damaged"),
+    Case("DICOM series, the last slice cut to 1500 bytes", dicom_series(cut_file(-1, 1500)), "refuse", "damaged"),
+    Case("DICOM series, slice 10 cut inside its pixel data", dicom_series(lambda files: files[10].write_bytes(
+        files[10].read_bytes()[:-500])), "refuse", "truncated"),
 ]
 
 

@@ -126,7 +126,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------------------------------- blocking synthesis
 
     def synthesize(self, inputVolume, model=DEFAULT_MODEL, device="auto", outputNode=None, qualityMap=False,
-                   precision="auto", batchSize=None, progress=None, cancel=None):
+                   precision="auto", batchSize=None, progress=None, cancel=None, inputIsMR=False):
         """Synthesize a CT from ``inputVolume`` (blocking); returns the sCT scalar volume node.
 
         The sCT has the input's exact geometry (IJK-to-RAS, dimensions, parent transform), float32 HU voxels, a CT
@@ -134,19 +134,21 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         ``qualityMap`` the quality maps become volumes referenced by the sCT (see ``qualityVolumes``).
         ``progress(fraction, message)`` is called during the run; ``cancel()`` returning True stops it and raises
         ``SynthesisCancelled``. The input node is never modified, and on error or cancel the scene is unchanged.
+        ``inputIsMR`` accepts an MR that looks like a label map or an unrescaled CT (refused by default).
         """
         from MRtoCTSynthesisLib.synthesis import synthesize
 
         checkVolumeNodes(inputVolume, outputNode)
         image = sitkImageFromVolumeNode(inputVolume)
         result = synthesize(image, model, device=device, batch_size=batchSize, precision=precision,
-                            quality_map=qualityMap, progress=progress, cancel=cancel)
+                            quality_map=qualityMap, progress=progress, cancel=cancel, input_is_mr=inputIsMR)
         return self._storeResult(inputVolume, result.sct, result.quality, outputNode,
                                  {"Model": result.model_name, "Device": result.device,
                                   "Seconds": f"{result.seconds:.2f}"})
 
     def synthesizeFiles(self, inputs, outputFolder, model=DEFAULT_MODEL, device="auto", qualityMap=False,
-                        dicomFolder=None, precision="auto", batchSize=None, progress=None, cancel=None):
+                        dicomFolder=None, precision="auto", batchSize=None, progress=None, cancel=None,
+                        inputIsMR=False):
         """Synthesize CTs for many MR files (blocking, no scene change): ``<outputFolder>/<name>_sct.nii.gz`` each.
 
         ``inputs``: a list of volume files / DICOM series folders, or one folder whose volume files are all used.
@@ -157,7 +159,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
 
         return synthesize_files(self.expandInputs(inputs), outputFolder, model, device=device,
                                 quality_map=qualityMap, dicom_out=dicomFolder, progress=progress, cancel=cancel,
-                                batch_size=batchSize, precision=precision)
+                                batch_size=batchSize, precision=precision, input_is_mr=inputIsMR)
 
     @staticmethod
     def expandInputs(inputs):
@@ -174,7 +176,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------------------------------- background synthesis
 
     def startBackgroundSynthesis(self, inputVolume, model=DEFAULT_MODEL, device="auto", precision="auto",
-                                 qualityMap=False, outputVolume=None, python=None):
+                                 qualityMap=False, outputVolume=None, python=None, inputIsMR=False):
         """Start the synthesis in a child process (``python -m MRtoCTSynthesisLib.cli synthesize``) and return a
         ``SynthesisJob``. Poll ``job.process.poll()``; when ``job.process.finished``, call
         ``finishBackgroundSynthesis(job)``. The scene is not touched until then."""
@@ -187,7 +189,8 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             inputPath.parent.mkdir()
             writeVolumeNodeToFile(inputVolume, inputPath)
             process = BackgroundSynthesis([inputPath], workDir / "output", model=model, device=device,
-                                          quality_map=qualityMap, precision=precision, python=python or pythonExecutable()).start()
+                                          quality_map=qualityMap, precision=precision, python=python or pythonExecutable(),
+                                          input_is_mr=inputIsMR).start()
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise

@@ -319,8 +319,11 @@ class BackgroundSynthesis(BackgroundBatch):
     def __init__(self, inputs: Sequence[PathLike], out_dir: PathLike, model: PathLike, device: str = "auto",
                  quality_map: bool = False, dicom_out: Optional[PathLike] = None, precision: str = "auto",
                  batch_size: Optional[int] = None, python: Optional[PathLike] = None, module: str = CLI_MODULE,
-                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None) -> None:
-        """``python``, ``module``, ``extra_pythonpath``, ``env``: see ``BackgroundProcess``."""
+                 extra_pythonpath: Iterable[PathLike] = (), env: Optional[dict] = None,
+                 input_is_mr: bool = False) -> None:
+        """``python``, ``module``, ``extra_pythonpath``, ``env``: see ``BackgroundProcess``; ``input_is_mr``: the
+        CLI's --input-is-mr."""
+        self.input_is_mr = bool(input_is_mr)
         self.inputs = [Path(p) for p in inputs]
         if not self.inputs:
             raise ValueError("no input volumes given")
@@ -346,6 +349,8 @@ class BackgroundSynthesis(BackgroundBatch):
             arguments += ["--batch-size", str(int(self.batch_size))]
         if self.dicom_out is not None:
             arguments += ["--dicom-out", str(self.staging / "dicom")]
+        if self.input_is_mr:
+            arguments.append("--input-is-mr")
         return self.python_command(*arguments)
 
     def _prepare(self) -> None:

@@ -29,6 +29,7 @@ from .claim import claimed
 from .dataset import looks_like_ct, volume_stem
 from .input_kind import non_mr_kind
 from .losses import mind_descriptor
+from .memory_estimate import check_fits, estimate, generator_width
 from .modelfile import Catalog, ModelBundle, load_model
 from .preprocessing import CT_BACKGROUND_HU, normalization_from_metadata, prepare_volume, restore_volume
 
@@ -117,6 +118,9 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     plan = resolve_plan(torch_device, precision, "inference", work, batch_size=batch_size, slice_gflop=per_slice)
     for note in plan.notes:
         log.info(note)
+    need = estimate(prepared.slices.shape, fit.canvas_shape, plan.batch_size,
+                    generator_width(bundle.metadata["networks"][forward_name]), len(names))
+    check_fits(need, torch_device, fit.canvas_shape, plan.batch_size, norm.pixel_spacing_mm)
     run_forward = prepare(forward, plan)
     run_backward = prepare(backward, plan) if backward is not None else None
     out = np.empty(prepared.slices.shape, np.float32)

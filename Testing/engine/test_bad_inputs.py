@@ -155,6 +155,11 @@ def dicom_with_a_slice_cut_in_its_header(keep_bytes):
     return setup
 
 
+def fine_model_on_a_wide_field(tmp, model):
+    fine = tiny_model(tmp / "fine.mrtoct.safetensors", pixel_spacing_mm=(0.05, 0.05))   # the sane range's finest
+    return synthesize(tmp, fine, mr_file(tmp, "mr.nii.gz", size=(40, 40, 40), spacing=(40.0,) * 3))
+
+
 def truncated_mha(tmp, model):
     path = mr_file(tmp, "mr.mha")
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
@@ -289,6 +294,8 @@ CASES = [
     Case("a 0/1 mask given as the MR", mask_as_mr, 1, r"label map or mask"),
     Case("1e-4 mm voxels", voxel_size(1e-4), 1, r"voxel size .* is outside what a scanner produces"),
     Case("1e5 mm voxels", voxel_size(1e5), 1, r"voxel size .* is outside what a scanner produces"),
+    Case("a model with 0.05 mm pixels on a 1.6 m field of view (a 32000^2 canvas)", fine_model_on_a_wide_field, 1,
+         r"synthesis would need about \d+\.\d GB .* on a 32000x32000 canvas"),
     Case("one-slice volume, 1 mm", slab(1, 1.0), 1, r"a slab only 1 voxel\(s\) thick"),
     Case("two-slice volume, 0.5 mm", slab(2, 0.5), 1, r"a slab only 2 voxel\(s\) thick"),
     Case("--out is a file", out_is_a_file, 2, r"--out .* is a file"),

@@ -293,6 +293,20 @@ def test_recipe_arms_share_one_time_budget_and_are_scored_beside_the_baselines(t
     assert (out / "figures" / "recipe_supervised_curves.png").stat().st_size > 0
 
 
+def test_a_warm_started_arm_starts_from_the_supervised_arm_within_the_same_budget(tmp_path):
+    from MRtoCTSynthesisLib.cli import main as cli_main
+    from MRtoCTSynthesisLib.modelfile import read_metadata
+    from MRtoCTSynthesisLib.quality.recipe import _slug
+
+    out, warm = tmp_path / "recipe", "yang2018 unet16 b4 lr1e-3 b0.9, warm start (180 s supervised + 240 s)"
+    assert cli_main(["bench", "recipe", "--out", str(out), "--tiny", "--arm-seconds", "3.5", "--threads", "1",
+                     "--real-data", "none", "--no-progress", "--arm-set", "unpaired", "--arms", warm]) == 0
+    donor = out / "arms" / "unet16_b4_lr1e-3_b0.9-seed0" / "model.mrtoct.safetensors"
+    training = read_metadata(out / "arms" / f"{_slug(warm)}-seed0" / "model.mrtoct.safetensors")["training"]
+    assert training["warm_start"]["file"] == str(donor)
+    assert read_metadata(donor)["training"]["seconds"] < 1.5 + 1.5 and training["seconds"] < 2.0 + 1.5
+
+
 def test_the_comparison_runs_with_the_fast_recipe(tmp_path):
     setting, net = Q.SETTINGS["default"]["head"], Q.NETWORKS["default"]
     paper = Q.training_config("yang2018", setting, net, 10, 0)

@@ -258,6 +258,26 @@ def test_cancelled_background_job_leaves_no_node_and_no_files(logic, scene, mr_n
         os.kill(pid, 0)
 
 
+def test_an_input_that_looks_like_a_mask_is_refused_unless_the_caller_says_it_is_an_mr(slicer_core, logic, scene,
+                                                                                     oblique_mr, tiny_model):
+    from MRtoCTSynthesisLib.volume_checks import VolumeError
+
+    mask = (sitk.GetArrayFromImage(oblique_mr) > 300).astype(np.int16)
+    node = slicer_core.util.addVolumeFromArray(mask, ras_matrix(oblique_mr), name="mask")
+    before = node_count(scene)
+    with pytest.raises(VolumeError, match="label map or mask"):
+        logic.synthesize(node, model=str(tiny_model), device="cpu")
+    job = logic.startBackgroundSynthesis(node, model=str(tiny_model), device="cpu")
+    job.process.wait(timeout=600)
+    with pytest.raises(RuntimeError, match="label map or mask"):
+        logic.finishBackgroundSynthesis(job)
+    assert node_count(scene) == before
+    assert logic.synthesize(node, model=str(tiny_model), device="cpu", inputIsMR=True) is not None
+    job = logic.startBackgroundSynthesis(node, model=str(tiny_model), device="cpu", inputIsMR=True)
+    job.process.wait(timeout=600)
+    assert logic.finishBackgroundSynthesis(job) is not None
+
+
 def test_failed_background_job_raises_with_the_process_message(logic, scene, mr_node, tmp_path):
     before = node_count(scene)
     job = logic.startBackgroundSynthesis(mr_node, model=str(tmp_path / "missing.mrtoct.safetensors"), device="cpu")

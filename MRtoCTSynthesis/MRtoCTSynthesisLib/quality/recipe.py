@@ -8,7 +8,10 @@ class-mean floor) and its validation MAE inside the body is drawn against the se
 
 An arm is a benchmark variant (its preset's losses and sampling) plus overrides of the recipe: generator, width,
 normalisation, batch, learning rate and betas, CT window. The papers' presets are never changed; the first arm of
-each list is the variant at the benchmark's own recipe, the control.
+each list is the variant at the benchmark's own recipe, the control. A warm-started arm (``WARM_START``: the name of
+a supervised arm and its share of the budget) starts from that arm's model of the same seed, trained for that share
+(or found in --out: 3/7 of 420 s is the supervised set's 180 s), and trains for the rest, so it costs the same time
+in all as a cold arm.
 
     mrtoct bench recipe --out benchmarks/recipe --arm-seconds 180 --threads 1
 """
@@ -45,6 +48,13 @@ UNPAIRED_ARMS = {
     "yang2018 unet16 b4 lr1e-3 b0.9 ndf32": ("yang2018", {**_FAST, "ndf": 32}),
     "cyclegan-pbs unet16 b4 lr1e-3 b0.9": ("cyclegan-pbs", _FAST),
 }
+WARM_START = "warm_start_arm"   # overrides key: (supervised arm, its share of the budget) whose model starts this arm
+_FROM_FAST = {WARM_START: ("unet16 b4 lr1e-3 b0.9", 3 / 7)}
+UNPAIRED_ARMS.update({
+    "yang2018 unet16 b4 lr1e-3 b0.9, warm start (180 s supervised + 240 s)": ("yang2018", {**_FAST, **_FROM_FAST}),
+    "yang2018 unet16 b4 lr2e-4 b0.5, warm start (180 s supervised + 240 s)": (
+        "yang2018", {**_FAST, "lr": 2e-4, "beta1": 0.5, **_FROM_FAST}),
+})
 ARM_SETS = {"supervised": SUPERVISED_ARMS, "unpaired": UNPAIRED_ARMS}
 MARGIN = 0.9   # share of the budget planned for training steps (validation, previews and checkpoints take the rest)
 
@@ -77,6 +87,15 @@ def train_arm(options: Options, name: str, variant: str, overrides: dict, seed: 
     if (folder / MODEL).exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
+    overrides = dict(overrides)
+    if WARM_START in overrides:          # the donor arm's seconds count against this arm's budget
+        donor, share = overrides.pop(WARM_START)
+        donor_seconds = seconds * share
+        donor_variant, donor_overrides = SUPERVISED_ARMS[donor]
+        donor_overrides = {**donor_overrides, **{k: overrides[k] for k in ("ngf",) if k in overrides}}  # --tiny
+        donor_run = train_arm(options, donor, donor_variant, donor_overrides, seed, donor_seconds, root)
+        overrides["init_from"] = str(donor_run / MODEL)
+        seconds -= donor_seconds
     cache = options.out / "cache" / "head"
     probe = build_trainer(arm_config(variant, overrides, options, 10, seed), root / "train" / "mr",
                           root / "train" / "ct", options.out / "_timing", options.device, cache_dir=cache,
