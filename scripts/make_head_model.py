@@ -1,16 +1,21 @@
 """Reproduce the default head model "head-synth" (issue 21): simulated pairs with randomised MR contrast, supervised.
 
-    python scripts/make_head_model.py data  --work /tmp/head      # simulated pairs (about 6 min on one core)
-    python scripts/make_head_model.py train --work /tmp/head --minutes 50    # resumable: run it again to go on
-    python scripts/make_head_model.py all   --work /tmp/head --minutes 50    # both
-    python benchmarks/real_head_checks.py --models phantom-head-demo /tmp/head/head-synth/model.mrtoct.safetensors
-    python scripts/make_head_model.py finalize --work /tmp/head       # phantom scores, card, bundle, catalog
+The shipped model (v2) is a warm start from v1 (the head-synth of git commit f90c6e2):
+
+    python scripts/make_head_model.py data  --work /tmp/head                         # v1 data: 160 pairs (~9 min)
+    python scripts/make_head_model.py train --work /tmp/head --minutes 55            # v1 (resumable)
+    python scripts/make_head_model.py data  --work /tmp/head2 --own-mr-every 2       # v2 data
+    python scripts/make_head_model.py train --work /tmp/head2 --minutes 50 \
+        --init-from /tmp/head/head-synth/model.mrtoct.safetensors                    # v2 (or from v1's file in git)
+    python benchmarks/real_head_checks.py --models phantom-head-demo /tmp/head2/head-synth/model.mrtoct.safetensors
+    python scripts/make_head_model.py finalize --work /tmp/head2      # phantom scores, card, bundle, catalog
 
 Data: ``head_simulator.write_simulated_dataset``: half the pairs are the real head CTs of --real-data (read, never
-copied), half new head phantoms, each deformed at random, each MR drawn with a random contrast. Training: the
-'paired' preset with only the supervised L1 (G_CT alone), the recipe 'fast' (issue 22), axial 2 mm slices, the MR
-scaled by its body's 99.5th percentile (no N4: the simulated bias fields teach the network to ignore it). The
-iterations are fitted to --minutes from the measured step, so that the learning-rate schedule completes.
+copied), half new head phantoms, each deformed at random, each MR drawn with a random contrast; with --own-mr-every
+2, every second phantom pair keeps the phantom's own T1-like MR (v2). Training: the 'paired' preset with only the
+supervised L1 (G_CT alone), the recipe 'fast' (issue 22), axial 2 mm slices, the MR scaled by its body's 99.5th
+percentile (no N4: the simulated bias fields teach the network to ignore it). The iterations are fitted to
+--minutes from the measured step, so that the learning-rate schedule completes.
 """
 from __future__ import annotations
 
@@ -103,8 +108,10 @@ CARD = ("Default head model: MR (any common contrast) to CT in HU, axial 2D U-Ne
         "supervised on simulated pairs with randomised MR contrast (issue 21): half made from two real head CTs "
         "(dcm_qa_ct GE head CT, BSD-2; VTKData headsq, BSD-3; their tissue labels by HU thresholds, randomly "
         "deformed) and half from the project's head phantoms; each MR drawn with random tissue intensities (bone and "
-        "air dark), bias field, noise, blur and slice thickness. Recipe 'fast' (U-Net ngf 16, batch 4, Adam 1e-3, "
-        "beta1 0.9); reproduce with scripts/make_head_model.py.")
+        "air dark), bias field, noise, blur and slice thickness, except every second phantom pair, which keeps the "
+        "phantom's own T1-like MR. Recipe 'fast' (U-Net ngf 16, batch 4, Adam 1e-3, beta1 0.9); v2: 50 minutes of "
+        "one CPU core started from v1 (58 minutes on random contrasts only); reproduce with "
+        "scripts/make_head_model.py.")
 INTENDED = ("Research and demonstration only. NOT for clinical use, diagnosis or treatment planning. Trained on two "
             "real head CTs and phantoms, never on a real MR: check every sCT (the README's reference-free checks).")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -48,9 +49,12 @@ def save_panel_grid(rows: Sequence[Sequence[Panel]], path: os.PathLike, suptitle
             ax.set_title(panel.title, fontsize=8)
             if panel.colorbar:
                 fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    top = 1.0
+    if suptitle:   # wrapped to the figure's width (about 13 characters of 10 pt text per inch), room kept above
+        lines = [part for line in suptitle.splitlines() for part in textwrap.wrap(line, int(13 * panel_inches * n_cols))]
+        fig.suptitle("\n".join(lines), fontsize=10)
+        top = 1.0 - (0.18 * len(lines) + 0.1) / (panel_inches * n_rows)
+    fig.tight_layout(rect=(0, 0, 1, top))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
