@@ -15,3 +15,9 @@ for wheel in "$work"/*.whl; do (cd "$work/site" && python3 -m zipfile -e "$wheel
 tar -C "$work/site" -cf - . | xz -9 -T0 > .gpu/packages.tar.xz.part
 mv .gpu/packages.tar.xz.part .gpu/packages.tar.xz
 ls -l .gpu/packages.tar.xz
+# the two real head CTs for MODE=head (read there as ../shared is here; .gpu/ is git-ignored: never committed)
+REAL=${REAL_DATA:-../shared/data/real}
+if [ -d "$REAL/head_ct_ge_dicom" ]; then
+    mkdir -p .gpu/real && cp -r "$REAL/head_ct_ge_dicom" "$REAL/head_ct_vtk_headsq.nii.gz" .gpu/real/
+    du -sh .gpu/real
+fi

@@ -7,6 +7,14 @@
 #
 #   bash scripts/gpu_session.sh            # the full session (needs a CUDA GPU)
 #   bash scripts/gpu_session.sh --tiny     # the same steps at tiny sizes on whatever device there is (CI, seconds)
+#   MODE=head bash scripts/gpu_session.sh  # instead: train the default head model further (issue 21), see below
+#
+# MODE=head: simulated head pairs made by all CPU cores (scripts/make_head_model.py data --jobs), then the shipped
+# head-synth as the start of a supervised run on the GPU for the time left (make_head_model.py train --init-from);
+# writes model_head_synth_gpu.mrtoct.safetensors and head_run.tar.gz (config, events, losses). The real head CTs are
+# read from $REAL_DATA (default .gpu/real: scripts/gpu_carry.sh puts them there, git-ignored, never committed); without
+# them the anatomy is phantoms only. Score it here afterwards: make_head_model.py's phantom scores and
+# benchmarks/real_head_checks.py, against the shipped model.
 #
 # Python: $PYTHON, else .venv/bin/python, else python3 (a GPU machine's own torch is used; nothing is installed). A
 # machine without SimpleITK or pydicom gets them from .gpu/packages.tar.xz when present (their wheels unpacked and
@@ -53,6 +61,26 @@ fi
 say "device $DEVICE; python $("$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)')"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 lscpu 2>/dev/null | grep -E "^(Model name|CPU\(s\)):" || true
+
+# ------------------------------------------------------------------ MODE=head: the default head model, further trained
+if [ "${MODE:-comparison}" = head ]; then
+    H="$SCRATCH/head"
+    PAIRS=$( [ "$TINY" = 1 ] && echo 2 || echo 320 )
+    JOBS=$(nproc 2>/dev/null || echo 2)
+    say "head model: $PAIRS simulated pairs, $JOBS processes, real CTs from ${REAL_DATA:-.gpu/real}"
+    "$PY" scripts/make_head_model.py data --work "$H" --real-data "${REAL_DATA:-.gpu/real}" --pairs "$PAIRS" \
+        --own-mr-every 2 --jobs "$JOBS" || exit 1
+    MINUTES=$("$PY" -c "print(max(0.05, ($STARTED + $SESSION_SECONDS - 45 - $(date +%s)) / 60 / 1.1))")
+    say "training on $DEVICE for $MINUTES min from the shipped head-synth"
+    "$PY" scripts/make_head_model.py train --work "$H" --minutes "$MINUTES" --device "$DEVICE" \
+        --init-from MRtoCTSynthesis/Resources/Models/head-synth.mrtoct.safetensors > "$H/train.log" 2>&1 \
+        || { tail -c 2000 "$H/train.log"; exit 1; }
+    tail -c 300 "$H/train.log"; echo
+    cp "$H/head-synth/model.mrtoct.safetensors" "$DEST/model_head_synth_gpu.mrtoct.safetensors" || exit 1
+    (cd "$H/head-synth" && tar -czf "$DEST/head_run.tar.gz" config.json events.jsonl losses.csv loss_curves.png)
+    say "written to $DEST: $(ls "$DEST" | tr '\n' ' ')"
+    exit 0
+fi
 
 # ------------------------------------------------------------------ 1. speed: reference vs auto, side by side
 "$PY" -m MRtoCTSynthesisLib.acceleration --json > "$DEST/acceleration.json"

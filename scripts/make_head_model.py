@@ -48,35 +48,35 @@ CONFIG = dict(recipe="fast", lambda_adversarial=0.0, lambda_cycle=0.0, lambda_su
               description="supervised on simulated head pairs with randomised MR contrast (issue 21)")
 
 
-def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int) -> None:
+def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int, jobs: int = 1) -> None:
     real = [Anatomy.of_ct(real_data / name) for name in REAL_CTS if (real_data / name).exists()]
     print(f"anatomy: {[a.name for a in real]} and phantoms", flush=True)
     began = time.time()
-    write_simulated_dataset(work / "sim", real, pairs, SEED, own_mr_every=own_mr_every,
+    write_simulated_dataset(work / "sim", real, pairs, SEED, own_mr_every=own_mr_every, jobs=jobs,
                             progress=lambda done, total: print(f"\rpairs {done}/{total}, "
                                                                f"{time.time() - began:.0f} s", end="", flush=True))
     print(flush=True)
 
 
-def train(work: Path, minutes: float, init_from: str = "") -> Path:
+def train(work: Path, minutes: float, init_from: str = "", device: str = "cpu") -> Path:
     """Fit the iterations to ``minutes`` (a first call) or resume the run; returns the model path. ``init_from``: a
     model file to start from (a warm start, e.g. the previous head-synth)."""
     run, cache = work / NAME, work / "cache"
     sim = work / "sim"
     resume = (run / CHECKPOINT).exists()
     if resume:
-        trainer = build_trainer(preset("paired", **CONFIG), sim / "mr", sim / "ct", run, "cpu", cache_dir=cache,
+        trainer = build_trainer(preset("paired", **CONFIG), sim / "mr", sim / "ct", run, device, cache_dir=cache,
                                 resume=True)
     else:
         probe = build_trainer(preset("paired", **CONFIG, iterations=10), sim / "mr", sim / "ct", work / "_timing",
-                              "cpu", cache_dir=cache, show_progress=False)
+                              device, cache_dir=cache, show_progress=False)
         per_step = step_seconds(probe, 2, 5)
         iterations = max(50, int(minutes * 60 * 0.92 / per_step) // 50 * 50)
         print(f"{per_step:.3f} s per iteration -> {iterations} iterations in {minutes:g} min", flush=True)
         every = max(50, iterations // 25 // 50 * 50)
         config = preset("paired", **CONFIG, iterations=iterations, validate_every=every, checkpoint_every=every,
                         preview_every=every * 5, init_from=init_from)
-        trainer = build_trainer(config, sim / "mr", sim / "ct", run, "cpu", cache_dir=cache)
+        trainer = build_trainer(config, sim / "mr", sim / "ct", run, device, cache_dir=cache)
     return trainer.run(stop_at=time.time() + minutes * 60 * 1.1)
 
 
@@ -150,15 +150,17 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=PAIRS)
     parser.add_argument("--own-mr-every", type=int, default=0,
                         help="every Nth phantom pair keeps the phantom's own T1-like MR (0: all random contrasts)")
+    parser.add_argument("--jobs", type=int, default=1, help="data: processes making pairs (the same files as one)")
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
     parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")
+    parser.add_argument("--device", default="cpu", help="train: cpu, cuda, cuda:N")
     parser.add_argument("--real-checks", type=Path, default=Path("benchmarks/real_head/results.json"),
                         help="finalize: the real-MR checks to put on the card (benchmarks/real_head_checks.py)")
     args = parser.parse_args(argv)
     if args.stage in ("data", "all"):
-        make_data(args.work, args.real_data, args.pairs, args.own_mr_every)
+        make_data(args.work, args.real_data, args.pairs, args.own_mr_every, args.jobs)
     if args.stage in ("train", "all"):
-        print(f"model: {train(args.work, args.minutes, args.init_from)}", flush=True)
+        print(f"model: {train(args.work, args.minutes, args.init_from, args.device)}", flush=True)
     if args.stage == "finalize":
         finalize(args.work, args.real_checks)
     return 0

@@ -17,6 +17,7 @@ Rician noise and a gamma change. Labels use the numbering of ``phantom.HEAD_LABE
 from __future__ import annotations
 
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -228,20 +229,40 @@ def keeps_own_mr(index: int, own_mr_every: int) -> bool:
 
 def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_pairs: int, seed: int = 0,
                             progress: Optional[Callable[[int, int], None]] = None,
-                            own_mr_every: int = 0) -> list[Path]:
+                            own_mr_every: int = 0, jobs: int = 1) -> list[Path]:
     """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``; ``keeps_own_mr``); each
-    pair's random state comes from (seed, index), so any pair can be remade alone. Returns the MR paths."""
+    pair's random state comes from (seed, index), so any pair can be remade alone, and ``jobs`` processes make the
+    same files as one. Returns the MR paths."""
     root = Path(folder)
     for sub in ("mr", "ct"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    task = (root, list(real_cts), seed, own_mr_every)
+    if jobs <= 1:
+        _WORKER["task"] = task
+        made = map(_write_pair, range(n_pairs))
+    else:   # each worker receives the anatomy once, at its start
+        pool = ProcessPoolExecutor(jobs, initializer=_WORKER.__setitem__, initargs=("task", task))
+        made = pool.map(_write_pair, range(n_pairs))
     written = []
-    for i in range(n_pairs):
-        anatomy = anatomy_of_pair(i, real_cts, seed)
-        mr, ct, _ = simulated_pair(anatomy, np.random.default_rng([seed, i]), keeps_own_mr(i, own_mr_every))
-        name = f"sim_{i:03d}.nii.gz"
-        V.write_volume(ct, root / "ct" / name)
-        V.write_volume(mr, root / "mr" / name)
-        written.append(root / "mr" / name)
-        if progress:
-            progress(i + 1, n_pairs)
+    try:
+        for path in made:
+            written.append(path)
+            if progress:
+                progress(len(written), n_pairs)
+    finally:
+        if jobs > 1:
+            pool.shutdown(cancel_futures=True)
     return written
+
+
+_WORKER: dict = {}   # the task of this process: (folder, real anatomy, seed, own_mr_every)
+
+
+def _write_pair(index: int) -> Path:
+    root, real_cts, seed, own_mr_every = _WORKER["task"]
+    anatomy = anatomy_of_pair(index, real_cts, seed)
+    mr, ct, _ = simulated_pair(anatomy, np.random.default_rng([seed, index]), keeps_own_mr(index, own_mr_every))
+    name = f"sim_{index:03d}.nii.gz"
+    V.write_volume(ct, root / "ct" / name)
+    V.write_volume(mr, root / "mr" / name)
+    return root / "mr" / name

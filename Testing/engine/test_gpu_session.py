@@ -41,3 +41,19 @@ def test_tiny_session_writes_speed_quality_and_models(tmp_path):
     assert sorted(p.name for p in out.glob("model_head_*")) == [
         "model_head_supervised_seed0.mrtoct.safetensors", "model_head_yang2018_seed0.mrtoct.safetensors"]
     assert not list(tmp_path.glob("mrtoct-gpu-session.*"))                    # its scratch folder is gone
+
+
+def test_tiny_head_mode_trains_the_shipped_model_further(tmp_path):
+    from MRtoCTSynthesisLib.modelfile import read_metadata
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "SESSION_SECONDS": "60", "TMPDIR": str(tmp_path),
+           "MODE": "head", "REAL_DATA": str(tmp_path / "no-real-cts")}      # phantom anatomy only
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "--tiny"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    training = read_metadata(out / "model_head_synth_gpu.mrtoct.safetensors")["training"]
+    assert training["warm_start"]["model"] == "head-synth" and training["iterations"] >= 1
+    with tarfile.open(out / "head_run.tar.gz") as packed:
+        assert {"config.json", "events.jsonl", "losses.csv"} <= set(packed.getnames())
+    assert not (out / "quality.tar.gz").exists()                            # the comparison did not run

@@ -66,6 +66,17 @@ def test_write_simulated_dataset_alternates_real_anatomy_and_phantoms(tmp_path, 
     assert sorted(p.name for p in (tmp_path / "ct").iterdir()) == ["sim_000.nii.gz", "sim_001.nii.gz"]
 
 
+def test_several_processes_make_the_same_pairs_as_one(tmp_path, phantom):
+    real = H.Anatomy("ct", phantom.ct, phantom.labels)
+    one = H.write_simulated_dataset(tmp_path / "one", [real], 3, seed=2)
+    two = H.write_simulated_dataset(tmp_path / "two", [real], 3, seed=2, jobs=2)
+    assert [p.name for p in one] == [p.name for p in two] == ["sim_000.nii.gz", "sim_001.nii.gz", "sim_002.nii.gz"]
+    for a, b in zip(one, two):
+        for sub in ("mr", "ct"):
+            np.testing.assert_array_equal(V.array_of(V.read_volume(a.parent.parent / sub / a.name)),
+                                          V.array_of(V.read_volume(b.parent.parent / sub / b.name)))
+
+
 def test_a_phantom_pair_can_keep_its_own_mr_deformed_like_its_ct(phantom):
     anatomy = H.Anatomy("phantom", phantom.ct, phantom.labels, phantom.mr)
     mr, ct, contrast = H.simulated_pair(anatomy, np.random.default_rng(4), own_mr=True)
