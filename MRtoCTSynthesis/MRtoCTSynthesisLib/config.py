@@ -76,6 +76,7 @@ class TrainConfig:
     gc_operator: str = "central"                  # GC gradient kernel: central [-1, 0, 1] | sobel | prewitt
     lambda_identity: float = 0.0
     lambda_supervised: float = 0.0                # L1 to the paired CT (paired preset only)
+    supervised_both: bool = False                 # supervised only: also train G_MR with L1(G_MR(CT), MR) (warm starts)
     mind_region: int = 9
     mind_patch: int = 7
     mind_sigma: float = 2.0
@@ -162,6 +163,9 @@ class TrainConfig:
                      "lambda_supervised", "lr"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if self.supervised_both and not self.supervised_only:
+            problems.append("supervised_both applies to supervised-only training (every GAN, cycle and structure "
+                            "weight 0)")
         if self.supervised_only and not self.lambda_supervised:
             problems.append("with lambda_adversarial, lambda_cycle, lambda_structure, lambda_gc and lambda_identity "
                             "all 0, lambda_supervised must be > 0 (nothing would train the generator)")

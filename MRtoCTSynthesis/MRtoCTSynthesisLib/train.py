@@ -306,16 +306,20 @@ class CycleGANTrainer:
         return {name: float(value.detach()) for name, value in terms.items()}
 
     def _supervised_step(self, mr: torch.Tensor, ct: torch.Tensor) -> dict:
-        """One update of G_CT alone with lambda_supervised L1(G_CT(MR), CT); the discriminators stay untouched."""
+        """One update of G_CT with lambda_supervised L1(G_CT(MR), CT) (and with ``supervised_both`` of G_MR with the
+        same weight on L1(G_MR(CT), MR), so that both generators can start a GAN); the discriminators stay untouched."""
         with self._autocast():
             fake_ct = self.generators.G_CT(mr)
-        supervised = L.cycle_loss(fake_ct.float(), ct)
-        weighted = self.config.lambda_supervised * supervised
+            fake_mr = self.generators.G_MR(ct) if self.config.supervised_both else None
+        terms = {"supervised": L.cycle_loss(fake_ct.float(), ct)}
+        if fake_mr is not None:
+            terms["supervised_mr"] = L.cycle_loss(fake_mr.float(), mr)
+        weighted = self.config.lambda_supervised * sum(terms.values())
         self.opt_G.zero_grad(set_to_none=True)
         weighted.backward()
         self.opt_G.step()
         self.sched_G.step()  # the discriminators, their optimiser and schedule stay untouched
-        return {"supervised": float(supervised.detach()), "G_total": float(weighted.detach())}
+        return {**{k: float(v.detach()) for k, v in terms.items()}, "G_total": float(weighted.detach())}
 
     # ------------------------------------------------------------------------------------------- the loop
 

@@ -139,6 +139,23 @@ def test_warm_start_begins_from_the_model_file_and_refuses_another_network(phant
                       show_progress=False)
 
 
+def test_supervised_both_trains_the_two_generators_for_a_warm_start(phantoms, cache, tmp_path):
+    from MRtoCTSynthesisLib.train import build_trainer
+
+    config = preset("paired", image_size=(32, 32), augment_pad=(36, 36), ngf=4, n_blocks=1, ndf=4, iterations=3,
+                    lambda_adversarial=0, lambda_cycle=0, lambda_supervised=1, supervised_both=True,
+                    preview_every=1000, validate_every=1000)
+    trainer = build_trainer(config, phantoms / "mr", phantoms / "ct", tmp_path / "run", "cpu", cache,
+                            show_progress=False)
+    before = {k: v.clone() for k, v in trainer.generators.G_MR.state_dict().items()}
+    trainer.run()
+    after = trainer.generators.G_MR.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)          # G_MR learned too
+    assert {"supervised", "supervised_mr"} <= set(read_losses(tmp_path / "run")[0])
+    with pytest.raises(ValueError, match="supervised_both applies to supervised-only"):
+        preset("yang2018", supervised_both=True)
+
+
 def test_linear_decay_schedule():
     factor = linear_decay(200_000, 100_000)
     assert factor(0) == 1 and factor(99_999) == 1 and factor(150_000) == 0.5 and factor(200_000) == 0

@@ -40,6 +40,8 @@ SUPERVISED_ARMS = {
                                                        "batch_size": 4, "lr": 1e-3, "beta1": 0.9}),
     "unet32 b4 lr1e-3 b0.9": ("supervised", {"generator": "unet", "ngf": 32, "batch_size": 4, "lr": 1e-3,
                                              "beta1": 0.9}),
+    "unet16 b4 lr1e-3 b0.9, both generators": ("supervised", {"generator": "unet", "ngf": 16, "batch_size": 4,
+                                                              "lr": 1e-3, "beta1": 0.9, "supervised_both": True}),
 }
 _FAST = {"generator": "unet", "ngf": 16, "batch_size": 4, "lr": 1e-3, "beta1": 0.9}
 UNPAIRED_ARMS = {
@@ -50,10 +52,15 @@ UNPAIRED_ARMS = {
 }
 WARM_START = "warm_start_arm"   # overrides key: (supervised arm, its share of the budget) whose model starts this arm
 _FROM_FAST = {WARM_START: ("unet16 b4 lr1e-3 b0.9", 3 / 7)}
+_FROM_BOTH = {WARM_START: ("unet16 b4 lr1e-3 b0.9, both generators", 3 / 7)}
 UNPAIRED_ARMS.update({
     "yang2018 unet16 b4 lr1e-3 b0.9, warm start (180 s supervised + 240 s)": ("yang2018", {**_FAST, **_FROM_FAST}),
     "yang2018 unet16 b4 lr2e-4 b0.5, warm start (180 s supervised + 240 s)": (
         "yang2018", {**_FAST, "lr": 2e-4, "beta1": 0.5, **_FROM_FAST}),
+    "yang2018 unet16 b4 lr2e-4 b0.5, both generators warm (180 s supervised + 240 s)": (
+        "yang2018", {**_FAST, "lr": 2e-4, "beta1": 0.5, **_FROM_BOTH}),
+    "cyclegan-pbs unet16 b4 lr2e-4 b0.5, both generators warm (180 s supervised + 240 s)": (
+        "cyclegan-pbs", {**_FAST, "lr": 2e-4, "beta1": 0.5, **_FROM_BOTH}),
 })
 ARM_SETS = {"supervised": SUPERVISED_ARMS, "unpaired": UNPAIRED_ARMS}
 MARGIN = 0.9   # share of the budget planned for training steps (validation, previews and checkpoints take the rest)
