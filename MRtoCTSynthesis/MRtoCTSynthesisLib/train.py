@@ -44,7 +44,7 @@ from .acceleration import Plan, autocast, resolve_plan, to_layout
 from .atomic import write_atomically
 from .config import PRESET_NAMES, RECIPES, TrainConfig, preset
 from .dataset import SliceCache, SliceDataset, check_folders, paired_slice, volume_stem
-from .events import EventWriter
+from .events import EVENTS_FILE, EventWriter, iter_events
 from .figures import Panel, save_loss_curves, save_panel_grid
 from .losslog import append_row, read_rows, truncate_rows
 from .metrics import mutual_information
@@ -209,6 +209,7 @@ class CycleGANTrainer:
         self.pool_ct, self.pool_mr = ImagePool(config.pool_size), ImagePool(config.pool_size)
         self.rng = np.random.default_rng([config.seed, self.world.rank])
         self.iteration = 0
+        self.warm_started: Optional[dict] = None      # the model file this run started from (``warm_start``)
         if config.supervised_only and self.world.size > 1:
             raise ValueError("supervised-only training (all GAN, cycle and structure weights 0) runs in one process; "
                              "start it without torchrun")
@@ -570,7 +571,7 @@ class CycleGANTrainer:
                 **windows,
                 "training": {**self.data_summary, "iterations": self.iteration, "seconds": round(seconds, 1),
                              "sampling": c.sampling, "recipe": c.recipe, "seed": c.seed, "world_size": self.world.size,
-                             "engine_version": __version__, "warm_start": getattr(self, "warm_started", None)},
+                             "engine_version": __version__, "warm_start": self.warm_started},
                 "validation_metrics": getattr(self, "last_validation", {})}
 
 
@@ -656,6 +657,9 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
         trainer.warm_start(config.init_from)
     if resume:
         load_checkpoint_checked(trainer, run_dir / CHECKPOINT)
+        trainer.warm_started = next((
+            {k: e[k] for k in ("file", "sha256", "networks", "model")}
+            for e in reversed(list(iter_events(run_dir / EVENTS_FILE))) if e["event"] == "warm_start"), None)
         if trainer.iteration > config.iterations:
             raise ValueError(f"{run_dir} is already at iteration {trainer.iteration}, beyond --iterations "
                              f"{config.iterations}; give --iterations {trainer.iteration} or more")

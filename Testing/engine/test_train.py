@@ -116,6 +116,7 @@ def test_time_budget_stops_training_and_keeps_the_model(phantoms, cache, tmp_pat
 
 
 def test_warm_start_begins_from_the_model_file_and_refuses_another_network(phantoms, cache, tmp_path):
+    from MRtoCTSynthesisLib.modelfile import sha256_of
     from MRtoCTSynthesisLib.train import build_trainer
 
     donor = train(phantoms, tmp_path / "donor", "--preset", "paired", "--iterations", "2", "--seed", "5",
@@ -130,6 +131,10 @@ def test_warm_start_begins_from_the_model_file_and_refuses_another_network(phant
             torch.testing.assert_close(value, given[name][key], atol=0, rtol=0)
     model = trainer.run()
     assert load_model(model).metadata["training"]["warm_start"]["networks"] == ["G_CT", "G_MR"]
+    resumed = build_trainer(config, phantoms / "mr", phantoms / "ct", tmp_path / "warm", "cpu", cache, resume=True,
+                            show_progress=False, resume_overrides={"iterations": 3})
+    recorded = load_model(resumed.run()).metadata["training"]
+    assert recorded["iterations"] == 3 and recorded["warm_start"]["sha256"] == sha256_of(donor)   # kept on resume
     wider = config.with_overrides(ngf=8)
     with pytest.raises(ValueError, match=r"cannot start this run.*network G_CT"):
         build_trainer(wider, phantoms / "mr", phantoms / "ct", tmp_path / "wider", "cpu", cache, show_progress=False)
