@@ -31,7 +31,6 @@ from MRtoCTSynthesisLib import volumes as V
 from MRtoCTSynthesisLib.demo import DEMO_SEED
 from MRtoCTSynthesisLib.metrics import evaluate, mutual_information
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
-from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
 from MRtoCTSynthesisLib.phantom import make_phantom, subject_seeds, write_phantom_dataset
 from MRtoCTSynthesisLib.synthesis import synthesize
 from MRtoCTSynthesisLib.train import main as train_main
@@ -60,18 +59,15 @@ def train(work: Path) -> None:
 def against_baselines(bundle) -> dict:
     """MAE of the model and of each baseline on the TEST_SEEDS phantoms (baselines fitted on the training phantoms),
     each also as a fraction of the constant's MAE."""
-    from MRtoCTSynthesisLib.quality import BASELINES, Subject, fit_baselines, score_prediction, score_subject
+    from MRtoCTSynthesisLib.quality import Subject, mean_mae_beside_baselines
 
     subject = lambda seed: Subject.of_phantom(make_phantom("head", seed, SHAPE, SPACING), str(seed))  # noqa: E731
-    fitted = fit_baselines([subject(s) for s in subject_seeds(SEED, SUBJECTS)],
-                           normalization_from_metadata(bundle.metadata))
-    tests = [subject(s) for s in TEST_SEEDS]
-    mae = {name: [score_prediction(fitted.predict(name, t), t)["mae"] for t in tests] for name in BASELINES}
-    mae[bundle.metadata["name"]] = [score_subject(bundle, t, "cpu")[0]["mae"] for t in tests]
-    constant = float(np.mean(mae["constant"]))
-    return {"constant_hu": round(fitted.constant_hu, 1), "test_subject_seeds": list(TEST_SEEDS),
-            "mae": {k: round(float(np.mean(v)), 1) for k, v in mae.items()},
-            "mae_vs_constant": {k: round(float(np.mean(v)) / constant, 3) for k, v in mae.items()}}
+    mae, constant_hu = mean_mae_beside_baselines(bundle, [subject(s) for s in subject_seeds(SEED, SUBJECTS)],
+                                                 [subject(s) for s in TEST_SEEDS])
+    mae[bundle.metadata["name"]] = mae.pop("model")
+    return {"constant_hu": round(constant_hu, 1), "test_subject_seeds": list(TEST_SEEDS),
+            "mae": {k: round(v, 1) for k, v in mae.items()},
+            "mae_vs_constant": {k: round(v / mae["constant"], 3) for k, v in mae.items()}}
 
 
 def finalize(model: Path, note: str) -> None:

@@ -25,14 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from MRtoCTSynthesisLib.config import preset
 from MRtoCTSynthesisLib.head_simulator import Anatomy, write_simulated_dataset
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
 from MRtoCTSynthesisLib.phantom import make_phantom
-from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
-from MRtoCTSynthesisLib.quality import BASELINES, Subject, fit_baselines, score_prediction, score_subject
+from MRtoCTSynthesisLib.quality import Subject, mean_mae_beside_baselines
 from MRtoCTSynthesisLib.quality.data import subject_seeds_of
 from MRtoCTSynthesisLib.quality.settings import DEFAULT_REAL_DATA, SETTINGS
 from MRtoCTSynthesisLib.quality.plan import step_seconds
@@ -88,19 +85,12 @@ def phantom_scores(model: Path) -> dict:
     train_seeds, test_seeds = subject_seeds_of(setting)
     subject = lambda seed: Subject.of_phantom(make_phantom("head", seed, setting.shape, setting.spacing),  # noqa: E731
                                               str(seed))
-    bundle = load_model(model)
-    fitted = fit_baselines([subject(s) for s in train_seeds], normalization_from_metadata(bundle.metadata))
-    mae = {name: [] for name in (*BASELINES, "model")}
     began = time.time()
-    for seed in test_seeds:
-        test = subject(seed)
-        for name in BASELINES:
-            mae[name].append(score_prediction(fitted.predict(name, test), test)["mae"])
-        mae["model"].append(score_subject(bundle, test, "cpu")[0]["mae"])
-    constant = float(np.mean(mae["constant"]))
+    mae, _ = mean_mae_beside_baselines(load_model(model), [subject(s) for s in train_seeds],
+                                       [subject(s) for s in test_seeds])
     return {"subjects": len(test_seeds), "setting": "quality benchmark, head, 2 mm, test seeds",
-            "mae_hu": {k: round(float(np.mean(v)), 1) for k, v in mae.items()},
-            "mae_vs_constant": {k: round(float(np.mean(v)) / constant, 3) for k, v in mae.items()},
+            "mae_hu": {k: round(v, 1) for k, v in mae.items()},
+            "mae_vs_constant": {k: round(v / mae["constant"], 3) for k, v in mae.items()},
             "synthesis_seconds_total": round(time.time() - began, 1)}
 
 

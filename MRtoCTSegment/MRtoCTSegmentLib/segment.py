@@ -250,15 +250,6 @@ def segment_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model: Se
     inputs = [Path(p) for p in inputs]
     if sct_inputs is not None and len(sct_inputs) != len(inputs):
         raise ValueError(f"{len(sct_inputs)} sCT volumes given for {len(inputs)} MR volumes; give one per MR")
-    with claimed([out_dir]):  # two runs into one folder would replace each other's masks
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        seg.table.write_color_table(Path(out_dir) / f"{seg.table.name}.ctbl")
-        return _segment_each(inputs, out_dir, seg, bundle, sct_inputs, device, batch_size, probabilities, masks,
-                             save_sct, progress, cancel)
-
-
-def _segment_each(inputs, out_dir, seg, bundle, sct_inputs, device, batch_size, probabilities, masks, save_sct,
-                  progress, cancel) -> list:
 
     def one(index: int, source: Path, file_progress, written: list) -> FileResult:
         sct = V.read_volume(sct_inputs[index]) if sct_inputs is not None else None
@@ -267,4 +258,7 @@ def _segment_each(inputs, out_dir, seg, bundle, sct_inputs, device, batch_size, 
         write_outputs(result, out_dir, volume_stem(source), masks, save_sct, written)
         return FileResult(source, written)
 
-    return run_per_file(inputs, one, lambda source, error: FileResult(source, [], error), progress)
+    with claimed([out_dir]):  # two runs into one folder would replace each other's masks
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        seg.table.write_color_table(Path(out_dir) / f"{seg.table.name}.ctbl")
+        return run_per_file(inputs, one, lambda source, error: FileResult(source, [], error), progress)

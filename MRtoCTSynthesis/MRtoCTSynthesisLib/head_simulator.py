@@ -238,11 +238,10 @@ def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_
         (root / sub).mkdir(parents=True, exist_ok=True)
     task = (root, list(real_cts), seed, own_mr_every)
     if jobs <= 1:
-        _WORKER["task"] = task
-        made = map(_write_pair, range(n_pairs))
+        made = (_write_pair(task, index) for index in range(n_pairs))
     else:   # each worker receives the anatomy once, at its start
         pool = ProcessPoolExecutor(jobs, initializer=_WORKER.__setitem__, initargs=("task", task))
-        made = pool.map(_write_pair, range(n_pairs))
+        made = pool.map(_write_pair_in_worker, range(n_pairs))
     written = []
     try:
         for path in made:
@@ -255,11 +254,15 @@ def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_
     return written
 
 
-_WORKER: dict = {}   # the task of this process: (folder, real anatomy, seed, own_mr_every)
+_WORKER: dict = {}   # in a worker process: its task (folder, real anatomy, seed, own_mr_every)
 
 
-def _write_pair(index: int) -> Path:
-    root, real_cts, seed, own_mr_every = _WORKER["task"]
+def _write_pair_in_worker(index: int) -> Path:
+    return _write_pair(_WORKER["task"], index)
+
+
+def _write_pair(task: tuple, index: int) -> Path:
+    root, real_cts, seed, own_mr_every = task
     anatomy = anatomy_of_pair(index, real_cts, seed)
     mr, ct, _ = simulated_pair(anatomy, np.random.default_rng([seed, index]), keeps_own_mr(index, own_mr_every))
     name = f"sim_{index:03d}.nii.gz"

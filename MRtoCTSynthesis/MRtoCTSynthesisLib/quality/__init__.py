@@ -44,7 +44,7 @@ from ..baselines import BASELINES, Baselines, evaluation_mask, fit_baselines
 from .convergence import convergence, validation_curve
 from .data import (Subject, data_subjects, link_data, paired_files, split_subjects, subject_seeds_of, test_phantoms,
                    write_data, written_subjects)
-from .evaluation import evaluate_baselines, evaluate_run, score_prediction, score_subject
+from .evaluation import evaluate_baselines, evaluate_run, mean_mae_beside_baselines, score_prediction, score_subject
 from .plots import VARIANT_COLORS, box_plots, mid_slice, representative_figure, validation_figure
 from .machine import machine_description
 from .plan import choose_iterations, job_dir, job_status, make_plan, measure, plan_key, print_plan

@@ -76,3 +76,16 @@ def evaluate_baselines(baselines, subjects: list) -> dict[str, list[dict]]:
             if sct is not None:
                 rows.setdefault(name, []).append({**subject_row(index, subject), **score_prediction(sct, subject)})
     return rows
+
+
+def mean_mae_beside_baselines(bundle, train_subjects: list, test_subjects: list,
+                              device: str = "cpu") -> tuple[dict[str, float], float]:
+    """({baseline name or "model": MAE inside the body, mean over ``test_subjects``}, the constant's HU): the
+    baselines fitted on ``train_subjects`` with the model's MR normalisation, so model and baselines see one MR."""
+    from ..baselines import BASELINES, fit_baselines
+    from ..preprocessing import normalization_from_metadata
+
+    fitted = fit_baselines(train_subjects, normalization_from_metadata(bundle.metadata))
+    mae = {name: [score_prediction(fitted.predict(name, t), t)["mae"] for t in test_subjects] for name in BASELINES}
+    mae["model"] = [score_subject(bundle, t, device)[0]["mae"] for t in test_subjects]
+    return {name: float(np.mean(values)) for name, values in mae.items()}, fitted.constant_hu
