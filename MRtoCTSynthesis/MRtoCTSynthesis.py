@@ -188,7 +188,7 @@ class MRtoCTSynthesisWidget(MRtoCTModuleWidget):
                 return
             job = self.logic.startBackgroundSynthesis(p.inputVolume, model=model, device=p.device,
                                                       precision=p.precision, qualityMap=p.qualityMap,
-                                                      outputVolume=p.outputVolume)
+                                                      outputVolume=p.outputVolume, inputIsMR=p.inputIsMR)
         if job is None:
             return
         self.ui.progressBar.setValue(0)

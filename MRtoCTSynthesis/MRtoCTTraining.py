@@ -81,8 +81,9 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
 
         slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
         # the widgets with a SlicerParameterName (.ui) and the device menu are bound by setParameterNode; the preset
-        # menu is an action (it rewrites the Advanced settings), bound by hand
+        # and recipe menus are actions (they rewrite the Advanced settings), bound by hand
         self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
+        self.ui.recipeComboBox.connect("currentIndexChanged(int)", self.onRecipeChanged)
 
         # buttons
         self.ui.resetSettingsButton.connect("clicked(bool)", self.onResetSettings)
@@ -115,6 +116,7 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
 
     def showParameters(self, p):
         self.showPresets(p.preset)
+        fillComboBox(self.ui.recipeComboBox, [(name, name) for name in self.logic.recipeNames()], selected=p.recipe)
         self.ui.presetDescriptionLabel.text = self.logic.presetDescription(p.preset)
         self.ui.lambdaSupervisedDoubleSpinBox.enabled = p.preset == "paired"
         if p.runFolder != self._runFolderSeen:
@@ -129,6 +131,12 @@ class MRtoCTTrainingWidget(MRtoCTModuleWidget):
         """The user chose a preset (refills are silent): select it and set every Advanced setting to its value."""
         if self._parameterNode is not None:
             self.logic.applyPreset(self._parameterNode, self.ui.presetComboBox.currentData)
+
+    def onRecipeChanged(self, index):
+        """The user chose a recipe: set every Advanced setting to the preset's value under it."""
+        if self._parameterNode is not None:
+            self.logic.applyPreset(self._parameterNode, self._parameterNode.preset,
+                                   self.ui.recipeComboBox.currentData)
 
     def onResetSettings(self):
         if self._parameterNode is not None:

@@ -54,12 +54,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/real_head"))
     parser.add_argument("--real-data", type=Path, default=DEFAULT_REAL_DATA)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--labels", nargs="+", help="a name per model for the tables and figures (default: theirs)")
     parser.add_argument("--figures", type=Path, default=Path("docs/images/real_head"))
     args = parser.parse_args(argv)
     if not args.real_data.is_dir():
         raise SystemExit(f"no real data folder at {args.real_data}")
     bundles = [load_bundle(m) for m in args.models]          # read and verified once
-    labels = [b.metadata["name"] for b in bundles]
+    labels = args.labels or [b.metadata["name"] for b in bundles]
+    if len(labels) != len(bundles) or len(set(labels)) < len(labels):
+        raise SystemExit("give one distinct --labels entry per model (two versions of a model share its name)")
     fitted = fitted_baselines(bundles[-1])
     cts = {name: C.check_ct(V.read_volume(args.real_data / name)) for name in HEAD_CTS}
     reference = C.mean_shares(list(cts.values()))

@@ -55,9 +55,10 @@ def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int, jobs: 
     print(flush=True)
 
 
-def train(work: Path, minutes: float, init_from: str = "", device: str = "cpu") -> Path:
+def train(work: Path, minutes: float, init_from: str = "", device: str = "cpu", extra_planes: tuple = ()) -> Path:
     """Fit the iterations to ``minutes`` (a first call) or resume the run; returns the model path. ``init_from``: a
-    model file to start from (a warm start, e.g. the previous head-synth)."""
+    model file to start from (a warm start, e.g. the previous head-synth); ``extra_planes``: coronal and sagittal
+    slices train the network too, and synthesis averages its three passes (v3)."""
     run, cache = work / NAME, work / "cache"
     sim = work / "sim"
     resume = (run / CHECKPOINT).exists()
@@ -65,13 +66,14 @@ def train(work: Path, minutes: float, init_from: str = "", device: str = "cpu") 
         trainer = build_trainer(preset("paired", **CONFIG), sim / "mr", sim / "ct", run, device, cache_dir=cache,
                                 resume=True)
     else:
-        probe = build_trainer(preset("paired", **CONFIG, iterations=10), sim / "mr", sim / "ct", work / "_timing",
+        settings = dict(CONFIG, extra_planes=tuple(extra_planes))
+        probe = build_trainer(preset("paired", **settings, iterations=10), sim / "mr", sim / "ct", work / "_timing",
                               device, cache_dir=cache, show_progress=False)
         per_step = step_seconds(probe, 2, 5)
         iterations = max(50, int(minutes * 60 * 0.92 / per_step) // 50 * 50)
         print(f"{per_step:.3f} s per iteration -> {iterations} iterations in {minutes:g} min", flush=True)
         every = max(50, iterations // 25 // 50 * 50)
-        config = preset("paired", **CONFIG, iterations=iterations, validate_every=every, checkpoint_every=every,
+        config = preset("paired", **settings, iterations=iterations, validate_every=every, checkpoint_every=every,
                         preview_every=every * 5, init_from=init_from)
         trainer = build_trainer(config, sim / "mr", sim / "ct", run, device, cache_dir=cache)
     return trainer.run(stop_at=time.time() + minutes * 60 * 1.1)
@@ -144,13 +146,15 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
     parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")
     parser.add_argument("--device", default="cpu", help="train: cpu, cuda, cuda:N")
+    parser.add_argument("--extra-planes", nargs="*", default=[], choices=["coronal", "sagittal"],
+                        help="train: these planes' slices train the axial network too; synthesis averages the planes")
     parser.add_argument("--real-checks", type=Path, default=Path("benchmarks/real_head/results.json"),
                         help="finalize: the real-MR checks to put on the card (benchmarks/real_head_checks.py)")
     args = parser.parse_args(argv)
     if args.stage in ("data", "all"):
         make_data(args.work, args.real_data, args.pairs, args.own_mr_every, args.jobs)
     if args.stage in ("train", "all"):
-        print(f"model: {train(args.work, args.minutes, args.init_from, args.device)}", flush=True)
+        print(f"model: {train(args.work, args.minutes, args.init_from, args.device, args.extra_planes)}", flush=True)
     if args.stage == "finalize":
         finalize(args.work, args.real_checks)
     return 0

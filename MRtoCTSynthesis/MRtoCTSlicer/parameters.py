@@ -25,7 +25,7 @@ from slicer.parameterNodeWrapper import (
 )
 
 from MRtoCTSynthesisLib import DEFAULT_MODEL
-from MRtoCTSynthesisLib.config import PRECISIONS, PRESET_NAMES, preset
+from MRtoCTSynthesisLib.config import PRECISIONS, PRESET_NAMES, RECIPES, preset
 
 from .display import CT_WINDOW_PRESETS, DEFAULT_WINDOW_PRESET
 
@@ -45,6 +45,7 @@ class SynthesisParameters:
     outputVolume: vtkMRMLScalarVolumeNode
     qualityVolume: vtkMRMLScalarVolumeNode  # the first quality map of the last sCT (no widget)
     model: str = DEFAULT_MODEL  # a catalog name or a model file
+    inputIsMR: bool = False  # skip the label-map / stored-CT input check (synthesis.check_mr_input)
     device: str = "auto"
     precision: Annotated[str, Choice(PRECISIONS)] = "auto"
     windowPreset: Annotated[str, Choice(tuple(CT_WINDOW_PRESETS))] = DEFAULT_WINDOW_PRESET
@@ -94,6 +95,8 @@ class TrainingParameters:
     ctFolder: str
     runFolder: str
     preset: Annotated[str, Choice(PRESET_NAMES)] = DEFAULT_PRESET
+    recipe: Annotated[str, Choice(tuple(RECIPES))] = "paper"  # network and optimiser over the preset's (config.RECIPES)
+    initFrom: str = ""  # a model file whose generators start the run (a warm start); "": from scratch
     device: str = "auto"
     processes: Annotated[int, WithinRange(1, 64)] = 1
     settings: TrainingSettings

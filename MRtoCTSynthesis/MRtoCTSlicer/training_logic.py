@@ -85,11 +85,17 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
         return preset_description(name)
 
     @staticmethod
-    def presetSettings(name):
-        """The panel's settings (``SETTING_FIELDS``) of a preset, JSON-compatible (lists, not tuples)."""
+    def recipeNames():
+        from MRtoCTSynthesisLib.config import RECIPES
+
+        return tuple(RECIPES)
+
+    @staticmethod
+    def presetSettings(name, recipe="paper"):
+        """The panel's settings (``SETTING_FIELDS``) of a preset under a recipe, JSON-compatible (lists, not tuples)."""
         from MRtoCTSynthesisLib.training_process import preset_settings
 
-        values = preset_settings(name)
+        values = preset_settings(name, recipe)
         return {field: list(values[field]) if isinstance(values[field], tuple) else values[field]
                 for field in SETTING_FIELDS}
 
@@ -101,11 +107,12 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
             self.applyPreset(parameters, DEFAULT_PRESET)
         return parameters
 
-    def applyPreset(self, parameters, name):
-        """Select preset ``name`` and set every Advanced setting to its value."""
-        values = self.presetSettings(name)
+    def applyPreset(self, parameters, name, recipe=None):
+        """Select preset ``name`` (and ``recipe``; None: the chosen one) and set every Advanced setting to its value."""
+        recipe = recipe or parameters.recipe
+        values = self.presetSettings(name, recipe)
         with slicer.util.NodeModify(parameters):
-            parameters.preset = name
+            parameters.preset, parameters.recipe = name, recipe
             for field, value in values.items():
                 setTrainingSetting(parameters, field, value)
 
@@ -180,8 +187,9 @@ class MRtoCTTrainingLogic(ScriptedLoadableModuleLogic):
     def processFromParameterNode(self, parameterNode, resume=False, python=None):
         """The panel's run as a ``TrainingProcess`` not started yet."""
         p = parameterNode
+        settings = {**self.settings(p), "recipe": p.recipe, "init_from": p.initFrom}   # defaults are not passed on
         return self.newTrainingProcess(p.mrFolder, p.ctFolder, p.runFolder, preset=p.preset,
-                                       settings=self.settings(p), device=p.device or "auto", processes=p.processes,
+                                       settings=settings, device=p.device or "auto", processes=p.processes,
                                        resume=resume, python=python)
 
     @staticmethod

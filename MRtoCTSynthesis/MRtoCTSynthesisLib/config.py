@@ -53,6 +53,8 @@ class TrainConfig:
     description: str = ""
     # --- data (Yang sec. 3.1 unless a preset says otherwise)
     plane: str = "sagittal"                       # slicing plane of the 2D networks
+    extra_planes: tuple = ()                      # more planes whose slices train the same network; synthesis
+                                                  # runs it along every plane and averages the HU (issue 21)
     image_size: tuple = (384, 256)                # network canvas H x W
     augment_pad: Optional[tuple] = (400, 284)     # pad to this then random-crop image_size (None: no augmentation)
     pixel_spacing_mm: Optional[tuple] = None      # None: resize to fit the canvas keeping the aspect ratio (Yang)
@@ -68,6 +70,8 @@ class TrainConfig:
     sampling: str = "random"                      # random | pbs | paired
     pbs_max_shift: int = 5                        # m in [-5, 5] of eq. 10
     validation_fraction: float = 0.1              # share of volumes (not slices) held out
+    validation_pairs: bool = False                # unpaired sampling on folders of registered pairs (phantoms): hold
+                                                  # out the same subjects in both domains, so validation scores MAE
     # --- losses
     lambda_adversarial: float = 1.0               # weight of the two LSGAN generator terms (0: no discriminators)
     lambda_cycle: float = 10.0
@@ -98,6 +102,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"                       # auto | bfloat16 | float16 | float32 (acceleration.resolve_plan)
     init_from: str = ""                           # warm start: a model file whose networks start the run (train.py)
+    d_warmup: int = 0                             # the first iterations train the discriminators alone (generators
+                                                  # frozen): a warm-started GAN then meets a trained critic
     # --- bookkeeping
     checkpoint_every: int = 1000
     preview_every: int = 500
@@ -112,6 +118,7 @@ class TrainConfig:
         self.ct_window = tuple(float(v) for v in self.ct_window)
         self.mr_window = tuple(float(v) for v in self.mr_window)
         self.n4_iterations = tuple(int(v) for v in self.n4_iterations)
+        self.extra_planes = tuple(str(v) for v in self.extra_planes)
         self.validate()
 
     @property
@@ -128,6 +135,13 @@ class TrainConfig:
         problems = []
         if self.plane not in ("sagittal", "coronal", "axial"):
             problems.append(f"plane {self.plane!r} is not sagittal, coronal or axial")
+        others = {"sagittal", "coronal", "axial"} - {self.plane}
+        if not set(self.extra_planes) <= others or len(set(self.extra_planes)) < len(self.extra_planes):
+            problems.append(f"extra_planes {self.extra_planes} must be other planes than {self.plane!r} (sagittal, "
+                            "coronal, axial), each once")
+        if self.extra_planes and self.sampling == "pbs":
+            problems.append("extra_planes needs random or paired sampling: position-based selection (pbs) matches "
+                            "slice positions along one plane")
         if self.sampling not in SAMPLING_MODES:
             problems.append(f"sampling {self.sampling!r} is not one of {SAMPLING_MODES}")
         if self.recipe not in RECIPES:
@@ -157,6 +171,9 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 1 (every N iterations), got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.d_warmup < 0 or (self.d_warmup and (self.supervised_only or self.d_warmup >= self.iterations)):
+            problems.append(f"d_warmup {self.d_warmup} must be >= 0, below iterations ({self.iterations}), and 0 "
+                            "in supervised-only training (it has no discriminators)")
         if self.lambda_supervised and self.sampling != "paired":
             problems.append("lambda_supervised needs paired sampling (registered MR/CT pairs)")
         for name in ("lambda_adversarial", "lambda_cycle", "lambda_structure", "lambda_gc", "lambda_identity",

@@ -96,8 +96,15 @@ class SliceCache:
     def key(self, path: Path, modality: str) -> str:
         stat = path.stat()
         record = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns, "modality": modality,
-                  "norm": self.norm.to_json(), "canvas": self.canvas, "version": CACHE_VERSION}
+                  "norm": self._norm_record(), "canvas": self.canvas, "version": CACHE_VERSION}
         return hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
+
+    def _norm_record(self) -> dict:
+        """The normalisation as the key sees it: a cache holds one plane's slices, so "extra_planes" (which a
+        cache's normalisation never has) is left out and caches written before it existed stay valid."""
+        record = self.norm.to_json()
+        record.pop("extra_planes")
+        return record
 
     def target(self, path: os.PathLike, modality: str) -> Path:
         """The cache file of ``path`` (it exists once the volume has been prepared)."""

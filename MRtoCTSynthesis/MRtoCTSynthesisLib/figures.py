@@ -83,7 +83,7 @@ def save_loss_curves(rows: Sequence[dict], path: os.PathLike, title: str = "trai
     iterations = [int(r["iteration"]) for r in rows]
     for name in names:
         target = axes[0] if name.startswith("D_") or name.startswith("G_gan") else axes[1]
-        target.plot(iterations, [float(r[name]) for r in rows], label=name, linewidth=1)
+        target.plot(iterations, [float(r[name] or "nan") for r in rows], label=name, linewidth=1)  # "": not logged
     for ax, label in zip(axes, ("adversarial (LSGAN)", "cycle, structure, gradient, total")):
         ax.set_xlabel("iteration")
         ax.set_title(label, fontsize=9)

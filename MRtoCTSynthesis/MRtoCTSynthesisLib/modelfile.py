@@ -127,7 +127,8 @@ def validate_metadata(metadata: Any) -> dict:
      "license": str, "intended_use": str,
      "networks": {"G_CT": {"architecture": <NETWORKS name>, "kwargs": {...}}, "G_MR": {...} (optional)},
      "preset": str, "loss_weights": {str: number}, "mr_window": [lo, hi], "ct_window": [lo, hi],
-     "mr_normalization": {...}, "plane": "sagittal" | "axial" | "coronal", "image_size": [H, W],
+     "mr_normalization": {...}, "plane": "sagittal" | "axial" | "coronal", "extra_planes": [plane, ...] (optional),
+     "image_size": [H, W],
      "pixel_spacing_mm": [sy, sx] or null, "training": {...}, "validation_metrics": {...}}
     Extra keys are kept (forward compatible within a format version).
     """
@@ -150,6 +151,11 @@ def validate_metadata(metadata: Any) -> dict:
         raise ModelFileError(f"{where}: 'name' must not be empty")
     if metadata["plane"] not in PLANES:
         raise ModelFileError(f"{where}: 'plane' must be one of {PLANES}, got {metadata['plane']!r}")
+    extra = metadata.get("extra_planes", [])
+    others = set(PLANES) - {metadata["plane"]}
+    if not isinstance(extra, list) or not set(extra) <= others or len(set(extra)) < len(extra):
+        raise ModelFileError(f"{where}: 'extra_planes' must be a list of planes other than 'plane' "
+                             f"({metadata['plane']!r}), each once, got {extra!r}")
     bad_weights = {k: v for k, v in metadata["loss_weights"].items() if not _is_number(v)}
     if bad_weights:
         raise ModelFileError(f"{where}: 'loss_weights' values must be finite numbers, got {bad_weights}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -50,6 +50,16 @@ class Normalization:
     mr_wm_peak_value: float = WM_PEAK_VALUE
     n4_shrink: int = 4
     n4_iterations: tuple = N4_ITERATIONS
+    extra_planes: tuple = ()       # the network also runs along these planes; synthesis averages the HU (issue 21)
+
+    @property
+    def planes(self) -> tuple:
+        """Every plane the network runs along, the primary ``plane`` first."""
+        return (self.plane, *self.extra_planes)
+
+    def along(self, plane: str) -> "Normalization":
+        """This normalisation cutting slices along ``plane`` alone (what one pass of the network sees)."""
+        return replace(self, plane=plane, extra_planes=())
 
     def __post_init__(self) -> None:
         if self.mr_scaling not in MR_SCALINGS:
@@ -67,12 +77,12 @@ class Normalization:
                    mr_percentile_value=config.mr_percentile_value, n4=config.n4,
                    pixel_spacing_mm=config.pixel_spacing_mm, mr_scaling=config.mr_scaling,
                    mr_wm_peak_value=config.mr_wm_peak_value, n4_shrink=config.n4_shrink,
-                   n4_iterations=tuple(config.n4_iterations))
+                   n4_iterations=tuple(config.n4_iterations), extra_planes=tuple(config.extra_planes))
 
     @classmethod
     def from_json(cls, values: dict) -> "Normalization":
         values = dict(values)
-        for key in ("image_size", "ct_window", "mr_window", "pixel_spacing_mm", "n4_iterations"):
+        for key in ("image_size", "ct_window", "mr_window", "pixel_spacing_mm", "n4_iterations", "extra_planes"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         try:
@@ -168,8 +178,9 @@ def _check_modality(modality: str) -> None:
 def normalization_metadata(norm: Normalization) -> dict:
     """The model-file fields that carry a Normalization (see modelfile.validate_metadata)."""
     record = norm.to_json()
-    return {"plane": record["plane"], "image_size": record["image_size"], "ct_window": record["ct_window"],
-            "mr_window": record["mr_window"], "pixel_spacing_mm": record["pixel_spacing_mm"],
+    return {"plane": record["plane"], "extra_planes": record["extra_planes"], "image_size": record["image_size"],
+            "ct_window": record["ct_window"], "mr_window": record["mr_window"],
+            "pixel_spacing_mm": record["pixel_spacing_mm"],
             "mr_normalization": {"method": record["mr_scaling"], "percentile": record["mr_percentile"],
                                  "value": record["mr_percentile_value"], "wm_peak_value": record["mr_wm_peak_value"],
                                  "n4": record["n4"], "n4_shrink": record["n4_shrink"],
@@ -181,7 +192,7 @@ def normalization_from_metadata(metadata: dict) -> Normalization:
 
     Files written before the method and N4 settings were recorded read as what that engine did: the percentile
     scaling (none when the percentile is null), N4 only when "n4" is true, with the then fixed shrink 4 and
-    iterations (50, 50, 30, 20).
+    iterations (50, 50, 30, 20); files without "extra_planes" run along their one plane.
     """
     mr = metadata["mr_normalization"]
     try:
@@ -195,6 +206,7 @@ def normalization_from_metadata(metadata: dict) -> Normalization:
                              mr_scaling=mr.get("method", "none" if percentile is None else "percentile"),
                              mr_wm_peak_value=float(mr.get("wm_peak_value", WM_PEAK_VALUE)),
                              n4_shrink=int(mr.get("n4_shrink", 4)),
-                             n4_iterations=tuple(int(n) for n in mr.get("n4_iterations", N4_ITERATIONS)))
+                             n4_iterations=tuple(int(n) for n in mr.get("n4_iterations", N4_ITERATIONS)),
+                             extra_planes=tuple(metadata.get("extra_planes", ())))
     except KeyError as error:
         raise ValueError(f"model metadata lacks the normalisation field {error}; was it made by this engine?") from error

@@ -87,6 +87,9 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     """Translate a whole volume with the model's generator for ``source`` (MR -> CT in HU with G_CT, or CT -> MR in
     the model's MR units with G_MR), slice-wise, on exactly the input's grid; the input is never modified.
 
+    A model trained along several planes (``extra_planes``, issue 21) runs once along each and the result is the
+    voxel-wise mean of the passes: a structure that one plane cuts tangentially (the skull vertex in axial slices)
+    is a band across the slices of the others.
     ``precision`` is one of ``acceleration.PRECISIONS`` (auto: the fastest correct path of the device) and
     ``batch_size`` None takes the device's rule; the result records the precision and backend that ran.
     The cycle residual uses the reverse generator (a one-way model has none: ``quality_maps_of``) and is in the source
@@ -108,18 +111,50 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     names = quality_maps_of(bundle, source) if quality_map else ()
     forward = bundle.build(forward_name, torch_device)
     backward = bundle.build(GENERATORS[target][0], torch_device) if "cycle_residual" in names else None
+    planes = norm.planes
+    passes = []
+    for number, plane in enumerate(planes):
+        label = f" ({plane} pass {number + 1}/{len(planes)})" if len(planes) > 1 else ""
+        share = lambda fraction, message, n=number, label=label: report((n + fraction) / len(planes),  # noqa: E731
+                                                                          message + label)
+        passes.append(_translate_along(image, norm.along(plane), bundle, forward, backward, source, torch_device,
+                                       batch_size, precision, names, share, cancel, oblique))
+    sct, plan, backend = passes[0]
+    if len(passes) > 1:
+        report(0.97, f"averaging the {len(planes)} planes")
+        sct = {key: _mean_image([p[0][key] for p in passes]) for key in sct}
+    result = SynthesisResult(sct.pop("result"), sct, bundle.metadata["name"], str(torch_device), 0.0,
+                             plan.precision, backend)
+    result.seconds = time.time() - began
+    report(1.0, f"done in {result.seconds:.1f} s on {torch_device} ({result.precision}, {result.backend})")
+    return result
+
+
+def _mean_image(images: Sequence[sitk.Image]) -> sitk.Image:
+    """The voxel-wise mean of images on one grid (float32)."""
+    mean = np.mean([V.array_of(image) for image in images], axis=0, dtype=np.float32)
+    return V.image_like(mean, images[0])
+
+
+def _translate_along(image: sitk.Image, norm, bundle: ModelBundle, forward: torch.nn.Module,
+                     backward: Optional[torch.nn.Module], source: str, torch_device: torch.device,
+                     batch_size: Optional[int], precision: str, names: Sequence[str], report: Progress,
+                     cancel: Optional[Callable[[], bool]], oblique: str) -> tuple[dict, object, str]:
+    """One pass of the network along ``norm.plane``: ({"result": translated image, quality map name: image}, the
+    acceleration plan, the backend that ran), all on the input's grid."""
+    target = GENERATORS[source][1]
     prepared = prepare_volume(image, source, norm, oblique=oblique, progress=lambda message: report(0.02, message))
     fit = V.plan_slice_fit(prepared.slices.shape[1:], prepared.pixel_spacing, norm.image_size, norm.pixel_spacing_mm,
                            multiple=getattr(forward, "size_multiple", 4))   # a grown canvas must suit the generator
     source_window, target_window = norm.window(source), norm.window(target)
     count = prepared.slices.shape[0]
     per_slice = network_gflop(forward, (1, 1, *norm.image_size))
-    work = count * per_slice * (2 if quality_map else 1)
+    work = count * per_slice * (2 if names else 1)
     plan = resolve_plan(torch_device, precision, "inference", work, batch_size=batch_size, slice_gflop=per_slice)
     for note in plan.notes:
         log.info(note)
     need = estimate(prepared.slices.shape, fit.canvas_shape, plan.batch_size,
-                    generator_width(bundle.metadata["networks"][forward_name]), len(names))
+                    generator_width(bundle.metadata["networks"][GENERATORS[source][0]]), len(names))
     check_fits(need, torch_device, fit.canvas_shape, plan.batch_size, norm.pixel_spacing_mm)
     run_forward = prepare(forward, plan)
     run_backward = prepare(backward, plan) if backward is not None else None
@@ -139,7 +174,7 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
                 rec = V.unfit_slices(run_backward(fake), fit)
                 half_range = (source_window.high - source_window.low) / 2
                 maps["cycle_residual"][start:stop] = ((rec - x).abs()[:, 0] * half_range).cpu().numpy()
-            if quality_map:
+            if "structure_discrepancy" in maps:
                 discrepancy = (mind_descriptor(canvas.float()) - mind_descriptor(fake)).abs().mean(dim=1, keepdim=True)
                 maps["structure_discrepancy"][start:stop] = V.unfit_slices(discrepancy, fit)[:, 0].cpu().numpy()
         done = stop / count
@@ -147,12 +182,9 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
         report(0.05 + 0.85 * done, f"slices {stop}/{count}, about {eta:.0f} s left")
     prepared.slices = None  # the normalised input is no longer needed: free it before the output volume is built
     report(0.95, "writing the result on the input grid")
-    result = SynthesisResult(restore_volume(out, prepared, norm.plane, BACKGROUND[target]),
-                             {name: restore_volume(array, prepared, norm.plane, 0.0) for name, array in maps.items()},
-                             bundle.metadata["name"], str(torch_device), 0.0, plan.precision, run_forward.backend)
-    result.seconds = time.time() - began
-    report(1.0, f"done in {result.seconds:.1f} s on {torch_device} ({result.precision}, {result.backend})")
-    return result
+    images = {"result": restore_volume(out, prepared, norm.plane, BACKGROUND[target]),
+              **{name: restore_volume(array, prepared, norm.plane, 0.0) for name, array in maps.items()}}
+    return images, plan, run_forward.backend
 
 
 def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: Optional[int] = None,
@@ -197,7 +229,8 @@ def check_mr_input(image: sitk.Image, input_is_mr: bool = False) -> None:
     kind = None if input_is_mr else non_mr_kind(values)
     if kind:
         raise V.VolumeError(f"the input looks like {kind}, not an MR; MR-to-CT synthesis needs the MR. Give the MR "
-                            "volume, or if this is an MR, run again with --input-is-mr (Python: input_is_mr=True)")
+                            "volume, or if this is an MR, run again with --input-is-mr (Python: input_is_mr=True; 3D Slicer: "
+                            "tick 'The input is an MR')")
 
 
 def air_outside_body(sct: sitk.Image, mr: sitk.Image, margin_mm: float = 5.0, mask_spacing_mm: float = 2.0) -> sitk.Image:

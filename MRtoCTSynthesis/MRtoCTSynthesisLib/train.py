@@ -30,6 +30,7 @@ import random
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -261,6 +262,8 @@ class CycleGANTrainer:
         mr, ct = to_layout(mr.to(self.device), self.plan), to_layout(ct.to(self.device), self.plan)
         if c.supervised_only:
             return self._supervised_step(mr, ct)
+        if self.iteration < c.d_warmup:
+            return self._discriminator_warmup_step(mr, ct)
         self.discriminators.requires_grad_(False)
         with self._autocast():
             out = self.G(mr, ct)
@@ -290,19 +293,38 @@ class CycleGANTrainer:
         weighted.backward()
         self.opt_G.step()
 
+        terms.update(self._discriminator_step(mr, ct, out["fake_ct"], out["fake_mr"]))
+        self.sched_G.step()
+        self.sched_D.step()
+        return {name: float(value.detach()) for name, value in terms.items()}
+
+    def _discriminator_step(self, mr: torch.Tensor, ct: torch.Tensor, fake_ct: torch.Tensor,
+                            fake_mr: torch.Tensor) -> dict:
+        """One update of both discriminators on real slices and pooled fakes; returns their LSGAN losses."""
         self.discriminators.requires_grad_(True)
-        fake_ct = self.pool_ct.query(out["fake_ct"], self.rng)
-        fake_mr = self.pool_mr.query(out["fake_mr"], self.rng)
+        fake_ct = self.pool_ct.query(fake_ct, self.rng)
+        fake_mr = self.pool_mr.query(fake_mr, self.rng)
         with self._autocast():
             d_ct_real, d_ct_fake, d_mr_real, d_mr_fake = self.D(ct, to_layout(fake_ct, self.plan), mr,
                                                                 to_layout(fake_mr, self.plan))
         d_ct_real, d_ct_fake, d_mr_real, d_mr_fake = (d.float() for d in (d_ct_real, d_ct_fake, d_mr_real, d_mr_fake))
-        terms["D_ct"] = L.lsgan_discriminator_loss(d_ct_real, d_ct_fake)
-        terms["D_mr"] = L.lsgan_discriminator_loss(d_mr_real, d_mr_fake)
+        terms = {"D_ct": L.lsgan_discriminator_loss(d_ct_real, d_ct_fake),
+                 "D_mr": L.lsgan_discriminator_loss(d_mr_real, d_mr_fake)}
         self.opt_D.zero_grad(set_to_none=True)
         (terms["D_ct"] + terms["D_mr"]).backward()
         self.opt_D.step()
-        self.sched_G.step()
+        return terms
+
+    def _discriminator_warmup_step(self, mr: torch.Tensor, ct: torch.Tensor) -> dict:
+        """``d_warmup``: the generators translate without gradients and only the discriminators learn, so that the
+        first generator updates of a warm-started GAN follow a critic that tells real from fake, not a random one.
+        The schedules step as in any iteration (the warm-up is part of ``iterations``)."""
+        with torch.no_grad(), self._autocast():
+            fake_ct, fake_mr = self.generators.G_CT(mr).float(), self.generators.G_MR(ct).float()
+        terms = self._discriminator_step(mr, ct, fake_ct, fake_mr)
+        with warnings.catch_warnings():   # the generators' schedule runs on while their optimiser rests, by design
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.sched_G.step()
         self.sched_D.step()
         return {name: float(value.detach()) for name, value in terms.items()}
 
@@ -501,7 +523,8 @@ class CycleGANTrainer:
         mine = normalization_metadata(Normalization.from_config(c))
         spec = generator_spec(c.generator, c.ngf, c.n_blocks, c.generator_norm)
         differ = [f"{key} (file {bundle.metadata.get(key)!r}, run {value!r})" for key, value in mine.items()
-                  if key not in ("image_size", "pixel_spacing_mm") and bundle.metadata.get(key) != value]
+                  if key not in ("image_size", "pixel_spacing_mm", "extra_planes")   # weights mean the same
+                  and bundle.metadata.get(key) != value]
         differ += [f"network {name} (file {bundle.metadata['networks'][name]!r}, run {spec!r})"
                    for name in bundle.state_dicts if bundle.metadata["networks"][name] != spec]
         if differ:
@@ -601,6 +624,16 @@ def split_validation(paths: list, fraction: float, seed: int) -> tuple[list, lis
     return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
 
 
+def _held_out_alike(ct_paths: list, mr_val: list) -> tuple[list, list]:
+    """(training, held-out) CTs: held out are those whose stem is a held-out MR's (the same subjects)."""
+    val_stems = {volume_stem(p) for p in mr_val}
+    missing = val_stems - {volume_stem(p) for p in ct_paths}
+    if missing:
+        raise ValueError(f"validation pairs: no CT named like the held-out MR(s) {sorted(missing)}; validation_pairs "
+                         "needs a CT of the same name for every MR (registered pairs)")
+    return [p for p in ct_paths if volume_stem(p) not in val_stems], [p for p in ct_paths if volume_stem(p) in val_stems]
+
+
 def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.PathLike, run_dir: os.PathLike,
                   device: str = "auto", cache_dir: Optional[os.PathLike] = None, resume: bool = False,
                   echo_events: bool = False, show_progress: bool = True, trace_ranks: bool = False,
@@ -628,20 +661,25 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
     mr_paths, ct_paths = check_folders(mr_folder, ct_folder, paired=paired)
     mr_train, mr_val = split_validation(mr_paths, config.validation_fraction, config.seed)
     if paired:
-        val_stems = {volume_stem(p) for p in mr_val}
-        ct_train = [p for p in ct_paths if volume_stem(p) not in val_stems]
-        ct_val = [p for p in ct_paths if volume_stem(p) in val_stems]
+        ct_train, ct_val = _held_out_alike(ct_paths, mr_val)
+    elif config.validation_pairs:   # the MR's held-out subjects are held out of the CTs too, and score MAE
+        ct_train, ct_val = _held_out_alike(ct_paths, mr_val)
     else:
         ct_train, ct_val = split_validation(ct_paths, config.validation_fraction, config.seed + 1)
     norm = Normalization.from_config(config)
-    cache = SliceCache(cache_dir or run_dir / "cache", norm, config.augment_pad or config.image_size)
-    load = lambda paths, modality: [cache.slices(p, modality) for p in paths]  # noqa: E731
+    caches = [SliceCache(cache_dir or run_dir / "cache", norm.along(plane), config.augment_pad or config.image_size)
+              for plane in norm.planes]
+
+    def load(paths, modality, planes=len(caches)):
+        """The slice stacks of ``paths`` along each plane in turn (the primary plane's first; paired lists align)."""
+        return [cache.slices(p, modality) for cache in caches[:planes] for p in paths]
+
     crop = config.image_size
     data = SliceDataset(load(mr_train, "mr"), load(ct_train, "ct"), config.sampling, crop, config.pbs_max_shift)
     validation = None
     if mr_val and ct_val:
-        validation = SliceDataset(load(mr_val, "mr"), load(ct_val, "ct"),
-                                  "paired" if paired else "random", crop)
+        validation = SliceDataset(load(mr_val, "mr", 1), load(ct_val, "ct", 1),   # the primary plane
+                                  "paired" if paired or config.validation_pairs else "random", crop)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.part"):  # temporary files of a killed write; the real files are intact
@@ -711,7 +749,7 @@ def load_checkpoint_checked(trainer: CycleGANTrainer, path: Path) -> None:
 
 _FLAG_TYPES = {"image_size": (int, 2), "augment_pad": (int, 2), "pixel_spacing_mm": (float, 2),
                "ct_window": (float, 2), "mr_window": (float, 2), "decay_start": (int, None),
-               "mr_percentile": (float, None), "n4_iterations": (int, "+")}
+               "mr_percentile": (float, None), "n4_iterations": (int, "+"), "extra_planes": (str, "+")}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

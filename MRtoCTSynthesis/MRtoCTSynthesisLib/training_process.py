@@ -50,9 +50,10 @@ NO_RUN_FOLDER = "choose an output (run) folder: settings, checkpoints, previews 
 
 # ------------------------------------------------------------------------------------------- settings
 
-def preset_settings(name: str) -> dict:
-    """Every TrainConfig field of preset ``name`` (tuples as tuples), e.g. to fill a settings panel."""
-    config = preset(name)
+def preset_settings(name: str, recipe: str = "paper") -> dict:
+    """Every TrainConfig field of preset ``name`` under ``recipe`` (tuples as tuples), e.g. to fill a settings
+    panel."""
+    config = preset(name, recipe=recipe)
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
 
 

@@ -152,6 +152,8 @@ def test_missing_metadata_key(tmp_path, key):
 
 @pytest.mark.parametrize("override, message", [
     ({"plane": "oblique"}, "'plane' must be one of"),
+    ({"extra_planes": ["sagittal"]}, "'extra_planes' must be a list of planes other than"),
+    ({"extra_planes": "axial"}, "'extra_planes' must be a list"),
     ({"ct_window": [3500, -1000]}, "'ct_window'.*lo < hi"),
     ({"image_size": [32.5, 32]}, "'image_size'.*integers"),
     ({"networks": {"G_MR": {"architecture": "resnet_generator", "kwargs": {}}}}, "must contain 'G_CT'"),

@@ -307,6 +307,24 @@ def test_a_warm_started_arm_starts_from_the_supervised_arm_within_the_same_budge
     assert read_metadata(donor)["training"]["seconds"] < 1.5 + 1.5 and training["seconds"] < 2.0 + 1.5
 
 
+def test_the_papers_arm_set_warms_up_the_critics_draws_unpaired_curves_and_tests_effects(tmp_path):
+    from MRtoCTSynthesisLib.cli import main as cli_main
+    from MRtoCTSynthesisLib.quality.recipe import _slug, curve
+
+    out, arms = tmp_path / "recipe", ["yang2018, both warm", "cyclegan-pbs, both warm"]
+    assert cli_main(["bench", "recipe", "--out", str(out), "--tiny", "--arm-seconds", "3.5", "--threads", "1",
+                     "--real-data", "none", "--no-progress", "--arm-set", "papers", "--arms", *arms]) == 0
+    run = out / "arms" / f"{_slug(arms[0])}-seed0"
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert config["d_warmup"] >= 1 and config["validation_pairs"] and config["init_from"]
+    seconds, values = curve(run)
+    assert len(values) >= 2            # an unpaired run now has a validation MAE curve
+    report = json.loads((out / "recipe_papers.json").read_text(encoding="utf-8"))
+    mind = [t for t in report["ttests"] if (t["variant"], t["reference"], t["metric"]) ==
+            ("yang2018", "cyclegan-pbs", "mae")]
+    assert len(mind) == 1 and mind[0]["n"] >= 2 and np.isfinite(mind[0]["mean_difference"])
+
+
 def test_the_comparison_runs_with_the_fast_recipe(tmp_path):
     setting, net = Q.SETTINGS["default"]["head"], Q.NETWORKS["default"]
     paper = Q.training_config("yang2018", setting, net, 10, 0)

@@ -241,3 +241,78 @@ def test_bad_folders_fail_before_anything_starts(phantoms, tmp_path):
     with pytest.raises(DatasetError, match="unreadable MR"):
         train_main(["--mr", str(broken), "--ct", str(phantoms / "ct"), "--out", str(tmp_path / "r4")])
     assert not any((tmp_path / f"r{i}").exists() for i in (2, 3, 4)), "nothing was created"
+
+
+def _tiny(name, **overrides):
+    return preset(name, image_size=(32, 32), augment_pad=(36, 36), ngf=4, n_blocks=1, ndf=4, preview_every=1000,
+                  validate_every=1000, **overrides)
+
+
+def test_extra_planes_train_on_every_plane_and_synthesis_averages_the_passes(phantoms, cache, tmp_path):
+    import copy
+
+    from MRtoCTSynthesisLib import volumes as V
+    from MRtoCTSynthesisLib.synthesis import synthesize
+    from MRtoCTSynthesisLib.train import build_trainer
+
+    one = build_trainer(_tiny("paired", iterations=2), phantoms / "mr", phantoms / "ct", tmp_path / "one", "cpu",
+                        cache, show_progress=False)
+    three = build_trainer(_tiny("paired", iterations=2, extra_planes=("coronal", "axial")), phantoms / "mr",
+                          phantoms / "ct", tmp_path / "three", "cpu", cache, show_progress=False)
+    assert len(three.data.mr) == len(three.data.ct) == 3 * len(one.data.mr)          # every volume along 3 planes
+    assert [s.shape[0] for s in three.data.mr[:len(one.data.mr)]] == [s.shape[0] for s in one.data.mr]
+    assert len(three.validation.mr) == len(one.validation.mr)                         # validation: the primary plane
+    bundle = load_model(three.run())
+    assert bundle.metadata["plane"] == "sagittal" and bundle.metadata["extra_planes"] == ["coronal", "axial"]
+    mr = V.read_volume(sorted((phantoms / "mr").iterdir())[0])
+    fused = V.array_of(synthesize(mr, bundle, device="cpu", mask_background=False).sct)
+    passes = []
+    for plane in ("sagittal", "coronal", "axial"):
+        single = copy.copy(bundle)
+        single.metadata = {**bundle.metadata, "plane": plane, "extra_planes": []}
+        passes.append(V.array_of(synthesize(mr, single, device="cpu", mask_background=False).sct))
+    np.testing.assert_allclose(fused, np.mean(passes, axis=0), atol=1e-3)
+    assert np.abs(passes[0] - passes[1]).max() > 1.0                                   # the planes do differ
+    with pytest.raises(ValueError, match="extra_planes"):
+        _tiny("paired", extra_planes=("sagittal",))                                     # the primary plane again
+    with pytest.raises(ValueError, match="position-based"):
+        _tiny("yang2018", extra_planes=("axial",))
+
+
+def test_discriminator_warmup_freezes_the_generators_first(phantoms, cache, tmp_path):
+    from MRtoCTSynthesisLib.train import build_trainer
+
+    trainer = build_trainer(_tiny("cyclegan", iterations=4, d_warmup=2, log_every=1), phantoms / "mr",
+                            phantoms / "ct", tmp_path / "run", "cpu", cache, show_progress=False)
+    snapshot = lambda module: {k: v.clone() for k, v in module.state_dict().items()}  # noqa: E731
+    g0, d0 = snapshot(trainer.generators), snapshot(trainer.discriminators)
+    for _ in range(2):
+        batch = trainer.data.batch(trainer.rng, 1)
+        assert set(trainer.train_step(batch.mr, batch.ct)) == {"D_ct", "D_mr"}
+        trainer.iteration += 1
+    assert all(torch.equal(g0[k], v) for k, v in trainer.generators.state_dict().items())
+    assert any(not torch.equal(d0[k], v) for k, v in trainer.discriminators.state_dict().items())
+    batch = trainer.data.batch(trainer.rng, 1)
+    assert "G_total" in trainer.train_step(batch.mr, batch.ct)
+    assert any(not torch.equal(g0[k], v) for k, v in trainer.generators.state_dict().items())
+    run = build_trainer(_tiny("cyclegan", iterations=3, d_warmup=1, log_every=1), phantoms / "mr", phantoms / "ct",
+                        tmp_path / "logged", "cpu", cache, show_progress=False)
+    run.run()
+    rows = read_losses(tmp_path / "logged")
+    assert rows[0]["G_total"] == "" and rows[0]["D_ct"] != "" and rows[-1]["G_total"] != ""   # widened header
+    with pytest.raises(ValueError, match="d_warmup"):
+        _tiny("cyclegan", iterations=3, d_warmup=3)
+
+
+def test_validation_pairs_give_an_unpaired_run_a_validation_mae(phantoms, cache, tmp_path):
+    from MRtoCTSynthesisLib.train import build_trainer
+
+    config = _tiny("cyclegan", iterations=1, validation_pairs=True, validation_fraction=0.34)
+    trainer = build_trainer(config, phantoms / "mr", phantoms / "ct", tmp_path / "run", "cpu", cache,
+                            show_progress=False)
+    assert trainer.validation.paired and not trainer.data.paired            # unpaired training, paired scoring
+    assert len(trainer.data.ct) == len(trainer.data.mr)                # the held-out subjects left both domains
+    assert "mae_body_hu" in trainer.validate()
+    plain = build_trainer(config.with_overrides(validation_pairs=False), phantoms / "mr", phantoms / "ct",
+                          tmp_path / "plain", "cpu", cache, show_progress=False)
+    assert "mae_body_hu" not in plain.validate()

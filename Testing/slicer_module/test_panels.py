@@ -95,6 +95,29 @@ def test_synthesis_panel_runs_in_a_child_and_shows_the_sct(harness, module, scen
     assert widget.ui.applyButton.text == "Synthesize CT"
 
 
+def test_synthesis_panel_input_is_mr_box_lets_a_refused_mr_through(harness, module, scene, oblique_mr, tiny_model):
+    """A mask-like MR is refused with the box's name in the message; ticked, the same input is synthesized."""
+    import numpy as np
+    import SimpleITK as sitk
+    from test_synthesis_logic import ras_matrix
+
+    mask = (sitk.GetArrayFromImage(oblique_mr) > 300).astype(np.int16)
+    node = sys.modules["slicer"].util.addVolumeFromArray(mask, ras_matrix(oblique_mr), name="mask-like MR")
+    widget = widget_harness.open_panel(module.MRtoCTSynthesisWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    p = widget.logic.getParameterNode()
+    p.inputVolume, p.model, p.device = node, str(tiny_model), "cpu"
+    assert not widget.ui.inputIsMRCheckBox.checked
+    widget.ui.applyButton.click()
+    assert widget_harness.pump(lambda: widget._job is None, timeout=180)
+    assert "label map or mask" in widget.ui.statusLabel.text and p.outputVolume is None
+    widget.ui.inputIsMRCheckBox.checked = True
+    assert p.inputIsMR
+    widget.ui.applyButton.click()
+    assert widget_harness.pump(lambda: widget._job is None, timeout=180)
+    assert p.outputVolume is not None and widget.ui.statusLabel.text.startswith("Done: ")
+
+
 def _two_seg_models(tiny_seg_model, model_cache):
     import shutil
 
@@ -259,6 +282,27 @@ def test_training_presets_and_advanced_settings_in_the_bound_widgets(harness, tr
     assert widget.ui.batchSizeSpinBox.maximum == 256  # the range is the parameter's (WithinRange)
     widget.ui.resetSettingsButton.click()
     assert logic.settings(p) == logic.presetSettings(p.preset)
+
+
+def test_training_recipe_menu_fills_the_settings_and_the_run_gets_recipe_and_warm_start(harness, training_module,
+                                                                                      tiny_model, tmp_path):
+    widget = widget_harness.open_panel(training_module.MRtoCTTrainingWidget)
+    assert widget_harness.pump(lambda: _idle(widget))
+    p, logic = widget.logic.getParameterNode(), widget.logic
+    assert p.recipe == "paper" and widget.ui.recipeComboBox.currentData == "paper"
+    widget.ui.recipeComboBox.setCurrentIndex(widget.ui.recipeComboBox.findData("fast"))   # the user's choice
+    assert p.recipe == "fast" and (p.settings.batch_size, p.settings.lr) == (4, 1e-3)
+    assert widget.ui.batchSizeSpinBox.value == 4
+    widget.ui.presetComboBox.setCurrentIndex(widget.ui.presetComboBox.findData("hiasa2018"))
+    assert (p.recipe, p.settings.batch_size, p.settings.lambda_gc) == ("fast", 4, 0.3)   # the recipe stays
+    widget.ui.initFromPathLineEdit.currentPath = str(tiny_model)
+    p.mrFolder, p.ctFolder, p.runFolder = str(tmp_path / "mr"), str(tmp_path / "ct"), str(tmp_path / "run")
+    process = logic.processFromParameterNode(p)
+    assert process.overrides["recipe"] == "fast" and process.overrides["init_from"] == str(tiny_model)
+    widget.ui.recipeComboBox.setCurrentIndex(widget.ui.recipeComboBox.findData("paper"))
+    widget.ui.initFromPathLineEdit.currentPath = ""
+    assert p.initFrom == "" and p.settings.batch_size == 1
+    assert not {"recipe", "init_from", "batch_size"} & set(logic.processFromParameterNode(p).overrides)
 
 
 def test_reload_imports_the_current_package_and_engine(harness, module, monkeypatch):

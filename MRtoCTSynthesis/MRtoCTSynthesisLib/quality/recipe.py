@@ -24,7 +24,7 @@ import numpy as np
 
 from .output import _dump, _say
 from .plan import step_seconds
-from .settings import Options, training_config
+from .settings import VARIANTS, Options, training_config
 
 # arm -> (variant, overrides of its training configuration)
 SUPERVISED_ARMS = {
@@ -62,7 +62,21 @@ UNPAIRED_ARMS.update({
     "cyclegan-pbs unet16 b4 lr2e-4 b0.5, both generators warm (180 s supervised + 240 s)": (
         "cyclegan-pbs", {**_FAST, "lr": 2e-4, "beta1": 0.5, **_FROM_BOTH}),
 })
-ARM_SETS = {"supervised": SUPERVISED_ARMS, "unpaired": UNPAIRED_ARMS}
+D_WARMUP = "d_warmup_share"   # overrides key: share of the arm's iterations that train the discriminators alone
+_BOTH_WARM = {**_FAST, "lr": 2e-4, "beta1": 0.5, **_FROM_BOTH, "validation_pairs": True}
+UNPAIRED_ARMS.update({
+    "yang2018 unet16 b4 lr2e-4 b0.5, both warm, D warm-up 25% (180 s supervised + 240 s)": (
+        "yang2018", {**_BOTH_WARM, D_WARMUP: 0.25}),
+    "yang2018 unet16 b4 lr5e-5 b0.5, both warm, D warm-up 25% (180 s supervised + 240 s)": (
+        "yang2018", {**_BOTH_WARM, "lr": 5e-5, D_WARMUP: 0.25}),
+})
+# The papers' comparison (issue 22) at this study's recipe: every variant of the quality benchmark from the same start
+# (both generators of the supervised donor), the same budget, optimiser and discriminator warm-up; two seeds.
+PAPERS_LR = 5e-5
+PAPERS_ARMS = {f"{variant}, both warm": (variant, {**_BOTH_WARM, "lr": PAPERS_LR}
+                                         if variant == "supervised" else {**_BOTH_WARM, "lr": PAPERS_LR, D_WARMUP: 0.25})
+               for variant in VARIANTS}
+ARM_SETS = {"supervised": SUPERVISED_ARMS, "unpaired": UNPAIRED_ARMS, "papers": PAPERS_ARMS}
 MARGIN = 0.9   # share of the budget planned for training steps (validation, previews and checkpoints take the rest)
 
 
@@ -103,6 +117,7 @@ def train_arm(options: Options, name: str, variant: str, overrides: dict, seed: 
         donor_run = train_arm(options, donor, donor_variant, donor_overrides, seed, donor_seconds, root)
         overrides["init_from"] = str(donor_run / MODEL)
         seconds -= donor_seconds
+    warmup_share = overrides.pop(D_WARMUP, 0.0)
     cache = options.out / "cache" / "head"
     probe = build_trainer(arm_config(variant, overrides, options, 10, seed), root / "train" / "mr",
                           root / "train" / "ct", options.out / "_timing", options.device, cache_dir=cache,
@@ -111,6 +126,7 @@ def train_arm(options: Options, name: str, variant: str, overrides: dict, seed: 
     shutil.rmtree(options.out / "_timing", ignore_errors=True)
     iterations = max(10, int(seconds * MARGIN / per_step))
     _say(f"arm {name} seed {seed}: {per_step:.3f} s/iteration -> {iterations} iterations in {seconds:g} s")
+    overrides["d_warmup"] = int(iterations * warmup_share)     # its steps are cheaper: the budget has room
     trainer = build_trainer(arm_config(variant, overrides, options, iterations, seed), root / "train" / "mr",
                             root / "train" / "ct", folder, options.device, cache_dir=cache,
                             show_progress=options.progress)
@@ -123,22 +139,27 @@ def _slug(name: str) -> str:
 
 
 def curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(seconds since the run started, validation MAE inside the body in HU) of a run's validation events."""
+    """(seconds since the run started, validation MAE inside the body in HU) of a run's validation events; a
+    warm-started run's seconds count from its donor's start (the donor's training seconds added), as its budget."""
     from ..events import EVENTS_FILE, iter_events
+    from ..modelfile import read_metadata
 
-    start, seconds, values = None, [], []
+    start, offset, seconds, values = None, 0.0, [], []
     for event in iter_events(run / EVENTS_FILE):
         if event["event"] == "start":
             start = event["time"]
+        elif event["event"] == "warm_start":
+            offset = float(read_metadata(event["file"])["training"]["seconds"])    # written before "start"
         elif event["event"] == "validation" and "mae_body_hu" in event.get("metrics", {}) and start is not None:
-            seconds.append(event["time"] - start)
+            seconds.append(event["time"] - start + offset)
             values.append(event["metrics"]["mae_body_hu"])
     return np.array(seconds), np.array(values)
 
 
 def curves_figure(runs: dict, path: Path, title: str) -> Path:
-    """Validation MAE inside the body against training seconds, one line per arm and seed (unpaired arms have no
-    registered validation CT in the trainer, so no line: their test MAE is in the table)."""
+    """Validation MAE inside the body against training seconds, one line per arm and seed (unpaired arms only with
+    ``validation_pairs``: the earlier ones had no registered validation CT, so no line; their test MAE is in the
+    table)."""
     from .. import figures  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
 
@@ -203,12 +224,27 @@ def run_recipe(options: Options, seconds: float, arms: dict, label: str = "super
                            f"Validation MAE inside the body, {seconds:g} s per arm, {machine['cpu']}, "
                            f"{machine['torch_threads']} torch threads, device {options.device}")
     print("\n" + format_table(summary), flush=True)
+    tests = effect_ttests(rows, arms)
+    if tests:
+        write_table(tests, tables, f"recipe_{label}_ttests", echo=False)
     report = {"command": options.command, "arm_seconds": seconds, "machine": machine,
               "machine_end": machine_description(options.device), "arms": {n: {"variant": v, "overrides": o}
                                                                           for n, (v, o) in arms.items()},
-              "summary": summary, "figure": str(figure)}
+              "summary": summary, "ttests": tests, "figure": str(figure)}
     _dump(options.out / f"recipe_{label}.json", report)
     return report
+
+
+def effect_ttests(rows: list[dict], arms: dict) -> list[dict]:
+    """Paired t-tests over test subjects on seed means (``statistics.ttest_rows``): each variant against cyclegan and
+    each isolated effect against its control, where an arm set holds one arm per variant (the papers' set)."""
+    from .statistics import ttest_rows
+
+    variants = [variant for variant, _ in arms.values()]
+    if len(set(variants)) < len(variants) or len(variants) < 2:
+        return []
+    by_variant = [{**r, "anatomy": "head", "variant": arms[r["arm"]][0]} for r in rows if r["arm"] in arms]
+    return ttest_rows(by_variant, "head", variants)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
