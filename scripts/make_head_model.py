@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from MRtoCTSynthesisLib.config import preset
 from MRtoCTSynthesisLib.head_simulator import Anatomy, write_simulated_dataset
@@ -45,20 +46,24 @@ CONFIG = dict(recipe="fast", lambda_adversarial=0.0, lambda_cycle=0.0, lambda_su
               description="supervised on simulated head pairs with randomised MR contrast (issue 21)")
 
 
-def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int, jobs: int = 1) -> None:
+def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int, jobs: int = 1, seed: int = SEED,
+              axial_thick_share: Optional[float] = None) -> None:
     real = [Anatomy.of_ct(real_data / name) for name in REAL_CTS if (real_data / name).exists()]
     print(f"anatomy: {[a.name for a in real]} and phantoms", flush=True)
     began = time.time()
-    write_simulated_dataset(work / "sim", real, pairs, SEED, own_mr_every=own_mr_every, jobs=jobs,
+    write_simulated_dataset(work / "sim", real, pairs, seed, own_mr_every=own_mr_every, jobs=jobs,
+                            axial_thick_share=axial_thick_share,
                             progress=lambda done, total: print(f"\rpairs {done}/{total}, "
                                                                f"{time.time() - began:.0f} s", end="", flush=True))
     print(flush=True)
 
 
-def train(work: Path, minutes: float, init_from: str = "", device: str = "cpu", extra_planes: tuple = ()) -> Path:
+def train(work: Path, minutes: float, init_from: str = "", device: str = "cpu", extra_planes: tuple = (),
+          lr: Optional[float] = None) -> Path:
     """Fit the iterations to ``minutes`` (a first call) or resume the run; returns the model path. ``init_from``: a
     model file to start from (a warm start, e.g. the previous head-synth); ``extra_planes``: coronal and sagittal
-    slices train the network too, and synthesis averages its three passes (v3)."""
+    slices train the network too, and synthesis averages its three passes (v3); ``lr``: instead of the recipe's
+    (a warm start keeps more of its start with a smaller one)."""
     run, cache = work / NAME, work / "cache"
     sim = work / "sim"
     resume = (run / CHECKPOINT).exists()
@@ -66,7 +71,7 @@ def train(work: Path, minutes: float, init_from: str = "", device: str = "cpu", 
         trainer = build_trainer(preset("paired", **CONFIG), sim / "mr", sim / "ct", run, device, cache_dir=cache,
                                 resume=True)
     else:
-        settings = dict(CONFIG, extra_planes=tuple(extra_planes))
+        settings = dict(CONFIG, extra_planes=tuple(extra_planes), **({"lr": lr} if lr else {}))
         probe = build_trainer(preset("paired", **settings, iterations=10), sim / "mr", sim / "ct", work / "_timing",
                               device, cache_dir=cache, show_progress=False)
         per_step = step_seconds(probe, 2, 5)
@@ -143,6 +148,10 @@ def main(argv=None) -> int:
     parser.add_argument("--own-mr-every", type=int, default=0,
                         help="every Nth phantom pair keeps the phantom's own T1-like MR (0: all random contrasts)")
     parser.add_argument("--jobs", type=int, default=1, help="data: processes making pairs (the same files as one)")
+    parser.add_argument("--seed", type=int, default=SEED, help="data: the pairs' random seed")
+    parser.add_argument("--axial-thick-share", type=float, default=None,
+                        help="data: share of the thick-slice MRs sliced axially (default: any axis alike)")
+    parser.add_argument("--lr", type=float, default=None, help="train: learning rate instead of the recipe's")
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
     parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")
     parser.add_argument("--device", default="cpu", help="train: cpu, cuda, cuda:N")
@@ -152,9 +161,11 @@ def main(argv=None) -> int:
                         help="finalize: the real-MR checks to put on the card (benchmarks/real_head_checks.py)")
     args = parser.parse_args(argv)
     if args.stage in ("data", "all"):
-        make_data(args.work, args.real_data, args.pairs, args.own_mr_every, args.jobs)
+        make_data(args.work, args.real_data, args.pairs, args.own_mr_every, args.jobs, args.seed,
+                  args.axial_thick_share)
     if args.stage in ("train", "all"):
-        print(f"model: {train(args.work, args.minutes, args.init_from, args.device, args.extra_planes)}", flush=True)
+        print(f"model: {train(args.work, args.minutes, args.init_from, args.device, args.extra_planes, args.lr)}",
+              flush=True)
     if args.stage == "finalize":
         finalize(args.work, args.real_checks)
     return 0

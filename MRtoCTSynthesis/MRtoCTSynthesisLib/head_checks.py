@@ -5,7 +5,10 @@
   brain's centre in an adult), at the head's centroid in that axial slice. The rays: azimuth every 15 degrees,
   elevation 10 to 80 degrees every 10 (all above the centre: the cranial vault, above the orbits), each weighted by
   cos(elevation) (its share of the solid angle). A ray that leaves the scanned volume before the head (a slab that
-  cuts the head) is not counted. A closed vault gives 1; a real CT gives the upper bound.
+  cuts the head) is not counted: the scanned volume is the scan's own box (``scanned_region``), which an oblique or
+  tilted scan does not fill on the check's axis-aligned grid. A closed vault gives 1; a real CT gives the upper
+  bound. The head mask fills holes in all three planes (``volumes.fill_holes_in_every_plane``): the dark skull
+  at the vertex of a T1 is inside the head.
 * HU histogram in the head: the shares of air (< -400 HU), fat (-400 to -30), soft tissue (-30 to 250) and bone
   (>= 250) inside the head mask, and their total-variation distance to those of real head CTs.
 * Bone in the brain: the share of voxels above 250 HU in the upper half of a 40 mm ball about the same centre (all
@@ -22,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import binary_erosion
 
 from . import volumes as V
 from .head_simulator import output_grid
@@ -91,8 +95,17 @@ def on_check_grid(image: sitk.Image, fill: float, nearest: bool = False) -> np.n
     return V.array_of(sitk.Resample(canonical, grid, sitk.Transform(), interpolator, fill, sitk.sitkFloat32))
 
 
+def scanned_region(image: sitk.Image) -> np.ndarray:
+    """Voxels of the check grid inside the scan's own box, less one voxel (2 mm) at its faces, where the
+    resampled intensities already mix in the fill value."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    return binary_erosion(on_check_grid(ones, 0.0, nearest=True) > 0.5)
+
+
 def head_mask(mr_or_ct: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
-    """The head: Otsu (or ``threshold``) foreground, largest component, closed, holes filled per slice."""
+    """The head (``volumes.body_mask``): Otsu (or ``threshold``) foreground, largest component, closed, holes
+    filled in all three planes."""
     image = sitk.GetImageFromArray(mr_or_ct)
     image.SetSpacing((GRID_MM,) * 3)
     return V.array_of(V.body_mask(image, threshold=threshold), np.uint8) > 0
@@ -108,8 +121,9 @@ def brain_centre(head: np.ndarray) -> np.ndarray:
     return np.array([k, j, i], float)
 
 
-def cast_rays(head: np.ndarray, sct: np.ndarray, centre: np.ndarray) -> Rays:
-    """March every ray from ``centre`` in STEP_MM steps until it leaves the head (or the volume)."""
+def cast_rays(head: np.ndarray, sct: np.ndarray, centre: np.ndarray, scanned: np.ndarray) -> Rays:
+    """March every ray from ``centre`` in STEP_MM steps until it leaves the head (or the volume); a ray counts
+    if it left the head inside ``scanned`` (through the scalp, not through the edge of the scan)."""
     el, az = np.meshgrid(ELEVATIONS, AZIMUTHS, indexing="ij")
     el, az = el.ravel(), az.ravel()
     # canonical LPS arrays: axis k runs superior, j posterior, i left
@@ -123,9 +137,9 @@ def cast_rays(head: np.ndarray, sct: np.ndarray, centre: np.ndarray) -> Rays:
     bone = (sct[tuple(clipped.T)].T >= BONE_HU) & in_head
     out_of_head = ~in_head
     leave = np.where(out_of_head.any(axis=1), out_of_head.argmax(axis=1), steps.size - 1)
-    counted = inside_volume[np.arange(len(leave)), leave]        # left through the scalp, not the volume's edge
-    hit = np.array([bone[r, :leave[r]].any() for r in range(len(leave))])
     ends = clipped[np.arange(len(leave)), leave]
+    counted = inside_volume[np.arange(len(leave)), leave] & scanned[tuple(ends.T)]   # through the scalp
+    hit = np.array([bone[r, :leave[r]].any() for r in range(len(leave))])
     return Rays(centre, directions, np.cos(el), hit, counted, ends)
 
 
@@ -152,7 +166,7 @@ def check_sct(mr: sitk.Image, sct: sitk.Image) -> HeadCheck:
     mr_array = on_check_grid(mr, 0.0)
     sct_array = on_check_grid(sct, -1000.0)
     head = head_mask(mr_array)
-    rays = cast_rays(head, sct_array, brain_centre(head))
+    rays = cast_rays(head, sct_array, brain_centre(head), scanned_region(mr))
     return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(sct_array, rays.centre),
                      hu_shares(sct_array, head),
                      mutual_information(mr_array, sct_array, head), rays, sct_array, mr_array)
@@ -162,7 +176,7 @@ def check_ct(ct: sitk.Image) -> HeadCheck:
     """The same checks on a real CT (the upper bound of completeness; the reference HU shares)."""
     hu = on_check_grid(ct, -1024.0)
     head = head_mask(hu, threshold=-500.0)
-    rays = cast_rays(head, hu, brain_centre(head))
+    rays = cast_rays(head, hu, brain_centre(head), scanned_region(ct))
     return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(hu, rays.centre),
                      hu_shares(hu, head), None, rays, hu)
 

@@ -137,14 +137,20 @@ class Contrast:
     gamma: float
 
 
-def draw_contrast(rng: np.random.Generator, spacing_mm: float = SPACING_MM) -> Contrast:
+def draw_contrast(rng: np.random.Generator, spacing_mm: float = SPACING_MM,
+                  axial_thick_share: Optional[float] = None) -> Contrast:
     """One random MR contrast: tissue means U(0.05, 1) (bone and air U(0, 0.08)); a thick-slice acquisition
-    (1-7 mm) along one random axis half of the time."""
+    (1-7 mm) half of the time, along one random axis, or with ``axial_thick_share`` along the axial axis (k) in that
+    share of them (the clinical 2D axial head series: 5-6 mm slices) and along another otherwise."""
     means = {name: float(rng.uniform(0.0, 0.08) if name in DARK_TISSUES else rng.uniform(0.05, 1.0))
              for name in HEAD_LABELS.values()}
     blur = rng.uniform(0.3, 0.8, 3)
     if rng.random() < 0.5:
-        blur[rng.integers(3)] = rng.uniform(1.0, 7.0) / spacing_mm / 2.355   # FWHM = slice thickness
+        if axial_thick_share is None:
+            axis = rng.integers(3)
+        else:
+            axis = 0 if rng.random() < axial_thick_share else rng.integers(1, 3)
+        blur[axis] = rng.uniform(1.0, 7.0) / spacing_mm / 2.355   # FWHM = slice thickness
     return Contrast(means, float(rng.uniform(0.0, 0.08)), tuple(float(b) for b in blur),
                     float(rng.uniform(0.0, 0.35)), float(rng.uniform(0.0, 0.05)), float(np.exp(rng.normal(0, 0.25))))
 
@@ -196,10 +202,11 @@ class Anatomy:
         return cls(f"phantom-{seed}", phantom.ct, phantom.labels, phantom.mr)
 
 
-def simulated_pair(anatomy: Anatomy, rng: np.random.Generator,
-                   own_mr: bool = False) -> tuple[sitk.Image, sitk.Image, Optional[Contrast]]:
+def simulated_pair(anatomy: Anatomy, rng: np.random.Generator, own_mr: bool = False,
+                   axial_thick_share: Optional[float] = None) -> tuple[sitk.Image, sitk.Image, Optional[Contrast]]:
     """(MR, CT in HU, the contrast drawn) on one 2 mm canonical grid: ``anatomy`` deformed at random, the MR drawn
-    from its deformed labels; with ``own_mr`` the anatomy's own MR deformed alike instead (contrast None)."""
+    from its deformed labels (``draw_contrast``); with ``own_mr`` the anatomy's own MR deformed alike instead
+    (contrast None)."""
     grid = output_grid(anatomy.ct)
     transform = random_deformation(grid, rng)
     ct = _warp(anatomy.ct, grid, transform, nearest=False, fill=CT_AIR_HU)
@@ -208,7 +215,7 @@ def simulated_pair(anatomy: Anatomy, rng: np.random.Generator,
             raise ValueError(f"anatomy {anatomy.name} has no MR of its own")
         return _warp(anatomy.mr, grid, transform, nearest=False, fill=0.0), ct, None
     labels = V.array_of(_warp(anatomy.labels, grid, transform, nearest=True, fill=0), np.uint8)
-    contrast = draw_contrast(rng)
+    contrast = draw_contrast(rng, axial_thick_share=axial_thick_share)
     mr = V.image_like(random_mr(labels, contrast, rng), ct)
     return mr, ct, contrast
 
@@ -229,14 +236,16 @@ def keeps_own_mr(index: int, own_mr_every: int) -> bool:
 
 def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_pairs: int, seed: int = 0,
                             progress: Optional[Callable[[int, int], None]] = None,
-                            own_mr_every: int = 0, jobs: int = 1) -> list[Path]:
-    """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``; ``keeps_own_mr``); each
+                            own_mr_every: int = 0, jobs: int = 1,
+                            axial_thick_share: Optional[float] = None) -> list[Path]:
+    """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``; ``keeps_own_mr``;
+    ``axial_thick_share``: ``draw_contrast``); each
     pair's random state comes from (seed, index), so any pair can be remade alone, and ``jobs`` processes make the
     same files as one. Returns the MR paths."""
     root = Path(folder)
     for sub in ("mr", "ct"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    task = (root, list(real_cts), seed, own_mr_every)
+    task = (root, list(real_cts), seed, own_mr_every, axial_thick_share)
     if jobs <= 1:
         made = (_write_pair(task, index) for index in range(n_pairs))
     else:   # each worker receives the anatomy once, at its start
@@ -254,7 +263,7 @@ def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_
     return written
 
 
-_WORKER: dict = {}   # in a worker process: its task (folder, real anatomy, seed, own_mr_every)
+_WORKER: dict = {}   # in a worker process: its task (folder, real anatomy, seed, own_mr_every, axial_thick_share)
 
 
 def _write_pair_in_worker(index: int) -> Path:
@@ -262,9 +271,10 @@ def _write_pair_in_worker(index: int) -> Path:
 
 
 def _write_pair(task: tuple, index: int) -> Path:
-    root, real_cts, seed, own_mr_every = task
+    root, real_cts, seed, own_mr_every, axial_thick_share = task
     anatomy = anatomy_of_pair(index, real_cts, seed)
-    mr, ct, _ = simulated_pair(anatomy, np.random.default_rng([seed, index]), keeps_own_mr(index, own_mr_every))
+    mr, ct, _ = simulated_pair(anatomy, np.random.default_rng([seed, index]), keeps_own_mr(index, own_mr_every),
+                               axial_thick_share)
     name = f"sim_{index:03d}.nii.gz"
     V.write_volume(ct, root / "ct" / name)
     V.write_volume(mr, root / "mr" / name)

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import binary_fill_holes
+from scipy.ndimage import binary_fill_holes, generate_binary_structure
 
 from .atomic import OutputSet, OutputVerificationError, write_atomically
 from .dicom_geometry import read_dicom_series
@@ -393,7 +393,8 @@ def n4_bias_correction(image: sitk.Image, mask: Optional[sitk.Image] = None, shr
 
 
 def body_mask(image: sitk.Image, threshold: Optional[float] = None, closing_mm: float = 5.0) -> sitk.Image:
-    """Head/body mask: threshold (Otsu when None), largest connected component, closing, holes filled per slice.
+    """Head/body mask: threshold (Otsu when None), largest connected component, closing, holes filled per slice in
+    each of the three planes (``fill_holes_in_every_plane``).
 
     Returns a uint8 image (1 inside) on the input grid.
     """
@@ -406,10 +407,26 @@ def body_mask(image: sitk.Image, threshold: Optional[float] = None, closing_mm: 
     largest = sitk.Equal(components, 1)
     radius = [max(1, int(round(closing_mm / s))) for s in image.GetSpacing()]
     closed = sitk.BinaryMorphologicalClosing(largest, radius)
-    filled = np.stack([binary_fill_holes(s) for s in sitk.GetArrayViewFromImage(closed)])
+    filled = fill_holes_in_every_plane(sitk.GetArrayFromImage(closed) > 0)
     mask = sitk.GetImageFromArray(filled.astype(np.uint8))
     mask.CopyInformation(image)
     return mask
+
+
+def fill_holes_in_every_plane(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the holes of its axial, then coronal, then sagittal slices filled.
+
+    Axial slices alone miss the top of a head on a T1 MR: there the skull is dark, and a slice that cuts the vault
+    tangentially holds no closed ring of scalp around it, so the vertex (skull and the brain under it) stays out of
+    the mask; a coronal or sagittal slice shows that same region enclosed by the scalp (issue 21).
+    """
+    filled = mask.astype(bool)
+    in_plane = generate_binary_structure(2, 1)
+    for axis in range(3):
+        structure = np.zeros((3, 3, 3), bool)
+        structure[(slice(None),) * axis + (1,)] = in_plane      # connectivity inside the slices across ``axis``
+        filled = binary_fill_holes(filled, structure)
+    return filled
 
 
 # --------------------------------------------------------------------------------------------- arrays

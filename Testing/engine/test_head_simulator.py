@@ -114,6 +114,26 @@ def test_rays_that_leave_the_scan_are_not_counted(phantom):
     assert cut.rays_counted < full.rays_counted
 
 
+
+def test_rays_that_leave_the_scanned_box_are_not_counted(phantom):
+    """A ray that reaches the edge of the scan's own box (an oblique or tilted scan leaves corners of the check's
+    axis-aligned grid empty) left the scan, not the head: it must not count as an open vault."""
+    k, j, i = np.ogrid[:40, :40, :40]
+    head = (k - 15) ** 2 + (j - 20) ** 2 + (i - 20) ** 2 < 15 ** 2
+    no_bone = np.zeros(head.shape, np.float32)
+    centre = np.array([15.0, 20.0, 20.0])
+    whole = C.cast_rays(head, no_bone, centre, np.ones_like(head))
+    lower = np.zeros_like(head)
+    lower[:24] = True                                           # the scan's box ends 18 mm above the centre
+    cut = C.cast_rays(head, no_bone, centre, lower)
+    assert whole.counted.all() and 0 < cut.counted.sum() < whole.counted.sum()
+    assert lower[tuple(cut.ends[cut.counted].T)].all()
+    tilted = sitk.Image(phantom.ct)
+    angle = np.radians(20)
+    tilted.SetDirection((1, 0, 0, 0, np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle)))
+    box = C.scanned_region(tilted)
+    assert 0.3 < box.mean() < 0.95 and not box[0].all() and not box[-1].all()
+
 def test_histogram_distance_and_the_sct_check(phantom):
     shares = C.hu_shares(np.array([-1000.0, -100.0, 40.0, 1000.0]), np.ones(4, bool))
     assert shares == {"air": 0.25, "fat": 0.25, "soft tissue": 0.25, "bone": 0.25}
@@ -147,3 +167,14 @@ def test_the_model_recipe_script_trains_a_model_from_simulated_pairs(tmp_path, m
     assert sorted(p.name for p in (tmp_path / "sim" / "mr").iterdir()) == ["sim_000.nii.gz", "sim_001.nii.gz"]
     metadata = load_model(tmp_path / make_head_model.NAME / "model.mrtoct.safetensors").metadata
     assert metadata["plane"] == "axial" and metadata["training"]["recipe"] == "fast"
+
+
+def test_thick_slices_can_be_drawn_mostly_axial():
+    """``axial_thick_share`` 1: every thick-slice contrast blurs along the axial axis (k) alone; the default draws
+    the axis at random, so some thick slices lie along j or i."""
+    def thick_axes(share):
+        contrasts = [H.draw_contrast(np.random.default_rng(seed), axial_thick_share=share) for seed in range(80)]
+        thick = [c.blur_voxels for c in contrasts if max(c.blur_voxels) > 0.8]    # above any in-plane blur
+        return [int(np.argmax(blur)) for blur in thick]
+    assert thick_axes(1.0) and set(thick_axes(1.0)) == {0}
+    assert set(thick_axes(None)) > {0}

@@ -2,6 +2,7 @@
 import logging
 
 import numpy as np
+from scipy.ndimage import binary_fill_holes
 import pytest
 import SimpleITK as sitk
 import torch
@@ -156,6 +157,19 @@ def test_body_mask_largest_component_holes_filled():
     assert not m[1, 1, 1], "the outside speck is not the largest component"
     assert abs(m.sum() - 4 / 3 * np.pi * 10**3) / (4 / 3 * np.pi * 10**3) < 0.15
 
+
+
+def test_holes_are_filled_in_every_plane_not_only_axial_slices():
+    """A dark region that every axial slice opens to the outside but coronal slices enclose (the skull at the
+    vertex of a T1 MR, cut tangentially by axial slices) is inside the body."""
+    solid = np.zeros((30, 30, 30), bool)
+    solid[5:25, 5:25, 5:25] = True
+    solid[10:20, 10:20, 10:20] = False          # a cavity ...
+    solid[10:20, 20:25, 14:16] = False          # ... opened to the outside along axis j in every axial slice k
+    axial_only = np.stack([binary_fill_holes(s) for s in solid])
+    assert not axial_only[15, 15, 15]
+    filled = V.fill_holes_in_every_plane(solid)
+    assert filled[5:25, 5:25, 5:25].all() and filled.sum() == 20 ** 3
 
 def test_n4_removes_a_smooth_bias():
     image = ball_image(size=32, radius=13, hole_radius=0)
