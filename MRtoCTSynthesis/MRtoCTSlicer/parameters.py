@@ -82,11 +82,12 @@ class TrainingSettings:
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = _PRESET.seed
     checkpoint_every: Annotated[int, COUNT] = _PRESET.checkpoint_every
     preview_every: Annotated[int, COUNT] = _PRESET.preview_every
+    d_warmup: Annotated[int, WithinRange(0, 10_000_000)] = _PRESET.d_warmup
 
 
 SETTING_FIELDS = ("iterations", "image_size", "plane", "batch_size", "lr", "lambda_cycle", "lambda_structure",
                   "lambda_gc", "lambda_identity", "lambda_supervised", "validation_fraction", "seed",
-                  "checkpoint_every", "preview_every")  # the TrainConfig fields of TrainingSettings
+                  "checkpoint_every", "preview_every", "d_warmup")  # the TrainConfig fields of TrainingSettings
 
 
 @parameterNodeWrapper

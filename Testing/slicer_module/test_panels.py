@@ -297,8 +297,11 @@ def test_training_recipe_menu_fills_the_settings_and_the_run_gets_recipe_and_war
     assert (p.recipe, p.settings.batch_size, p.settings.lambda_gc) == ("fast", 4, 0.3)   # the recipe stays
     widget.ui.initFromPathLineEdit.currentPath = str(tiny_model)
     p.mrFolder, p.ctFolder, p.runFolder = str(tmp_path / "mr"), str(tmp_path / "ct"), str(tmp_path / "run")
+    widget.ui.dWarmupSpinBox.value = 250                           # discriminators first, after a warm start
     process = logic.processFromParameterNode(p)
     assert process.overrides["recipe"] == "fast" and process.overrides["init_from"] == str(tiny_model)
+    assert p.settings.d_warmup == 250 and process.overrides["d_warmup"] == 250
+    widget.ui.dWarmupSpinBox.value = 0
     widget.ui.recipeComboBox.setCurrentIndex(widget.ui.recipeComboBox.findData("paper"))
     widget.ui.initFromPathLineEdit.currentPath = ""
     assert p.initFrom == "" and p.settings.batch_size == 1
@@ -349,4 +352,4 @@ def test_parameter_ranges_agree_with_the_ui(harness, training_module):
             assert (box.minimum, box.maximum) == pytest.approx(
                 (float(ui[name]["minimum"]), float(ui[name]["maximum"]))), name
             checked += 1
-    assert checked == 14
+    assert checked == 15
