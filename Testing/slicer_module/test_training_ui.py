@@ -79,7 +79,7 @@ def preset_values() -> dict[str, dict]:
 
 def test_every_widget_the_code_uses_is_in_the_ui_with_the_right_class():
     used, classes = used_widget_names(), ui_widget_classes()
-    assert len(setting_widgets()) == 14 and len(used) >= 35  # the regexes really find the widgets
+    assert len(setting_widgets()) == 15 and len(used) >= 35  # the regexes really find the widgets
     ui_support.assert_used_widgets_in_ui(used, classes, expected_class)
 
 
