@@ -69,11 +69,11 @@ if [ "${MODE:-comparison}" = head ]; then
     JOBS=$(nproc 2>/dev/null || echo 2)
     say "head model: $PAIRS simulated pairs, $JOBS processes, real CTs from ${REAL_DATA:-.gpu/real}"
     "$PY" scripts/make_head_model.py data --work "$H" --real-data "${REAL_DATA:-.gpu/real}" --pairs "$PAIRS" \
-        --own-mr-every 2 --jobs "$JOBS" || exit 1
+        --own-mr-every 2 --seed 2 --axial-thick-share 0.67 --jobs "$JOBS" || exit 1   # v4's data recipe, new pairs
     MINUTES=$("$PY" -c "print(max(0.05, ($STARTED + $SESSION_SECONDS - 45 - $(date +%s)) / 60 / 1.1))")
     say "training on $DEVICE for $MINUTES min from the shipped head-synth"
     "$PY" scripts/make_head_model.py train --work "$H" --minutes "$MINUTES" --device "$DEVICE" \
-        --init-from MRtoCTSynthesis/Resources/Models/head-synth.mrtoct.safetensors > "$H/train.log" 2>&1 \
+        --lr 3e-4 --init-from MRtoCTSynthesis/Resources/Models/head-synth.mrtoct.safetensors > "$H/train.log" 2>&1 \
         || { tail -c 2000 "$H/train.log"; exit 1; }
     tail -c 300 "$H/train.log"; echo
     cp "$H/head-synth/model.mrtoct.safetensors" "$DEST/model_head_synth_gpu.mrtoct.safetensors" || exit 1
