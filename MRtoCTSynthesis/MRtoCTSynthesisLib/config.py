@@ -39,6 +39,12 @@ PRESET_NAMES = ("cyclegan", "cyclegan-pbs", "yang2018", "hiasa2018", "paired")
 SAMPLING_MODES = ("random", "pbs", "paired")
 MR_SCALINGS = ("wm_peak", "percentile", "none")    # preprocessing.MR_SCALINGS (kept here: no torch import)
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")   # acceleration.py applies them (kept here: no torch import)
+
+
+def are_extra_planes(extra: Any, plane: str) -> bool:
+    """``extra`` names slicing planes other than ``plane``, each once (TrainConfig.extra_planes, model files)."""
+    others = {"sagittal", "coronal", "axial"} - {plane}
+    return set(extra) <= others and len(set(extra)) == len(extra)
 GC_OPERATORS = ("central", "sobel", "prewitt")     # losses.GRADIENT_OPERATORS
 GENERATOR_KINDS = ("resnet", "unet")               # networks.GENERATORS
 GENERATOR_NORMS = ("instance", "batch", "none")    # unet.NORMS
@@ -135,8 +141,7 @@ class TrainConfig:
         problems = []
         if self.plane not in ("sagittal", "coronal", "axial"):
             problems.append(f"plane {self.plane!r} is not sagittal, coronal or axial")
-        others = {"sagittal", "coronal", "axial"} - {self.plane}
-        if not set(self.extra_planes) <= others or len(set(self.extra_planes)) < len(self.extra_planes):
+        if not are_extra_planes(self.extra_planes, self.plane):
             problems.append(f"extra_planes {self.extra_planes} must be other planes than {self.plane!r} (sagittal, "
                             "coronal, axial), each once")
         if self.extra_planes and self.sampling == "pbs":

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import write_atomically
+from .config import are_extra_planes
 from .networks import NETWORKS, build_network
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,7 @@ def validate_metadata(metadata: Any) -> dict:
     if metadata["plane"] not in PLANES:
         raise ModelFileError(f"{where}: 'plane' must be one of {PLANES}, got {metadata['plane']!r}")
     extra = metadata.get("extra_planes", [])
-    others = set(PLANES) - {metadata["plane"]}
-    if not isinstance(extra, list) or not set(extra) <= others or len(set(extra)) < len(extra):
+    if not isinstance(extra, list) or not are_extra_planes(extra, metadata["plane"]):
         raise ModelFileError(f"{where}: 'extra_planes' must be a list of planes other than 'plane' "
                              f"({metadata['plane']!r}), each once, got {extra!r}")
     bad_weights = {k: v for k, v in metadata["loss_weights"].items() if not _is_number(v)}

@@ -660,9 +660,8 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
     paired = config.sampling == "paired"
     mr_paths, ct_paths = check_folders(mr_folder, ct_folder, paired=paired)
     mr_train, mr_val = split_validation(mr_paths, config.validation_fraction, config.seed)
-    if paired:
-        ct_train, ct_val = _held_out_alike(ct_paths, mr_val)
-    elif config.validation_pairs:   # the MR's held-out subjects are held out of the CTs too, and score MAE
+    registered = paired or config.validation_pairs   # the MR's held-out subjects are held out of the CTs too
+    if registered:
         ct_train, ct_val = _held_out_alike(ct_paths, mr_val)
     else:
         ct_train, ct_val = split_validation(ct_paths, config.validation_fraction, config.seed + 1)
@@ -679,7 +678,7 @@ def build_trainer(config: TrainConfig, mr_folder: os.PathLike, ct_folder: os.Pat
     validation = None
     if mr_val and ct_val:
         validation = SliceDataset(load(mr_val, "mr", 1), load(ct_val, "ct", 1),   # the primary plane
-                                  "paired" if paired or config.validation_pairs else "random", crop)
+                                  "paired" if registered else "random", crop)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.part"):  # temporary files of a killed write; the real files are intact

@@ -73,9 +73,9 @@ UNPAIRED_ARMS.update({
 # The papers' comparison (issue 22) at this study's recipe: every variant of the quality benchmark from the same start
 # (both generators of the supervised donor), the same budget, optimiser and discriminator warm-up; two seeds.
 PAPERS_LR = 5e-5
-PAPERS_ARMS = {f"{variant}, both warm": (variant, {**_BOTH_WARM, "lr": PAPERS_LR}
-                                         if variant == "supervised" else {**_BOTH_WARM, "lr": PAPERS_LR, D_WARMUP: 0.25})
-               for variant in VARIANTS}
+PAPERS_ARMS = {f"{variant}, both warm": (variant, {**_BOTH_WARM, "lr": PAPERS_LR,
+                                                   **({} if variant == "supervised" else {D_WARMUP: 0.25})})
+               for variant in VARIANTS}   # supervised has no discriminators to warm up
 ARM_SETS = {"supervised": SUPERVISED_ARMS, "unpaired": UNPAIRED_ARMS, "papers": PAPERS_ARMS}
 MARGIN = 0.9   # share of the budget planned for training steps (validation, previews and checkpoints take the rest)
 
