@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from MRtoCTSynthesisLib.config import preset
-from MRtoCTSynthesisLib.head_simulator import Anatomy, write_simulated_dataset
+from MRtoCTSynthesisLib.head_simulator import Anatomy, ContrastPrior, write_simulated_dataset
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
 from MRtoCTSynthesisLib.phantom import make_phantom
 from MRtoCTSynthesisLib.quality import Subject, mean_mae_beside_baselines
@@ -52,12 +52,12 @@ CONFIG = dict(recipe="fast", lambda_adversarial=0.0, lambda_cycle=0.0, lambda_su
 
 
 def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int, jobs: int = 1, seed: int = SEED,
-              axial_thick_share: Optional[float] = None) -> None:
+              prior: ContrastPrior = ContrastPrior()) -> None:
     real = [Anatomy.of_ct(real_data / name) for name in REAL_CTS if (real_data / name).exists()]
     print(f"anatomy: {[a.name for a in real]} and phantoms", flush=True)
     began = time.time()
     write_simulated_dataset(work / "sim", real, pairs, seed, own_mr_every=own_mr_every, jobs=jobs,
-                            axial_thick_share=axial_thick_share,
+                            prior=prior,
                             progress=lambda done, total: print(f"\rpairs {done}/{total}, "
                                                                f"{time.time() - began:.0f} s", end="", flush=True))
     print(flush=True)
@@ -157,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="data: the pairs' random seed")
     parser.add_argument("--axial-thick-share", type=float, default=None,
                         help="data: share of the thick-slice MRs sliced axially (default: any axis alike)")
+    parser.add_argument("--bright-fat-share", type=float, default=0.0,
+                        help="data: share of the contrasts with fat brighter than skin and muscle (default 0)")
     parser.add_argument("--lr", type=float, default=None, help="train: learning rate instead of the recipe's")
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
     parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.stage in ("data", "all"):
         make_data(args.work, args.real_data, args.pairs, args.own_mr_every, args.jobs, args.seed,
-                  args.axial_thick_share)
+                  ContrastPrior(args.axial_thick_share, args.bright_fat_share))
     if args.stage in ("train", "all"):
         print(f"model: {train(args.work, args.minutes, args.init_from, args.device, args.extra_planes, args.lr)}",
               flush=True)

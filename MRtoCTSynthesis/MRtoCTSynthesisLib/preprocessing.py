@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +29,12 @@ MR_SCALINGS = ("wm_peak", "percentile", "none")
 CT_BACKGROUND_HU = -1000.0
 N4_ITERATIONS = (50, 50, 30, 20)
 WM_PEAK_VALUE = 2000.0     # Yang presets: white matter at 4/7 of the MR window [0, 3500] leaves room for fat
+SHARP_SLICE_RATIO = 2.0    # voxels longer than this many times their shortest side are thick slices (``is_thick``)
+
+
+def is_thick(spacing: Sequence[float]) -> bool:
+    """Voxels (or pixels) more than SHARP_SLICE_RATIO times longer one way than another: a thick-slice series."""
+    return max(spacing) > SHARP_SLICE_RATIO * min(spacing)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,14 @@ class Normalization:
     def planes(self) -> tuple:
         """Every plane the network runs along, the primary ``plane`` first."""
         return (self.plane, *self.extra_planes)
+
+    def planes_for(self, lps_spacing: tuple) -> tuple:
+        """The planes to run on a volume with voxel sizes ``lps_spacing`` (L, P, S): the primary plane, and each extra
+        plane whose slices are sharp (in-plane pixel aspect <= SHARP_SLICE_RATIO). A coronal or sagittal slice of a
+        5 mm axial series smears each row over 5 mm; averaging that pass in blurs the skull that the sharp plane
+        draws (issue 21: the three-plane model lost the vault of thick-slice scans)."""
+        return (self.plane, *(plane for plane in self.extra_planes
+                              if not is_thick(V.slice_spacing(lps_spacing, plane))))
 
     def along(self, plane: str) -> "Normalization":
         """This normalisation cutting slices along ``plane`` alone (what one pass of the network sees)."""

@@ -31,7 +31,8 @@ from .input_kind import non_mr_kind
 from .losses import mind_descriptor
 from .memory_estimate import check_fits, estimate, generator_width
 from .modelfile import Catalog, ModelBundle, load_model
-from .preprocessing import CT_BACKGROUND_HU, normalization_from_metadata, prepare_volume, restore_volume
+from .preprocessing import (CT_BACKGROUND_HU, is_thick, normalization_from_metadata, prepare_volume,
+                            restore_volume)
 
 log = logging.getLogger(__name__)
 ModelLike = Union[str, os.PathLike, ModelBundle]
@@ -54,6 +55,7 @@ class SynthesisResult:
     seconds: float = 0.0
     precision: str = "float32"                         # what the network ran in (auto resolved)
     backend: str = ""                                  # e.g. "torch eager, NCHW"
+    planes: tuple = ()                                 # the slicing planes whose passes were averaged
 
 
 @dataclass
@@ -83,13 +85,18 @@ BACKGROUND = {"ct": CT_BACKGROUND_HU, "mr": 0.0}
 def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: str = "auto",
               batch_size: Optional[int] = None, precision: str = "auto", quality_map: bool = False,
               progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
-              oblique: str = "resample") -> SynthesisResult:
+              oblique: str = "auto") -> SynthesisResult:
     """Translate a whole volume with the model's generator for ``source`` (MR -> CT in HU with G_CT, or CT -> MR in
     the model's MR units with G_MR), slice-wise, on exactly the input's grid; the input is never modified.
 
-    A model trained along several planes (``extra_planes``, issue 21) runs once along each and the result is the
-    voxel-wise mean of the passes: a structure that one plane cuts tangentially (the skull vertex in axial slices)
-    is a band across the slices of the others.
+    A model trained along several planes (``extra_planes``, issue 21) runs once along each plane whose slices of
+    this volume are sharp (``Normalization.planes_for``: all three on a 1 mm MR, the primary alone on a thick-slice
+    series) and the result is the voxel-wise mean of the passes: a structure that one plane cuts tangentially (the
+    skull vertex in axial slices) is a band across the slices of the others. ``SynthesisResult.planes`` says which ran.
+    ``oblique`` says how a tilted volume meets the network (``volumes.to_canonical``): "resample" onto LPS axes,
+    "nearest" its own slices, "auto" its own slices if they are thick (``preprocessing.is_thick``: resampling a
+    5.5 mm series tilted by 5 degrees blends neighbouring slices into seams across every slice, and a real T1's
+    vault closed in 0.92 of the rays with resampling, 0.98 on its own slices) and resampling otherwise.
     ``precision`` is one of ``acceleration.PRECISIONS`` (auto: the fastest correct path of the device) and
     ``batch_size`` None takes the device's rule; the result records the precision and backend that ran.
     The cycle residual uses the reverse generator (a one-way model has none: ``quality_maps_of``) and is in the source
@@ -102,6 +109,10 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
         raise ValueError("batch_size must be >= 1")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if oblique not in ("auto", "resample", "nearest"):
+        raise ValueError(f"oblique must be 'auto', 'resample' or 'nearest', not {oblique!r}")
+    if oblique == "auto":
+        oblique = "nearest" if is_thick(image.GetSpacing()) else "resample"
     bundle = load_bundle(model)
     norm = normalization_from_metadata(bundle.metadata)
     torch_device = pick_device(device)
@@ -111,7 +122,7 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
     names = quality_maps_of(bundle, source) if quality_map else ()
     forward = bundle.build(forward_name, torch_device)
     backward = bundle.build(GENERATORS[target][0], torch_device) if "cycle_residual" in names else None
-    planes = norm.planes
+    planes = norm.planes_for(V.Geometry.of(image).lps_spacing)
     passes = []
     for number, plane in enumerate(planes):
         label = f" ({plane} pass {number + 1}/{len(planes)})" if len(planes) > 1 else ""
@@ -124,7 +135,7 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
         report(0.97, f"averaging the {len(planes)} planes")
         sct = {key: _mean_image([p[0][key] for p in passes]) for key in sct}
     result = SynthesisResult(sct.pop("result"), sct, bundle.metadata["name"], str(torch_device), 0.0,
-                             plan.precision, backend)
+                             plan.precision, backend, planes)
     result.seconds = time.time() - began
     report(1.0, f"done in {result.seconds:.1f} s on {torch_device} ({result.precision}, {result.backend})")
     return result
@@ -189,7 +200,7 @@ def _translate_along(image: sitk.Image, norm, bundle: ModelBundle, forward: torc
 
 def synthesize(image: sitk.Image, model: ModelLike, device: str = "auto", batch_size: Optional[int] = None,
                precision: str = "auto", quality_map: bool = False, progress: Optional[Progress] = None,
-               cancel: Optional[Callable[[], bool]] = None, oblique: str = "resample",
+               cancel: Optional[Callable[[], bool]] = None, oblique: str = "auto",
                mask_background: bool = True, input_is_mr: bool = False) -> SynthesisResult:
     """Synthesize a CT (HU) from one MR volume (``translate`` from MR); the input image is never modified.
 

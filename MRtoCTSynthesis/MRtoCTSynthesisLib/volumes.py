@@ -162,6 +162,13 @@ class Geometry:
     def direction_matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
+    @property
+    def lps_spacing(self) -> tuple:
+        """Voxel size along the canonical L, P, S axes: each takes the spacing of the input axis closest to it
+        (exact for an axis-aligned grid; what ``to_canonical`` gives an oblique one)."""
+        closest_input_axis = np.abs(self.direction_matrix).argmax(axis=1)
+        return tuple(float(s) for s in np.asarray(self.spacing)[closest_input_axis])
+
     def is_axis_aligned(self, tol: float = 1e-4) -> bool:
         """True when the direction is a permutation with flips (each axis parallel to a patient axis)."""
         return bool(np.all(np.abs(np.abs(self.direction_matrix).max(axis=0) - 1.0) < tol))
@@ -202,8 +209,7 @@ def _resample_to_lps(image: sitk.Image, geometry: Geometry, interpolator: int, d
     corners_index = np.array(np.meshgrid(*[[0, n - 1] for n in geometry.size], indexing="ij")).reshape(3, -1)
     corners = direction @ (corners_index * np.asarray(geometry.spacing)[:, None]) + np.asarray(geometry.origin)[:, None]
     lower, upper = corners.min(axis=1), corners.max(axis=1)
-    closest_input_axis = np.abs(direction).argmax(axis=1)  # for each LPS axis, the input axis nearest to it
-    spacing = np.asarray(geometry.spacing)[closest_input_axis]
+    spacing = np.asarray(geometry.lps_spacing)
     size = np.ceil((upper - lower) / spacing - 1e-6).astype(int) + 1
     return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, lower.tolist(),
                          spacing.tolist(), np.eye(3).flatten().tolist(), float(default_value),

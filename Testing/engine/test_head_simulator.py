@@ -173,8 +173,23 @@ def test_thick_slices_can_be_drawn_mostly_axial():
     """``axial_thick_share`` 1: every thick-slice contrast blurs along the axial axis (k) alone; the default draws
     the axis at random, so some thick slices lie along j or i."""
     def thick_axes(share):
-        contrasts = [H.draw_contrast(np.random.default_rng(seed), axial_thick_share=share) for seed in range(80)]
+        contrasts = [H.draw_contrast(np.random.default_rng(seed), prior=H.ContrastPrior(axial_thick_share=share))
+                     for seed in range(80)]
         thick = [c.blur_voxels for c in contrasts if max(c.blur_voxels) > 0.8]    # above any in-plane blur
         return [int(np.argmax(blur)) for blur in thick]
     assert thick_axes(1.0) and set(thick_axes(1.0)) == {0}
     assert set(thick_axes(None)) > {0}
+
+
+def test_fat_can_be_drawn_brighter_than_skin_and_muscle():
+    """``bright_fat_share`` 1: fat outshines skin and muscle in every contrast; the default draws it alike, so fat is
+    darker than one of them in some; the prior redraws fat alone."""
+    def fat_brightest(prior):
+        contrasts = [H.draw_contrast(np.random.default_rng(seed), prior=prior) for seed in range(60)]
+        return [c.means["fat"] >= max(c.means["skin"], c.means["muscle"]) for c in contrasts]
+    assert all(fat_brightest(H.ContrastPrior(bright_fat_share=1.0)))
+    assert not all(fat_brightest(H.ContrastPrior()))
+    plain, bright = (H.draw_contrast(np.random.default_rng(3), prior=H.ContrastPrior(bright_fat_share=share))
+                     for share in (0.0, 1.0))
+    assert plain.blur_voxels == bright.blur_voxels and plain.means["fat"] != bright.means["fat"]
+    assert {k: v for k, v in plain.means.items() if k != "fat"} == {k: v for k, v in bright.means.items() if k != "fat"}

@@ -38,6 +38,19 @@ def test_sct_has_exactly_the_input_grid(models, plane, direction):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mr), before)  # input untouched
 
 
+@pytest.mark.parametrize("spacing, own_slices", [((0.7, 0.8, 2.5), True), ((0.9, 1.0, 1.2), False)])
+def test_auto_runs_a_tilted_thick_series_on_its_own_slices(models, spacing, own_slices):
+    """oblique="auto": a tilted series of thick slices (voxels > 2x longer one way) meets the network as its own
+    slices, since resampling onto LPS axes would blend neighbouring slices; a near-isotropic one is resampled."""
+    mr = make_volume(size=(22, 18, 9), spacing=spacing)                  # 20/10 degrees oblique
+    run = {how: V.array_of(S.synthesize(mr, models["axial"], device="cpu", oblique=how).sct)
+           for how in ("auto", "nearest", "resample")}
+    assert np.abs(run["nearest"] - run["resample"]).max() > 1.0          # the two ways do differ here
+    np.testing.assert_array_equal(run["auto"], run["nearest" if own_slices else "resample"])
+    with pytest.raises(ValueError, match="oblique must be"):
+        S.synthesize(mr, models["axial"], device="cpu", oblique="rotate")
+
+
 def test_a_unet_model_takes_any_field_of_view(tmp_path):
     """A slice that outgrows the canvas grows it to a multiple the U-Net accepts (16), not the ResNet's 4."""
     from MRtoCTSynthesisLib.modelfile import save_untrained_model

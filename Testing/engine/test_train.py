@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import SimpleITK as sitk
 import pytest
 import torch
 
@@ -252,6 +253,7 @@ def test_extra_planes_train_on_every_plane_and_synthesis_averages_the_passes(pha
     import copy
 
     from MRtoCTSynthesisLib import volumes as V
+    from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
     from MRtoCTSynthesisLib.synthesis import synthesize
     from MRtoCTSynthesisLib.train import build_trainer
 
@@ -273,6 +275,22 @@ def test_extra_planes_train_on_every_plane_and_synthesis_averages_the_passes(pha
         passes.append(V.array_of(synthesize(mr, single, device="cpu", mask_background=False).sct))
     np.testing.assert_allclose(fused, np.mean(passes, axis=0), atol=1e-3)
     assert np.abs(passes[0] - passes[1]).max() > 1.0                                   # the planes do differ
+    # thick slices: a plane whose pixels are > 2x longer one way than the other is left out (the primary stays)
+    norm = normalization_from_metadata(bundle.metadata)
+    assert norm.planes_for((1.0, 1.0, 1.0)) == ("sagittal", "coronal", "axial")
+    assert norm.planes_for((0.9, 0.9, 5.5)) == ("sagittal", "axial")                    # a 5.5 mm axial series
+    assert norm.planes_for((2.0, 1.0, 1.0)) == ("sagittal", "coronal", "axial")         # 2x: still sharp
+    assert mr.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    thick = sitk.Image(mr)
+    thick.SetSpacing((mr.GetSpacing()[0], 5 * mr.GetSpacing()[1], mr.GetSpacing()[2]))  # thick along P
+    result = synthesize(thick, bundle, device="cpu", mask_background=False)
+    assert result.planes == ("sagittal", "coronal")
+    kept = []
+    for plane in ("sagittal", "coronal"):
+        single = copy.copy(bundle)
+        single.metadata = {**bundle.metadata, "plane": plane, "extra_planes": []}
+        kept.append(V.array_of(synthesize(thick, single, device="cpu", mask_background=False).sct))
+    np.testing.assert_allclose(V.array_of(result.sct), np.mean(kept, axis=0), atol=1e-3)
     with pytest.raises(ValueError, match="extra_planes"):
         _tiny("paired", extra_planes=("sagittal",))                                     # the primary plane again
     with pytest.raises(ValueError, match="position-based"):

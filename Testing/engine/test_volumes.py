@@ -45,6 +45,8 @@ def test_axis_aligned_canonical_is_lps_and_needs_no_resampling():
     canonical, how = V.to_canonical(image)
     assert not how.resampled
     np.testing.assert_allclose(canonical.GetDirection(), np.eye(3).flatten())
+    np.testing.assert_allclose(V.Geometry.of(image).lps_spacing, canonical.GetSpacing())   # known before reorienting
+    assert sorted(canonical.GetSpacing()) == sorted(image.GetSpacing()) != list(canonical.GetSpacing())
     # the same physical point holds the same value
     index = (3, 5, 2)
     point = image.TransformIndexToPhysicalPoint(index)
@@ -65,6 +67,7 @@ def test_oblique_resampling_gives_lps_grid_and_comes_back_on_the_exact_grid():
     np.testing.assert_allclose(canonical.GetDirection(), np.eye(3).flatten())
     # each canonical axis keeps the spacing of the input axis closest to it (20/10 degrees: the same axes)
     np.testing.assert_allclose(canonical.GetSpacing(), image.GetSpacing())
+    np.testing.assert_allclose(V.Geometry.of(image).lps_spacing, canonical.GetSpacing())
     back = V.from_canonical(canonical, how)
     assert_same_geometry(image, back)
     # interior voxels survive two linear interpolations of a smooth field closely
