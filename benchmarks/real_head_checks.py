@@ -4,9 +4,11 @@ models side by side, with the constant and MR-lookup baselines and the real head
     python benchmarks/real_head_checks.py --out benchmarks/real_head [--models phantom-head-demo head-synth]
 
 No real MR here has a CT of the same patient, so there is no MAE: the checks are skull completeness over the vault,
-the in-head HU histogram against the real head CTs and MI(MR, sCT) (``MRtoCTSynthesisLib.head_checks``). Writes
-results.json, results.md and one figure per MR (three planes through the brain centre: MR | each sCT, the in-plane
-rays of the completeness check drawn: green crossed bone, red did not, grey left the scanned slab).
+the in-head HU histogram against the real head CTs (overall, and by depth under the skin) and MI(MR, sCT)
+(``MRtoCTSynthesisLib.head_checks``). Writes results.json, results.md, one figure per MR (three planes through the
+brain centre: MR | each sCT, the in-plane rays of the completeness check drawn: green crossed bone, red did not,
+grey left the scanned slab) and depth_profiles.png (fat and bone shares by depth under the skin, sCTs against the
+real CTs).
 The baselines are fitted on head phantoms (T1-like) with the last model's MR normalisation (the new default's): the
 constant is the median body HU, the lookup maps the normalised MR intensity to HU (``baselines``).
 """
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
                        f"{name}: real MR (no CT of this patient) and sCTs\nrays of the vault check: green crossed "
                        "bone > 250 HU, red did not, grey left the scan")
     args.out.mkdir(parents=True, exist_ok=True)
+    depth_figure(results, labels, args.figures / "depth_profiles.png")
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(markdown(results, labels), encoding="utf-8")
     print((args.out / "results.md").read_text(encoding="utf-8"))
@@ -118,9 +121,58 @@ def markdown(results: dict, models) -> str:
         lines.append(f"- {name}: vault {summary['skull_completeness']:.2f} ({summary['rays_counted']} rays), brain "
                      f"bone {summary['brain_bone_share']:.1%}, "
                      f"shares {summary['hu_shares']}, distance to the mean {summary['hu_histogram_distance']:.3f}")
+    lines += ["", f"Scalp fat: the fat share 2-8 mm under the skin (mean of the 2-4, 4-6 and 6-8 mm shells); real "
+              "head CTs: " + ", ".join(f"{scalp_fat(c):.2f}" for c in results["real_cts"].values()), "",
+              "| real head MR | " + " | ".join(predictors) + " |", "|---" * (1 + len(predictors)) + "|"]
+    for name, entry in results["mrs"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{scalp_fat(entry['results'][p]):.2f}" for p in predictors) + " |")
     seconds = {m: [e["results"][m]["synthesis_seconds"] for e in results["mrs"].values()] for m in models}
     lines += ["", "Synthesis seconds per MR on this CPU: " + "; ".join(f"{m}: {v}" for m, v in seconds.items()), ""]
     return "\n".join(lines) + "\n"
+
+
+SCALP_SHELLS = ("2-4", "4-6", "6-8")
+
+
+def scalp_fat(summary: dict) -> float:
+    """The mean fat share of the shells 2-8 mm under the skin (the scalp of an adult head)."""
+    return float(np.mean([summary["shares_by_depth_mm"][shell]["fat"] for shell in SCALP_SHELLS]))
+
+
+def depth_figure(results: dict, models, path: Path) -> Path:
+    """Fat (top row) and bone (bottom row) share by depth under the skin, one column per real MR: each model's sCT,
+    and the real head CTs (grey band: their range, black: their mean)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shells = list(next(iter(results["real_cts"].values()))["shares_by_depth_mm"])
+    middle = [np.mean([float(x) for x in shell.split("-")]) for shell in shells]
+    mrs = results["mrs"]
+    fig, axes = plt.subplots(2, len(mrs), figsize=(3.0 * len(mrs), 5.6), sharex=True, sharey="row", squeeze=False)
+    for column, (name, entry) in enumerate(mrs.items()):
+        for row, tissue in enumerate(("fat", "bone")):
+            ax = axes[row, column]
+            real = np.array([[c["shares_by_depth_mm"][s][tissue] for s in shells] for c in results["real_cts"].values()])
+            ax.fill_between(middle, real.min(0), real.max(0), color="0.85", label="real head CTs (range)")
+            ax.plot(middle, real.mean(0), "k-", lw=2, label="real head CTs (mean)")
+            for model in models:
+                ax.plot(middle, [entry["results"][model]["shares_by_depth_mm"][s][tissue] for s in shells], "o-",
+                        ms=3, label=model)
+            ax.set_xscale("log")
+            ax.set_title(name.split(".")[0] if row == 0 else "", fontsize=8)
+            if column == 0:
+                ax.set_ylabel(f"{tissue} share")
+            if row == 1:
+                ax.set_xlabel("depth under the skin (mm)")
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle("Where the HU classes sit: share of each shell under the skin that is fat (-400 to -30 HU) or bone "
+                 "(>= 250 HU)\nsCTs of real MRs (no CT of these patients) against the two real head CTs", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

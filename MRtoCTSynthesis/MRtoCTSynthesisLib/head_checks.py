@@ -14,6 +14,9 @@
 * Bone in the brain: the share of voxels above 250 HU in the upper half of a 40 mm ball about the same centre (all
   brain in an adult head): a real CT has almost none. It catches what the vault check cannot, an sCT that paints
   bone everywhere (dark CSF mapped to bone, say).
+* Where the classes sit: the same shares in shells by depth under the head's surface (``shares_by_depth``): a real
+  head CT has mostly fat 2-8 mm down (the scalp) and bone below it; an sCT with the right overall shares can still
+  have them in the wrong places.
 * MI(MR, sCT) in the head (``metrics.mutual_information``).
 
 Everything is computed on the canonical (LPS) volume resampled to 2 mm voxels.
@@ -25,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import binary_erosion
+from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from . import volumes as V
 from .head_simulator import output_grid
@@ -38,6 +41,7 @@ BRAIN_BALL_MM = 40.0
 AZIMUTHS = np.radians(np.arange(0, 360, 15))
 ELEVATIONS = np.radians(np.arange(10, 81, 10))
 STEP_MM = 0.5
+DEPTH_SHELLS_MM = (0, 2, 4, 6, 8, 12, 20, 40)   # shell edges under the head's surface
 HU_CLASSES = (("air", -np.inf, -400.0), ("fat", -400.0, -30.0), ("soft tissue", -30.0, BONE_HU),
               ("bone", BONE_HU, np.inf))
 
@@ -72,6 +76,7 @@ class HeadCheck:
     brain_bone: float
     hu_shares: dict
     mi_mr_sct: Optional[float]
+    depth_shares: dict
     rays: Rays = field(repr=False)
     hu: np.ndarray = field(repr=False)
     mr: Optional[np.ndarray] = field(default=None, repr=False)
@@ -79,7 +84,9 @@ class HeadCheck:
     def summary(self, reference_shares: Optional[dict] = None) -> dict:
         """JSON-ready numbers; with ``reference_shares``, the histogram distance to them."""
         out = {"skull_completeness": round(self.completeness, 3), "rays_counted": self.rays_counted,
-               "brain_bone_share": round(self.brain_bone, 4), "hu_shares": {k: round(v, 4) for k, v in self.hu_shares.items()}}
+               "brain_bone_share": round(self.brain_bone, 4), "hu_shares": {k: round(v, 4) for k, v in self.hu_shares.items()},
+               "shares_by_depth_mm": {shell: {k: round(v, 4) for k, v in shares.items()}
+                                      for shell, shares in self.depth_shares.items()}}
         if self.mi_mr_sct is not None:
             out["mi_mr_sct"] = round(float(self.mi_mr_sct), 4)
         if reference_shares is not None:
@@ -156,6 +163,14 @@ def hu_shares(hu: np.ndarray, mask: np.ndarray) -> dict:
     return {name: float(((values >= lo) & (values < hi)).mean()) for name, lo, hi in HU_CLASSES}
 
 
+def shares_by_depth(hu: np.ndarray, head: np.ndarray, scanned: np.ndarray) -> dict:
+    """``hu_shares`` in each shell of DEPTH_SHELLS_MM under the skin ("lo-hi" -> shares): depth is the distance to
+    the nearest voxel outside ``head`` but inside ``scanned`` (where a slab cuts the head there is no skin)."""
+    depth = distance_transform_edt(head | ~scanned) * GRID_MM
+    return {f"{lo}-{hi}": hu_shares(hu, head & (depth > lo) & (depth <= hi))
+            for lo, hi in zip(DEPTH_SHELLS_MM, DEPTH_SHELLS_MM[1:])}
+
+
 def histogram_distance(a: dict, b: dict) -> float:
     """Total-variation distance between two sets of class shares: half the sum of absolute differences (0 to 1)."""
     return 0.5 * sum(abs(a[k] - b[k]) for k in a)
@@ -166,19 +181,21 @@ def check_sct(mr: sitk.Image, sct: sitk.Image) -> HeadCheck:
     mr_array = on_check_grid(mr, 0.0)
     sct_array = on_check_grid(sct, -1000.0)
     head = head_mask(mr_array)
-    rays = cast_rays(head, sct_array, brain_centre(head), scanned_region(mr))
+    scanned = scanned_region(mr)
+    rays = cast_rays(head, sct_array, brain_centre(head), scanned)
     return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(sct_array, rays.centre),
-                     hu_shares(sct_array, head),
-                     mutual_information(mr_array, sct_array, head), rays, sct_array, mr_array)
+                     hu_shares(sct_array, head), mutual_information(mr_array, sct_array, head),
+                     shares_by_depth(sct_array, head, scanned), rays, sct_array, mr_array)
 
 
 def check_ct(ct: sitk.Image) -> HeadCheck:
     """The same checks on a real CT (the upper bound of completeness; the reference HU shares)."""
     hu = on_check_grid(ct, -1024.0)
     head = head_mask(hu, threshold=-500.0)
-    rays = cast_rays(head, hu, brain_centre(head), scanned_region(ct))
+    scanned = scanned_region(ct)
+    rays = cast_rays(head, hu, brain_centre(head), scanned)
     return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(hu, rays.centre),
-                     hu_shares(hu, head), None, rays, hu)
+                     hu_shares(hu, head), None, shares_by_depth(hu, head, scanned), rays, hu)
 
 
 def mean_shares(checks: list) -> dict:

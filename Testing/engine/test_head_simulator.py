@@ -134,6 +134,23 @@ def test_rays_that_leave_the_scanned_box_are_not_counted(phantom):
     box = C.scanned_region(tilted)
     assert 0.3 < box.mean() < 0.95 and not box[0].all() and not box[-1].all()
 
+
+def test_shares_by_depth_find_each_class_at_its_depth():
+    """A ball of soft tissue under a 4 mm fat layer, cut flat by the scan's box: fat in the shells 0-4 mm under the
+    skin, soft tissue below, and the cut face (no skin) is not a surface."""
+    k, j, i = np.ogrid[:40, :40, :40]
+    radius = np.sqrt((k - 20) ** 2 + (j - 20) ** 2 + (i - 20) ** 2)           # voxels of 2 mm
+    head = radius < 15
+    hu = np.where(radius < 13, 40.0, -100.0).astype(np.float32)
+    scanned = np.ones_like(head)
+    shares = C.shares_by_depth(hu, head, scanned)
+    assert shares["0-2"]["fat"] == 1.0 and shares["2-4"]["fat"] > 0.9 and shares["6-8"]["soft tissue"] == 1.0
+    scanned[30:] = False                                                       # the slab ends inside the head
+    cut = C.shares_by_depth(hu, head & scanned, scanned)
+    assert cut["6-8"]["soft tissue"] == 1.0 and cut["0-2"]["fat"] == 1.0        # the cut face added no "skin"
+    assert C.shares_by_depth(hu, head & scanned, np.ones_like(head))["0-2"]["soft tissue"] > 0.1   # as it would
+
+
 def test_histogram_distance_and_the_sct_check(phantom):
     shares = C.hu_shares(np.array([-1000.0, -100.0, 40.0, 1000.0]), np.ones(4, bool))
     assert shares == {"air": 0.25, "fat": 0.25, "soft tissue": 0.25, "bone": 0.25}
@@ -141,7 +158,9 @@ def test_histogram_distance_and_the_sct_check(phantom):
     assert C.histogram_distance(shares, {"air": 1.0, "fat": 0, "soft tissue": 0, "bone": 0}) == 0.75
     check = C.check_sct(phantom.mr, phantom.ct)                 # the true CT as the "sCT" of the phantom MR
     assert check.completeness > 0.9 and check.mi_mr_sct > 0.1
-    assert set(check.summary(shares)) >= {"skull_completeness", "brain_bone_share", "hu_histogram_distance"}
+    assert set(check.summary(shares)) >= {"skull_completeness", "brain_bone_share", "hu_histogram_distance",
+                                          "shares_by_depth_mm"}
+    assert check.depth_shares["8-12"]["bone"] > 0.2 > check.depth_shares["0-2"]["bone"]   # the skull under the scalp
 
 
 def test_check_figure_is_written(tmp_path, phantom):
