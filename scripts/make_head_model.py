@@ -159,6 +159,8 @@ def main(argv=None) -> int:
                         help="data: share of the thick-slice MRs sliced axially (default: any axis alike)")
     parser.add_argument("--bright-fat-share", type=float, default=0.0,
                         help="data: share of the contrasts with fat brighter than skin and muscle (default 0)")
+    parser.add_argument("--max-bias", type=float, default=0.35,
+                        help="data: the largest sd of the log bias field (default 0.35)")
     parser.add_argument("--lr", type=float, default=None, help="train: learning rate instead of the recipe's")
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
     parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")
@@ -170,7 +172,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.stage in ("data", "all"):
         make_data(args.work, args.real_data, args.pairs, args.own_mr_every, args.jobs, args.seed,
-                  ContrastPrior(args.axial_thick_share, args.bright_fat_share))
+                  ContrastPrior(args.axial_thick_share, args.bright_fat_share, args.max_bias))
     if args.stage in ("train", "all"):
         print(f"model: {train(args.work, args.minutes, args.init_from, args.device, args.extra_planes, args.lr)}",
               flush=True)

@@ -146,10 +146,14 @@ class ContrastPrior:
     ``bright_fat_share``: the share of contrasts in which fat outshines skin and muscle, as it does in every clinical
     sequence but a fat-suppressed one (T1, T2 and PD fast spin echo, FLAIR); with every tissue drawn alike the
     network cannot tell the fatty scalp from muscle and paints it soft tissue (v4 on real T1s: 12-26% fat 2-6 mm
-    under the skin, where the real head CTs have 37-75%)."""
+    under the skin, where the real head CTs have 37-75%).
+    ``max_bias``: the largest sd of the log bias field (drawn U(0, max_bias)); 0.35 (v1-v4) scales intensities by up to
+    about 2x across the head, less than a real T1's fall-off towards the vertex far from the coil (ReMIND: the scalp
+    at the back of the vertex at a tenth of the brain's signal, where v4 left the skull open)."""
 
     axial_thick_share: Optional[float] = None
     bright_fat_share: float = 0.0
+    max_bias: float = 0.35
 
 
 def draw_contrast(rng: np.random.Generator, spacing_mm: float = SPACING_MM,
@@ -169,7 +173,7 @@ def draw_contrast(rng: np.random.Generator, spacing_mm: float = SPACING_MM,
     if prior.bright_fat_share and rng.random() < prior.bright_fat_share:
         means["fat"] = float(rng.uniform(max(means["skin"], means["muscle"]), 1.0))
     return Contrast(means, float(rng.uniform(0.0, 0.08)), tuple(float(b) for b in blur),
-                    float(rng.uniform(0.0, 0.35)), float(rng.uniform(0.0, 0.05)), float(np.exp(rng.normal(0, 0.25))))
+                    float(rng.uniform(0.0, prior.max_bias)), float(rng.uniform(0.0, 0.05)), float(np.exp(rng.normal(0, 0.25))))
 
 
 def random_mr(labels: np.ndarray, contrast: Contrast, rng: np.random.Generator) -> np.ndarray:

@@ -212,3 +212,11 @@ def test_fat_can_be_drawn_brighter_than_skin_and_muscle():
                      for share in (0.0, 1.0))
     assert plain.blur_voxels == bright.blur_voxels and plain.means["fat"] != bright.means["fat"]
     assert {k: v for k, v in plain.means.items() if k != "fat"} == {k: v for k, v in bright.means.items() if k != "fat"}
+
+
+def test_the_bias_field_can_be_drawn_stronger():
+    """``max_bias`` bounds the drawn sd of the log bias field; the default keeps the v1-v4 draws."""
+    strong = [H.draw_contrast(np.random.default_rng(seed), prior=H.ContrastPrior(max_bias=0.7)).bias for seed in range(40)]
+    plain = [H.draw_contrast(np.random.default_rng(seed)).bias for seed in range(40)]
+    assert max(plain) <= 0.35 < max(strong) <= 0.7
+    np.testing.assert_allclose(np.array(strong) / 2, plain)               # the same uniform draws, rescaled
