@@ -162,6 +162,26 @@ def test_body_mask_largest_component_holes_filled():
 
 
 
+def test_body_mask_keeps_a_scalp_dimmed_below_otsu():
+    """A head whose scalp fades over the top (a coil's fall-off) to below Otsu's threshold: the ring of scalp is open
+    there in every plane, so an Otsu mask loses the dark skull under it; half of Otsu's threshold keeps both."""
+    k, j, i = np.ogrid[:48, :48, :48]
+    r = np.sqrt((k - 24.0) ** 2 + (j - 24.0) ** 2 + (i - 24.0) ** 2)
+    array = np.where(r < 16, 100.0, 0.0) + np.where((r >= 16) & (r < 18), 3.0, 0.0)        # brain, dark skull
+    array += np.where((r >= 18) & (r < 20), np.where(k > 34, 35.0, 100.0), 0.0)            # scalp, dim on top
+    array[:24, 21:27, 21:27] = np.where(r[:24, 21:27, 21:27] < 20, 100.0, 0.0)              # neck: joins them
+    array += np.random.default_rng(0).rayleigh(1.0, array.shape)                           # background noise
+    image = V.image_like(array.astype(np.float32), make_volume(size=(48,) * 3, spacing=(1.0, 1.0, 1.0)))
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(128)
+    otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
+    top_skull = (24 + 17, 24, 24)                                                          # (k, j, i)
+    assert 35 < otsu.GetThreshold() < 70 and V.default_body_threshold(image) < 35            # the dim scalp: between
+    assert not (sitk.GetArrayFromImage(V.body_mask(image, threshold=otsu.GetThreshold())) > 0)[top_skull]
+    mask = sitk.GetArrayFromImage(V.body_mask(image)) > 0
+    assert mask[top_skull] and mask[24 + 19, 24, 24] and not mask[24 + 23, 24, 24]         # skull, scalp; not air
+
+
 def test_holes_are_filled_in_every_plane_not_only_axial_slices():
     """A dark region that every axial slice opens to the outside but coronal slices enclose (the skull at the
     vertex of a T1 MR, cut tangentially by axial slices) is inside the body."""
