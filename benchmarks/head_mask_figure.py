@@ -1,11 +1,13 @@
-"""The head mask before and after holes were filled in all three planes (issue 21), on a real T1 MR.
+"""The head mask before and after a fix (issue 21), on a real T1 MR.
 
     python benchmarks/head_mask_figure.py --mr ../shared/data/real/head_t1gd_remind022.nii.gz \
-        --out docs/images/head_mask_fix.png
+        --before axial-fill --out docs/images/head_mask_fix.png          # holes filled in all three planes
+    python benchmarks/head_mask_figure.py --mr ../shared/data/real/head_t1gd_remind022.nii.gz \
+        --before otsu --out docs/images/head_mask_threshold.png          # half of Otsu's threshold
 
 Rows: coronal and sagittal cuts through the vault check's centre (2 mm check grid). Columns: the MR with the mask
-of axial hole filling only (red, before) and of all three planes (green, now); the default model's sCT masked as
-synthesis did before (air beyond 5 mm of the red mask) and as it does now (beyond 5 mm of the green one).
+before the fix (red) and now (green); the default model's sCT masked as synthesis did before (air beyond 5 mm of the
+red mask) and as it does now (beyond 5 mm of the green one).
 """
 from __future__ import annotations
 
@@ -34,17 +36,30 @@ def axial_only_mask(mr: np.ndarray) -> np.ndarray:
     return np.stack([binary_fill_holes(s) for s in closed])
 
 
+def otsu_mask(mr: np.ndarray) -> np.ndarray:
+    """The head mask with Otsu's threshold (holes filled in all three planes), before half of it was taken."""
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(128)
+    otsu.Execute(sitk.GetImageFromArray(mr))
+    return C.head_mask(mr, threshold=otsu.GetThreshold())
+
+
+BEFORE = {"axial-fill": (axial_only_mask, "Otsu, axial fill"), "otsu": (otsu_mask, "Otsu's threshold")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mr", type=Path, required=True)
     parser.add_argument("--model", default="head-synth")
+    parser.add_argument("--before", choices=sorted(BEFORE), default="axial-fill", help="the mask before which fix")
     parser.add_argument("--out", type=Path, default=Path("docs/images/head_mask_fix.png"))
     args = parser.parse_args(argv)
     image = V.read_volume(args.mr)
     mr = C.on_check_grid(image, 0.0)
     sct = C.on_check_grid(synthesize(image, args.model, mask_background=False).sct, -1000.0)
-    masks = {"before (axial fill)": axial_only_mask(mr), "now (3-plane fill)": C.head_mask(mr)}
-    k, j, i = (int(c) for c in C.brain_centre(masks["now (3-plane fill)"]))
+    make_before, what = BEFORE[args.before]
+    masks = {f"before ({what})": make_before(mr), "now": C.head_mask(mr)}
+    k, j, i = (int(c) for c in C.brain_centre(masks["now"]))
     cuts = {"coronal": lambda a: a[::-1, j, :], "sagittal": lambda a: a[::-1, :, i]}
     fig, axes = plt.subplots(2, 3, figsize=(11, 7.5))
     for row, (plane, cut) in zip(axes, cuts.items()):
