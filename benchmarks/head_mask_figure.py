@@ -38,10 +38,7 @@ def axial_only_mask(mr: np.ndarray) -> np.ndarray:
 
 def otsu_mask(mr: np.ndarray) -> np.ndarray:
     """The head mask with Otsu's threshold (holes filled in all three planes), before half of it was taken."""
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.SetNumberOfHistogramBins(128)
-    otsu.Execute(sitk.GetImageFromArray(mr))
-    return C.head_mask(mr, threshold=otsu.GetThreshold())
+    return C.head_mask(mr, threshold=V.otsu_threshold(sitk.GetImageFromArray(mr)))
 
 
 BEFORE = {"axial-fill": (axial_only_mask, "Otsu, axial fill"), "otsu": (otsu_mask, "Otsu's threshold")}

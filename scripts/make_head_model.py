@@ -121,8 +121,9 @@ CARD = ("Default head model: MR (any common contrast) to CT in HU, axial 2D U-Ne
         "phantom's own T1-like MR. Recipe 'fast' (U-Net ngf 16, batch 4, Adam 1e-3, beta1 0.9). v7: 45 minutes of one "
         "CPU core at Adam 3e-4 started from v4, on 160 new pairs with fat brighter than skin and muscle in 80% of the "
         "contrasts and bias fields up to twice as strong; v4: 45 minutes at Adam 3e-4 from v2, on 160 new pairs of "
-        "which two thirds of the thick-slice MRs are thick axially (clinical 2D axial series); v2: 50 minutes from v1 with the T1-like phantom pairs added; v1: 58 "
-        "minutes on random contrasts. Reproduce with scripts/make_head_model.py.")
+        "which two thirds of the thick-slice MRs are thick axially (clinical 2D axial series); v2: 50 minutes from v1 "
+        "with the T1-like phantom pairs added; v1: 58 minutes on random contrasts. Reproduce with "
+        "scripts/make_head_model.py.")
 INTENDED = ("Research and demonstration only. NOT for clinical use, diagnosis or treatment planning. Trained on two "
             "real head CTs and phantoms, never on a real MR: check every sCT (the README's reference-free checks).")
 
@@ -165,10 +166,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="data: the pairs' random seed")
     parser.add_argument("--axial-thick-share", type=float, default=None,
                         help="data: share of the thick-slice MRs sliced axially (default: any axis alike)")
-    parser.add_argument("--bright-fat-share", type=float, default=0.0,
-                        help="data: share of the contrasts with fat brighter than skin and muscle (default 0)")
-    parser.add_argument("--max-bias", type=float, default=0.35,
-                        help="data: the largest sd of the log bias field (default 0.35)")
+    parser.add_argument("--bright-fat-share", type=float, default=ContrastPrior.bright_fat_share,
+                        help="data: share of the contrasts with fat brighter than skin and muscle "
+                             "(default %(default)s)")
+    parser.add_argument("--max-bias", type=float, default=ContrastPrior.max_bias,
+                        help="data: the largest sd of the log bias field (default %(default)s)")
     parser.add_argument("--lr", type=float, default=None, help="train: learning rate instead of the recipe's")
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
     parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")

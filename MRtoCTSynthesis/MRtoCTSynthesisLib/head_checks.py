@@ -83,10 +83,10 @@ class HeadCheck:
 
     def summary(self, reference_shares: Optional[dict] = None) -> dict:
         """JSON-ready numbers; with ``reference_shares``, the histogram distance to them."""
+        rounded = lambda shares: {k: round(v, 4) for k, v in shares.items()}  # noqa: E731
         out = {"skull_completeness": round(self.completeness, 3), "rays_counted": self.rays_counted,
-               "brain_bone_share": round(self.brain_bone, 4), "hu_shares": {k: round(v, 4) for k, v in self.hu_shares.items()},
-               "shares_by_depth_mm": {shell: {k: round(v, 4) for k, v in shares.items()}
-                                      for shell, shares in self.depth_shares.items()}}
+               "brain_bone_share": round(self.brain_bone, 4), "hu_shares": rounded(self.hu_shares),
+               "shares_by_depth_mm": {shell: rounded(shares) for shell, shares in self.depth_shares.items()}}
         if self.mi_mr_sct is not None:
             out["mi_mr_sct"] = round(float(self.mi_mr_sct), 4)
         if reference_shares is not None:

@@ -173,7 +173,8 @@ def draw_contrast(rng: np.random.Generator, spacing_mm: float = SPACING_MM,
     if prior.bright_fat_share and rng.random() < prior.bright_fat_share:
         means["fat"] = float(rng.uniform(max(means["skin"], means["muscle"]), 1.0))
     return Contrast(means, float(rng.uniform(0.0, 0.08)), tuple(float(b) for b in blur),
-                    float(rng.uniform(0.0, prior.max_bias)), float(rng.uniform(0.0, 0.05)), float(np.exp(rng.normal(0, 0.25))))
+                    float(rng.uniform(0.0, prior.max_bias)), float(rng.uniform(0.0, 0.05)),
+                    float(np.exp(rng.normal(0, 0.25))))
 
 
 def random_mr(labels: np.ndarray, contrast: Contrast, rng: np.random.Generator) -> np.ndarray:
@@ -260,8 +261,8 @@ def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_
                             own_mr_every: int = 0, jobs: int = 1,
                             prior: ContrastPrior = ContrastPrior()) -> list[Path]:
     """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``; ``keeps_own_mr``;
-    ``prior``: ``draw_contrast``); each pair's random state comes from (seed, index), so any pair can be remade alone, and ``jobs`` processes make the
-    same files as one. Returns the MR paths."""
+    ``prior``: ``draw_contrast``); each pair's random state comes from (seed, index), so any pair can be remade
+    alone, and ``jobs`` processes make the same files as one. Returns the MR paths."""
     root = Path(folder)
     for sub in ("mr", "ct"):
         (root / sub).mkdir(parents=True, exist_ok=True)

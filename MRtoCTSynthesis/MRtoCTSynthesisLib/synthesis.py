@@ -109,8 +109,8 @@ def translate(image: sitk.Image, model: ModelLike, source: str = "mr", device: s
         raise ValueError("batch_size must be >= 1")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if oblique not in ("auto", "resample", "nearest"):
-        raise ValueError(f"oblique must be 'auto', 'resample' or 'nearest', not {oblique!r}")
+    if oblique not in ("auto", *V.OBLIQUE_MODES):
+        raise ValueError(f"oblique must be one of auto, {', '.join(V.OBLIQUE_MODES)}, not {oblique!r}")
     if oblique == "auto":
         oblique = "nearest" if is_thick(image.GetSpacing()) else "resample"
     bundle = load_bundle(model)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 PLANES = ("sagittal", "coronal", "axial")
+OBLIQUE_MODES = ("resample", "nearest")   # to_canonical: how an oblique volume reaches LPS axes
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -192,7 +193,7 @@ def to_canonical(image: sitk.Image, oblique: str = "resample", interpolator: int
     axis keeping the spacing of the input axis closest to it (``oblique="resample"``), or only permuted/flipped to
     the closest LPS axes, keeping its tilt and every voxel value (``oblique="nearest"``).
     """
-    if oblique not in ("resample", "nearest"):
+    if oblique not in OBLIQUE_MODES:
         raise ValueError(f"oblique must be 'resample' or 'nearest', not {oblique!r}")
     geometry = Geometry.of(image)
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(geometry.direction)
@@ -433,13 +434,19 @@ def default_body_threshold(image: sitk.Image) -> float:
     threshold between noise and tissue splits it alike): 3x the median of Rayleigh noise is 3.5 sigma, which 0.2% of
     pure-noise voxels exceed.
     """
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.SetNumberOfHistogramBins(128)
-    otsu.Execute(image)
+    otsu = otsu_threshold(image)
     values = sitk.GetArrayViewFromImage(image)
-    below = values[values < otsu.GetThreshold()]
+    below = values[values < otsu]
     noise = float(np.median(below)) if below.size else 0.0
-    return float(np.clip(NOISE_MULTIPLE * noise, OTSU_SHARE * otsu.GetThreshold(), otsu.GetThreshold()))
+    return float(np.clip(NOISE_MULTIPLE * noise, OTSU_SHARE * otsu, otsu))
+
+
+def otsu_threshold(image: sitk.Image, bins: int = 128) -> float:
+    """Otsu's threshold of ``image``'s intensities (``bins`` histogram bins)."""
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(bins)
+    otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
+    return float(otsu.GetThreshold())
 
 
 def fill_holes_in_every_plane(mask: np.ndarray) -> np.ndarray:

@@ -172,12 +172,10 @@ def test_body_mask_keeps_a_scalp_dimmed_below_otsu():
     array[:24, 21:27, 21:27] = np.where(r[:24, 21:27, 21:27] < 20, 100.0, 0.0)              # neck: joins them
     array += np.random.default_rng(0).rayleigh(1.0, array.shape)                           # background noise
     image = V.image_like(array.astype(np.float32), make_volume(size=(48,) * 3, spacing=(1.0, 1.0, 1.0)))
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.SetNumberOfHistogramBins(128)
-    otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
+    otsu = V.otsu_threshold(image)
     top_skull = (24 + 17, 24, 24)                                                          # (k, j, i)
-    assert 35 < otsu.GetThreshold() < 70 and V.default_body_threshold(image) < 35            # the dim scalp: between
-    assert not (sitk.GetArrayFromImage(V.body_mask(image, threshold=otsu.GetThreshold())) > 0)[top_skull]
+    assert 35 < otsu < 70 and V.default_body_threshold(image) < 35                         # the dim scalp: between
+    assert not (sitk.GetArrayFromImage(V.body_mask(image, threshold=otsu)) > 0)[top_skull]
     mask = sitk.GetArrayFromImage(V.body_mask(image)) > 0
     assert mask[top_skull] and mask[24 + 19, 24, 24] and not mask[24 + 23, 24, 24]         # skull, scalp; not air
 
