@@ -4,8 +4,8 @@ models side by side, with the constant and MR-lookup baselines and the real head
     python benchmarks/real_head_checks.py --out benchmarks/real_head [--models phantom-head-demo head-synth]
 
 No real MR here has a CT of the same patient, so there is no MAE: the checks are skull completeness over the vault,
-the in-head HU histogram against the real head CTs (overall, and by depth under the skin) and MI(MR, sCT)
-(``MRtoCTSynthesisLib.head_checks``). Writes results.json, results.md, one figure per MR (three planes through the
+the in-head HU histogram against the real head CTs (their whole heads; level-matched, at the MR's levels of the head;
+by depth under the skin) and MI(MR, sCT) (``MRtoCTSynthesisLib.head_checks``). Writes results.json, results.md, one figure per MR (three planes through the
 brain centre: MR | each sCT, the in-plane rays of the completeness check drawn: green crossed bone, red did not,
 grey left the scanned slab) and depth_profiles.png (fat and bone shares by depth under the skin, sCTs against the
 real CTs).
@@ -24,6 +24,7 @@ import numpy as np
 from MRtoCTSynthesisLib import head_checks as C
 from MRtoCTSynthesisLib import volumes as V
 from MRtoCTSynthesisLib.baselines import CONSTANT, LOOKUP, Subject, fit_baselines
+from MRtoCTSynthesisLib.head_simulator import read_head_ct
 from MRtoCTSynthesisLib.phantom import make_phantom, subject_seeds
 from MRtoCTSynthesisLib.preprocessing import normalization_from_metadata
 from MRtoCTSynthesisLib.quality.machine import machine_description
@@ -66,11 +67,12 @@ def main(argv=None) -> int:
     if len(labels) != len(bundles) or len(set(labels)) < len(labels):
         raise SystemExit("give one distinct --labels entry per model (two versions of a model share its name)")
     fitted = fitted_baselines(bundles[-1])
-    cts = {name: C.check_ct(V.read_volume(args.real_data / name)) for name in HEAD_CTS}
+    cts = {name: C.check_ct(read_head_ct(args.real_data / name)) for name in HEAD_CTS}
     reference = C.mean_shares(list(cts.values()))
     results = {"machine": machine_description("cpu"),
                "reference_hu_shares": {k: round(v, 4) for k, v in reference.items()},
-               "real_cts": {name: check.summary(reference) for name, check in cts.items()}, "mrs": {}}
+               "real_cts": {name: check.summary(reference, {n: c for n, c in cts.items() if n != name})
+                            for name, check in cts.items()}, "mrs": {}}
     for name in HEAD_MRS:
         path = args.real_data / name
         if not path.exists():
@@ -79,13 +81,13 @@ def main(argv=None) -> int:
         rows, columns = {}, {}
         for label, sct in baseline_scts(mr, fitted).items():
             check = C.check_sct(mr, sct)
-            rows[label], columns[label] = check.summary(reference), check
+            rows[label], columns[label] = check.summary(reference, cts), check
         for bundle, label in zip(bundles, labels):
             began = time.time()
             sct = synthesize(mr, bundle, device="cpu").sct
             seconds = time.time() - began
             check = C.check_sct(mr, sct)
-            rows[label] = {**check.summary(reference), "synthesis_seconds": round(seconds, 1)}
+            rows[label] = {**check.summary(reference, cts), "synthesis_seconds": round(seconds, 1)}
             columns[label] = check
             print(f"{name} {label}: {rows[label]}", flush=True)
         results["mrs"][name] = {"size": list(mr.GetSize()), "spacing_mm": [round(s, 3) for s in mr.GetSpacing()],
@@ -108,19 +110,29 @@ def markdown(results: dict, models) -> str:
     columns = (("vault", "skull_completeness", "{:.2f}", predictors), ("brain bone %", "brain_bone_share", "{:.1%}",
                                                                        predictors),
                ("HU-histogram distance", "hu_histogram_distance", "{:.3f}", predictors),
+               ("level-matched HU-histogram distance", "hu_histogram_distance_level_matched", "{:.3f}", predictors),
                ("MI", "mi_mr_sct", "{:.3f}", models))
     lines = ["| real head MR | " + " | ".join(f"{title}: {p}" for title, _, _, who in columns for p in who) + " |",
              "|---" * (1 + sum(len(who) for *_, who in columns)) + "|"]
     for name, entry in results["mrs"].items():
         r = entry["results"]
-        lines.append(f"| {name} | " + " | ".join(form.format(r[p][key]) for _, key, form, who in columns for p in who)
+        lines.append(f"| {name} | " + " | ".join("n/a" if r[p].get(key) is None else form.format(r[p][key])
+                                                 for _, key, form, who in columns for p in who)
                      + " |")
     lines += ["", "Real head CTs (upper bound of the vault check; their mean HU shares are the histogram reference):",
               ""]
     for name, summary in results["real_cts"].items():
         lines.append(f"- {name}: vault {summary['skull_completeness']:.2f} ({summary['rays_counted']} rays), brain "
                      f"bone {summary['brain_bone_share']:.1%}, "
-                     f"shares {summary['hu_shares']}, distance to the mean {summary['hu_histogram_distance']:.3f}")
+                     f"shares {summary['hu_shares']}, distance to the mean {summary['hu_histogram_distance']:.3f}, "
+                     f"level-matched to the other {level_matched(summary)}")
+    lines += ["", "Level matching (each real CT aligned to each MR by the head's area per axial level; used where the "
+              f"median mismatch is <= {C.MAX_AREA_MISMATCH}):", ""]
+    for name, entry in results["mrs"].items():
+        match = next(iter(entry["results"].values()))["level_matched"]
+        lines.append(f"- {name}: {match['covered_share']:.0%} of the head at levels a CT covers; " + "; ".join(
+            f"{ct} shift {a['shift_mm']:+.0f} mm, mismatch {a['area_mismatch']:.3f}{'' if a['used'] else ' (not used)'}"
+            for ct, a in match["cts"].items() if a is not None))
     lines += ["", f"Scalp fat: the fat share 2-8 mm under the skin (mean of the 2-4, 4-6 and 6-8 mm shells); real "
               "head CTs: " + ", ".join(f"{scalp_fat(c):.2f}" for c in results["real_cts"].values()), "",
               "| real head MR | " + " | ".join(predictors) + " |", "|---" * (1 + len(predictors)) + "|"]
@@ -129,6 +141,12 @@ def markdown(results: dict, models) -> str:
     seconds = {m: [e["results"][m]["synthesis_seconds"] for e in results["mrs"].values()] for m in models}
     lines += ["", "Synthesis seconds per MR on this CPU: " + "; ".join(f"{m}: {v}" for m, v in seconds.items()), ""]
     return "\n".join(lines) + "\n"
+
+
+def level_matched(summary: dict) -> str:
+    """A summary's level-matched distance, or why there is none."""
+    distance = summary.get("hu_histogram_distance_level_matched")
+    return "no level in common" if distance is None else f"{distance:.3f}"
 
 
 SCALP_SHELLS = ("2-4", "4-6", "6-8")

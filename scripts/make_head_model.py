@@ -24,7 +24,7 @@ copied), half new head phantoms, each deformed at random, each MR drawn with a r
 2, every second phantom pair keeps the phantom's own T1-like MR (v2); with --axial-thick-share 0.67, two thirds
 of the thick-slice MRs are thick along the axial axis, as clinical 2D axial series are (v4); with --bright-fat-share
 0.8 fat outshines skin and muscle in 80% of the contrasts, and --max-bias 0.7 doubles the strongest bias field (v7;
-``head_simulator.ContrastPrior``). Training: the 'paired' preset with only the
+``head_simulator.SimulationPrior``). Training: the 'paired' preset with only the
 supervised L1 (G_CT alone), the recipe 'fast' (issue 22), axial 2 mm slices, the MR scaled by its body's 99.5th
 percentile (no N4: the simulated bias fields teach the network to ignore it). The iterations are fitted to
 --minutes from the measured step, so that the learning-rate schedule completes.
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Optional
 
 from MRtoCTSynthesisLib.config import preset
-from MRtoCTSynthesisLib.head_simulator import Anatomy, ContrastPrior, write_simulated_dataset
+from MRtoCTSynthesisLib.head_simulator import Anatomy, SimulationPrior, write_simulated_dataset
 from MRtoCTSynthesisLib.modelfile import SUFFIX, load_model, save_model, sha256_of
 from MRtoCTSynthesisLib.phantom import make_phantom
 from MRtoCTSynthesisLib.quality import Subject, mean_mae_beside_baselines
@@ -59,7 +59,7 @@ CONFIG = dict(recipe="fast", lambda_adversarial=0.0, lambda_cycle=0.0, lambda_su
 
 
 def make_data(work: Path, real_data: Path, pairs: int, own_mr_every: int, jobs: int = 1, seed: int = SEED,
-              prior: ContrastPrior = ContrastPrior()) -> None:
+              prior: SimulationPrior = SimulationPrior()) -> None:
     real = [Anatomy.of_ct(real_data / name) for name in REAL_CTS if (real_data / name).exists()]
     print(f"anatomy: {[a.name for a in real]} and phantoms", flush=True)
     began = time.time()
@@ -166,11 +166,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="data: the pairs' random seed")
     parser.add_argument("--axial-thick-share", type=float, default=None,
                         help="data: share of the thick-slice MRs sliced axially (default: any axis alike)")
-    parser.add_argument("--bright-fat-share", type=float, default=ContrastPrior.bright_fat_share,
+    parser.add_argument("--bright-fat-share", type=float, default=SimulationPrior.bright_fat_share,
                         help="data: share of the contrasts with fat brighter than skin and muscle "
                              "(default %(default)s)")
-    parser.add_argument("--max-bias", type=float, default=ContrastPrior.max_bias,
+    parser.add_argument("--max-bias", type=float, default=SimulationPrior.max_bias,
                         help="data: the largest sd of the log bias field (default %(default)s)")
+    parser.add_argument("--max-extra-scalp-mm", type=float, default=SimulationPrior.max_extra_scalp_mm,
+                        help="data: up to this much fat inserted under the skin (default %(default)s)")
     parser.add_argument("--lr", type=float, default=None, help="train: learning rate instead of the recipe's")
     parser.add_argument("--minutes", type=float, default=50.0, help="training budget (wall clock)")
     parser.add_argument("--init-from", default="", help="train: start from this model file (a warm start)")
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.stage in ("data", "all"):
         make_data(args.work, args.real_data, args.pairs, args.own_mr_every, args.jobs, args.seed,
-                  ContrastPrior(args.axial_thick_share, args.bright_fat_share, args.max_bias))
+                  SimulationPrior(args.axial_thick_share, args.bright_fat_share, args.max_bias,
+                                  args.max_extra_scalp_mm))
     if args.stage in ("train", "all"):
         print(f"model: {train(args.work, args.minutes, args.init_from, args.device, args.extra_planes, args.lr)}",
               flush=True)

@@ -10,7 +10,11 @@
   bound. The head mask fills holes in all three planes (``volumes.fill_holes_in_every_plane``): the dark skull
   at the vertex of a T1 is inside the head.
 * HU histogram in the head: the shares of air (< -400 HU), fat (-400 to -30), soft tissue (-30 to 250) and bone
-  (>= 250) inside the head mask, and their total-variation distance to those of real head CTs.
+  (>= 250) inside the head mask, and their total-variation distance to those of real head CTs: to their whole heads,
+  and level-matched (``level_matched_shares``): a slab through the brain has less fat and air than a head with its
+  face and neck, so each real CT is first aligned to the MR along the head's axis by the head's cross-section
+  (area per 2 mm axial level), and the reference is the real CTs' shares at the MR's levels, weighted as the MR's
+  head is spread over them.
 * Bone in the brain: the share of voxels above 250 HU in the upper half of a 40 mm ball about the same centre (all
   brain in an adult head): a real CT has almost none. It catches what the vault check cannot, an sCT that paints
   bone everywhere (dark CSF mapped to bone, say).
@@ -44,6 +48,18 @@ STEP_MM = 0.5
 DEPTH_SHELLS_MM = (0, 2, 4, 6, 8, 12, 20, 40)   # shell edges under the head's surface
 HU_CLASSES = (("air", -np.inf, -400.0), ("fat", -400.0, -30.0), ("soft tissue", -30.0, BONE_HU),
               ("bone", BONE_HU, np.inf))
+MIN_OVERLAP_MM = 60.0        # a real CT is aligned to a head over at least this much of its height ...
+MAX_AREA_MISMATCH = 0.15     # ... and is its reference only if their cross-sections agree within this (median)
+SCANNED_SLICE_SHARE = 0.3    # an axial level counts where the scanned box covers this much of the slice
+
+
+@dataclass
+class Levels:
+    """A head volume per 2 mm axial level (k): the head's area in voxels (NaN where the scanned box covers under
+    SCANNED_SLICE_SHARE of the slice) and the HU class counts in the head (K, len(HU_CLASSES))."""
+
+    area: np.ndarray
+    counts: np.ndarray
 
 
 @dataclass
@@ -77,12 +93,14 @@ class HeadCheck:
     hu_shares: dict
     mi_mr_sct: Optional[float]
     depth_shares: dict
+    levels: Levels = field(repr=False)
     rays: Rays = field(repr=False)
     hu: np.ndarray = field(repr=False)
     mr: Optional[np.ndarray] = field(default=None, repr=False)
 
-    def summary(self, reference_shares: Optional[dict] = None) -> dict:
-        """JSON-ready numbers; with ``reference_shares``, the histogram distance to them."""
+    def summary(self, reference_shares: Optional[dict] = None, real_cts: Optional[dict] = None) -> dict:
+        """JSON-ready numbers; with ``reference_shares``, the histogram distance to them; with ``real_cts`` (name ->
+        HeadCheck), the level-matched distance and how each CT was aligned."""
         rounded = lambda shares: {k: round(v, 4) for k, v in shares.items()}  # noqa: E731
         out = {"skull_completeness": round(self.completeness, 3), "rays_counted": self.rays_counted,
                "brain_bone_share": round(self.brain_bone, 4), "hu_shares": rounded(self.hu_shares),
@@ -91,6 +109,12 @@ class HeadCheck:
             out["mi_mr_sct"] = round(float(self.mi_mr_sct), 4)
         if reference_shares is not None:
             out["hu_histogram_distance"] = round(histogram_distance(self.hu_shares, reference_shares), 4)
+        if real_cts:
+            matched = level_matched_shares(self.levels, {name: ct.levels for name, ct in real_cts.items()})
+            out["level_matched"] = matched.summary()
+            if matched.reference is not None:
+                out["hu_histogram_distance_level_matched"] = round(
+                    histogram_distance(matched.shares, matched.reference), 4)
         return out
 
 
@@ -171,6 +195,85 @@ def shares_by_depth(hu: np.ndarray, head: np.ndarray, scanned: np.ndarray) -> di
             for lo, hi in zip(DEPTH_SHELLS_MM, DEPTH_SHELLS_MM[1:])}
 
 
+def levels_of(hu: np.ndarray, head: np.ndarray, scanned: np.ndarray) -> Levels:
+    """``Levels`` of a volume on the check grid (k runs superior)."""
+    inside = head & scanned
+    area = inside.reshape(len(hu), -1).sum(axis=1).astype(float)
+    area[scanned.reshape(len(hu), -1).mean(axis=1) < SCANNED_SLICE_SHARE] = np.nan
+    counts = np.stack([(inside & (hu >= lo) & (hu < hi)).reshape(len(hu), -1).sum(axis=1)
+                       for _, lo, hi in HU_CLASSES], axis=1).astype(float)
+    return Levels(area, counts)
+
+
+def align_levels(head: Levels, ct: Levels) -> Optional[tuple[int, float]]:
+    """(shift, mismatch): the CT level ``k + shift`` that matches the head's level k, chosen to minimise the median of
+    |area_ct - area_head| / area_head over the levels both have (at least MIN_OVERLAP_MM of the head's, or all of
+    them); None if no shift overlaps enough."""
+    levels = np.flatnonzero(np.nan_to_num(head.area) > 0)
+    needed = min(len(levels), int(round(MIN_OVERLAP_MM / GRID_MM)))
+    best = None
+    for shift in range(-len(head.area), len(ct.area)):
+        target = levels + shift
+        inside = (target >= 0) & (target < len(ct.area))
+        inside[inside] &= ~np.isnan(ct.area[target[inside]])
+        if needed == 0 or inside.sum() < needed:
+            continue
+        mine = head.area[levels[inside]]
+        mismatch = float(np.median(np.abs(ct.area[target[inside]] - mine) / mine))
+        if best is None or mismatch < best[1]:
+            best = (shift, mismatch)
+    return best
+
+
+@dataclass
+class LevelMatch:
+    """The level-matched comparison of a head with real CTs: its own shares and the reference's at the levels a
+    CT covers (None where none does), the share of its head at those levels and each CT's (shift, mismatch, used)."""
+
+    shares: Optional[dict]
+    reference: Optional[dict]
+    covered: float
+    alignments: dict
+
+    def summary(self) -> dict:
+        return {"covered_share": round(self.covered, 3),
+                "reference_shares": None if self.reference is None else
+                {k: round(v, 4) for k, v in self.reference.items()},
+                "cts": {name: None if a is None else {"shift_mm": a[0] * GRID_MM, "area_mismatch": round(a[1], 3),
+                                                      "used": a[1] <= MAX_AREA_MISMATCH}
+                        for name, a in self.alignments.items()}}
+
+
+def level_matched_shares(head: Levels, cts: dict) -> LevelMatch:
+    """Each CT of ``cts`` (name -> Levels) aligned to ``head`` (``align_levels``) and used where its cross-sections
+    agree within MAX_AREA_MISMATCH; at each of the head's levels the reference shares are the mean of the used CTs'
+    shares there. The head's shares and the reference are both weighted by the head's class counts and area per level
+    over the levels at least one CT covers."""
+    levels = np.flatnonzero(np.nan_to_num(head.area) > 0)
+    total = np.zeros((len(head.area), len(HU_CLASSES)))
+    n = np.zeros(len(head.area))
+    alignments = {}
+    for name, ct in cts.items():
+        alignments[name] = align_levels(head, ct)
+        if alignments[name] is None or alignments[name][1] > MAX_AREA_MISMATCH:
+            continue
+        target = levels + alignments[name][0]
+        inside = (target >= 0) & (target < len(ct.area))
+        inside[inside] &= ~np.isnan(ct.area[target[inside]]) & (ct.area[target[inside]] > 0)
+        k, t = levels[inside], target[inside]
+        total[k] += ct.counts[t] / ct.counts[t].sum(axis=1, keepdims=True)
+        n[k] += 1
+    covered = n > 0
+    area = np.nan_to_num(head.area)
+    if not covered.any():
+        return LevelMatch(None, None, 0.0, alignments)
+    names = [name for name, _, _ in HU_CLASSES]
+    reference = (total[covered] / n[covered, None] * area[covered, None]).sum(axis=0) / area[covered].sum()
+    own = head.counts[covered].sum(axis=0) / head.counts[covered].sum()
+    return LevelMatch(dict(zip(names, own.tolist())), dict(zip(names, reference.tolist())),
+                      float(area[covered].sum() / area.sum()), alignments)
+
+
 def histogram_distance(a: dict, b: dict) -> float:
     """Total-variation distance between two sets of class shares: half the sum of absolute differences (0 to 1)."""
     return 0.5 * sum(abs(a[k] - b[k]) for k in a)
@@ -185,7 +288,8 @@ def check_sct(mr: sitk.Image, sct: sitk.Image) -> HeadCheck:
     rays = cast_rays(head, sct_array, brain_centre(head), scanned)
     return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(sct_array, rays.centre),
                      hu_shares(sct_array, head), mutual_information(mr_array, sct_array, head),
-                     shares_by_depth(sct_array, head, scanned), rays, sct_array, mr_array)
+                     shares_by_depth(sct_array, head, scanned), levels_of(sct_array, head, scanned), rays, sct_array,
+                     mr_array)
 
 
 def check_ct(ct: sitk.Image) -> HeadCheck:
@@ -195,7 +299,8 @@ def check_ct(ct: sitk.Image) -> HeadCheck:
     scanned = scanned_region(ct)
     rays = cast_rays(head, hu, brain_centre(head), scanned)
     return HeadCheck(rays.completeness, int(rays.counted.sum()), brain_bone_share(hu, rays.centre),
-                     hu_shares(hu, head), None, shares_by_depth(hu, head, scanned), rays, hu)
+                     hu_shares(hu, head), None, shares_by_depth(hu, head, scanned), levels_of(hu, head, scanned), rays,
+                     hu)
 
 
 def mean_shares(checks: list) -> dict:

@@ -38,6 +38,21 @@ SPACING_MM = 2.0                                  # grid of the simulated pairs 
 BODY_HU, FAT_HU, SOFT_HU, MARROW_HU, CORTICAL_HU = -500.0, -200.0, -30.0, 250.0, 700.0
 CSF_HU = 15.0           # intracranial soft tissue below this is CSF ...
 SKIN_MM = 2.0           # the outermost shell of the body is skin
+# Real head CTs stored upside down: the VTK headsq has no direction of its own, and the one its NIfTI assumed puts
+# the neck above the orbits (../shared/data/real/SOURCES.md: "orientation assumed").
+UPSIDE_DOWN_CTS = ("head_ct_vtk_headsq.nii.gz",)
+
+
+def read_head_ct(path: os.PathLike) -> sitk.Image:
+    """A real head CT; one named in UPSIDE_DOWN_CTS turned right way up (its slices reversed along the image axis
+    nearest superior-inferior, the grid unchanged)."""
+    ct = V.read_volume(path)
+    if Path(path).name not in UPSIDE_DOWN_CTS:
+        return ct
+    direction = np.asarray(ct.GetDirection()).reshape(3, 3)
+    axis = int(np.argmax(np.abs(direction[2])))               # the image axis (x, y, z) closest to LPS's S axis
+    reversed_data = np.flip(sitk.GetArrayFromImage(ct), axis=2 - axis)   # numpy's axes run z, y, x
+    return V.image_like(np.ascontiguousarray(reversed_data), ct)          # sitk.Flip would keep it upside down
 
 
 def tissue_labels_from_ct(ct: sitk.Image) -> sitk.Image:
@@ -138,8 +153,9 @@ class Contrast:
 
 
 @dataclass(frozen=True)
-class ContrastPrior:
-    """What the random contrasts lean towards; the defaults draw every tissue and every axis alike (v1, v2).
+class SimulationPrior:
+    """What the simulated pairs lean towards; the defaults draw every tissue and every axis alike and keep the
+    anatomy's scalp (v1, v2).
 
     ``axial_thick_share``: the share of thick-slice MRs that are thick along the axial axis (k), as clinical 2D axial
     head series are (5-6 mm slices); the others along another axis (None: any axis alike; v4: 0.67).
@@ -149,15 +165,19 @@ class ContrastPrior:
     under the skin, where the real head CTs have 37-75%).
     ``max_bias``: the largest sd of the log bias field (drawn U(0, max_bias)); 0.35 (v1-v4) scales intensities by up to
     about 2x across the head, less than a real T1's fall-off towards the vertex far from the coil (ReMIND: the scalp
-    at the back of the vertex at a tenth of the brain's signal, where v4 left the skull open)."""
+    at the back of the vertex at a tenth of the brain's signal, where v4 left the skull open).
+    ``max_extra_scalp_mm``: up to this much fat inserted under the skin (``thicken_scalp``, U(0, max) rounded to the
+    grid): the adult scalp is 3-10 mm thick, the two real head CTs' lie at one thickness each, and v7 on real T1s
+    put the skull where their bright scalp fat is (ReMIND: 0.51 bone 6-8 mm under the skin, where the MR is fat)."""
 
     axial_thick_share: Optional[float] = None
     bright_fat_share: float = 0.0
     max_bias: float = 0.35
+    max_extra_scalp_mm: float = 0.0
 
 
 def draw_contrast(rng: np.random.Generator, spacing_mm: float = SPACING_MM,
-                  prior: ContrastPrior = ContrastPrior()) -> Contrast:
+                  prior: SimulationPrior = SimulationPrior()) -> Contrast:
     """One random MR contrast: tissue means U(0.05, 1) (bone and air U(0, 0.08)); a thick-slice acquisition
     (1-7 mm) half of the time, along an axis drawn by ``prior``; fat brighter than skin and muscle in
     ``prior.bright_fat_share`` of them (its mean then U(the brighter of the two, 1))."""
@@ -211,7 +231,7 @@ class Anatomy:
 
     @classmethod
     def of_ct(cls, path: os.PathLike) -> "Anatomy":
-        ct = V.read_volume(path)
+        ct = read_head_ct(path)
         labels = tissue_labels_from_ct(ct)
         canonical, _ = V.to_canonical(ct, default_value=CT_AIR_HU)
         hu = V.array_of(canonical)
@@ -225,7 +245,7 @@ class Anatomy:
 
 
 def simulated_pair(anatomy: Anatomy, rng: np.random.Generator, own_mr: bool = False,
-                   prior: ContrastPrior = ContrastPrior()) -> tuple[sitk.Image, sitk.Image, Optional[Contrast]]:
+                   prior: SimulationPrior = SimulationPrior()) -> tuple[sitk.Image, sitk.Image, Optional[Contrast]]:
     """(MR, CT in HU, the contrast drawn) on one 2 mm canonical grid: ``anatomy`` deformed at random, the MR drawn
     from its deformed labels (``draw_contrast`` with ``prior``); with ``own_mr`` the anatomy's own MR deformed
     alike instead (contrast None)."""
@@ -238,8 +258,37 @@ def simulated_pair(anatomy: Anatomy, rng: np.random.Generator, own_mr: bool = Fa
         return _warp(anatomy.mr, grid, transform, nearest=False, fill=0.0), ct, None
     labels = V.array_of(_warp(anatomy.labels, grid, transform, nearest=True, fill=0), np.uint8)
     contrast = draw_contrast(rng, prior=prior)
+    if prior.max_extra_scalp_mm > 0:
+        voxels = int(round(rng.uniform(0.0, prior.max_extra_scalp_mm) / SPACING_MM))
+        labels, hu = thicken_scalp(labels, V.array_of(ct), voxels)
+        ct = V.image_like(hu, ct)
     mr = V.image_like(random_mr(labels, contrast, rng), ct)
     return mr, ct, contrast
+
+
+def thicken_scalp(labels: np.ndarray, hu: np.ndarray, voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, HU) with ``voxels`` of fat inserted under the skin in every axial slice: the body grows in-plane by
+    ``voxels`` (no lid on a slab's cut faces), its outermost voxel (skin, or its partial volume with air) moves out
+    with it (label and HU of the nearest old outermost voxel in the slice), and what lies between becomes fat at the
+    anatomy's median fat HU (-100 HU if it has none)."""
+    if voxels <= 0:
+        return labels, hu
+    body = labels > 0
+    disk = _ball(float(voxels), (1e6, 1.0, 1.0))          # one voxel thick along k: in-plane only
+    cross = _ball(1.0, (1e6, 1.0, 1.0))
+    grown = ndimage.binary_dilation(body, disk)
+    old_rim = body & ~ndimage.binary_erosion(body, cross, border_value=1)
+    new_rim = grown & ~ndimage.binary_erosion(grown, cross, border_value=1)
+    nearest = ndimage.distance_transform_edt(~old_rim, sampling=(1e3, 1.0, 1.0), return_distances=False,
+                                             return_indices=True)
+    fat = grown & ~new_rim & (~body | old_rim)
+    fat_hu = float(np.median(hu[labels == LABEL["fat"]])) if (labels == LABEL["fat"]).any() else -100.0
+    source = tuple(index[new_rim] for index in nearest)
+    rim_labels, rim_hu = labels[source], hu[source]
+    labels, hu = labels.copy(), hu.copy()
+    labels[fat], hu[fat] = LABEL["fat"], fat_hu
+    labels[new_rim], hu[new_rim] = rim_labels, rim_hu
+    return labels, hu
 
 
 def anatomy_of_pair(index: int, real_cts: Sequence[Anatomy], seed: int) -> Anatomy:
@@ -259,7 +308,7 @@ def keeps_own_mr(index: int, own_mr_every: int) -> bool:
 def write_simulated_dataset(folder: os.PathLike, real_cts: Sequence[Anatomy], n_pairs: int, seed: int = 0,
                             progress: Optional[Callable[[int, int], None]] = None,
                             own_mr_every: int = 0, jobs: int = 1,
-                            prior: ContrastPrior = ContrastPrior()) -> list[Path]:
+                            prior: SimulationPrior = SimulationPrior()) -> list[Path]:
     """<folder>/{mr,ct}/sim_NNN.nii.gz: ``n_pairs`` simulated pairs (``anatomy_of_pair``; ``keeps_own_mr``;
     ``prior``: ``draw_contrast``); each pair's random state comes from (seed, index), so any pair can be remade
     alone, and ``jobs`` processes make the same files as one. Returns the MR paths."""

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from MRtoCTSynthesisLib import head_checks as C
 from MRtoCTSynthesisLib import head_simulator as H
@@ -192,7 +193,7 @@ def test_thick_slices_can_be_drawn_mostly_axial():
     """``axial_thick_share`` 1: every thick-slice contrast blurs along the axial axis (k) alone; the default draws
     the axis at random, so some thick slices lie along j or i."""
     def thick_axes(share):
-        contrasts = [H.draw_contrast(np.random.default_rng(seed), prior=H.ContrastPrior(axial_thick_share=share))
+        contrasts = [H.draw_contrast(np.random.default_rng(seed), prior=H.SimulationPrior(axial_thick_share=share))
                      for seed in range(80)]
         thick = [c.blur_voxels for c in contrasts if max(c.blur_voxels) > 0.8]    # above any in-plane blur
         return [int(np.argmax(blur)) for blur in thick]
@@ -206,9 +207,9 @@ def test_fat_can_be_drawn_brighter_than_skin_and_muscle():
     def fat_brightest(prior):
         contrasts = [H.draw_contrast(np.random.default_rng(seed), prior=prior) for seed in range(60)]
         return [c.means["fat"] >= max(c.means["skin"], c.means["muscle"]) for c in contrasts]
-    assert all(fat_brightest(H.ContrastPrior(bright_fat_share=1.0)))
-    assert not all(fat_brightest(H.ContrastPrior()))
-    plain, bright = (H.draw_contrast(np.random.default_rng(3), prior=H.ContrastPrior(bright_fat_share=share))
+    assert all(fat_brightest(H.SimulationPrior(bright_fat_share=1.0)))
+    assert not all(fat_brightest(H.SimulationPrior()))
+    plain, bright = (H.draw_contrast(np.random.default_rng(3), prior=H.SimulationPrior(bright_fat_share=share))
                      for share in (0.0, 1.0))
     assert plain.blur_voxels == bright.blur_voxels and plain.means["fat"] != bright.means["fat"]
     assert {k: v for k, v in plain.means.items() if k != "fat"} == {k: v for k, v in bright.means.items() if k != "fat"}
@@ -216,7 +217,81 @@ def test_fat_can_be_drawn_brighter_than_skin_and_muscle():
 
 def test_the_bias_field_can_be_drawn_stronger():
     """``max_bias`` bounds the drawn sd of the log bias field; the default keeps the v1-v4 draws."""
-    strong = [H.draw_contrast(np.random.default_rng(seed), prior=H.ContrastPrior(max_bias=0.7)).bias for seed in range(40)]
+    strong = [H.draw_contrast(np.random.default_rng(seed), prior=H.SimulationPrior(max_bias=0.7)).bias for seed in range(40)]
     plain = [H.draw_contrast(np.random.default_rng(seed)).bias for seed in range(40)]
     assert max(plain) <= 0.35 < max(strong) <= 0.7
     np.testing.assert_allclose(np.array(strong) / 2, plain)               # the same uniform draws, rescaled
+
+
+def test_thicken_scalp_inserts_fat_under_the_skin_in_plane(phantom):
+    labels, hu = V.array_of(phantom.labels, np.uint8), V.array_of(phantom.ct)
+    assert H.thicken_scalp(labels, hu, 0)[0] is labels
+    thick, thick_hu = H.thicken_scalp(labels, hu, 2)
+    body, grown = labels > 0, thick > 0
+    k = labels.shape[0] // 2
+    row = labels.shape[1] // 2
+    inside = np.flatnonzero(body[k, row])
+    grown_inside = np.flatnonzero(grown[k, row])
+    assert grown_inside[0] == inside[0] - 2 and grown_inside[-1] == inside[-1] + 2      # 2 voxels each side
+    assert np.array_equal(grown.reshape(len(grown), -1).any(1), body.reshape(len(body), -1).any(1))   # no lid
+    assert thick[k, row, grown_inside[0]] == labels[k, row, inside[0]]                     # the rim moved out
+    assert thick_hu[k, row, grown_inside[0]] == hu[k, row, inside[0]]
+    under = (k, row, slice(grown_inside[0] + 1, inside[0] + 1))                               # old rim included
+    assert (thick[under] == H.LABEL["fat"]).all()
+    assert np.allclose(thick_hu[under], np.median(hu[labels == H.LABEL["fat"]]))
+    below_rim = np.stack([ndimage.binary_erosion(s, border_value=1) for s in body])     # unchanged under the rim
+    assert np.array_equal(thick[below_rim], labels[below_rim]) and np.array_equal(thick_hu[below_rim], hu[below_rim])
+
+
+def test_a_thicker_scalp_is_drawn_within_the_prior(phantom):
+    anatomy = H.Anatomy("phantom", phantom.ct, phantom.labels)
+    fat_voxels = []
+    for seed in range(4):
+        _, ct, _ = H.simulated_pair(anatomy, np.random.default_rng(seed), prior=H.SimulationPrior(max_extra_scalp_mm=8))
+        fat_voxels.append(((V.array_of(ct) > -200) & (V.array_of(ct) < -30)).sum())
+    _, plain, _ = H.simulated_pair(anatomy, np.random.default_rng(0))
+    assert max(fat_voxels) > 1.3 * ((V.array_of(plain) > -200) & (V.array_of(plain) < -30)).sum()
+
+
+def test_levels_align_by_the_heads_cross_section_and_weight_the_reference_by_level():
+    """A CT covering 90 levels, fat below and bone above; a head slab matching its levels 30-79: the shift is
+    found and the reference is the CT at those levels, not its whole head; a head twice as wide is not matched."""
+    area = np.concatenate([np.linspace(100, 300, 50), np.linspace(300, 20, 40)])           # neck .. vertex
+    counts = np.zeros((90, len(C.HU_CLASSES)))
+    counts[:45, 1] = area[:45]                                                               # fat (lower half)
+    counts[45:, 3] = area[45:]                                                               # bone (upper half)
+    ct = C.Levels(area.copy(), counts)
+    slab = C.Levels(area[30:80].copy(), counts[30:80].copy())
+    assert C.align_levels(slab, ct) == (30, 0.0)
+    match = C.level_matched_shares(slab, {"ct": ct})
+    expected_fat = area[30:45].sum() / area[30:80].sum()
+    assert match.covered == 1.0 and abs(match.reference["fat"] - expected_fat) < 1e-9
+    assert C.histogram_distance(match.shares, match.reference) < 1e-9
+    whole = counts.sum(axis=0) / counts.sum()
+    assert abs(whole[1] - expected_fat) > 0.1                                                # the whole head differs
+    wide = C.Levels(2 * slab.area, 2 * slab.counts)
+    unmatched = C.level_matched_shares(wide, {"ct": ct})
+    assert unmatched.reference is None and unmatched.covered == 0.0 and unmatched.summary()["cts"]["ct"]["used"] is False
+    short = C.Levels(np.full(5, np.nan), np.zeros((5, len(C.HU_CLASSES))))
+    assert C.align_levels(short, ct) is None
+
+
+def test_level_matched_distance_of_a_slab_against_its_whole_head(phantom):
+    full = C.check_ct(phantom.ct)
+    mr_slab, ct_slab = phantom.mr[:, :, 20:], phantom.ct[:, :, 20:]            # brain and vault, no face or neck
+    summary = C.check_sct(mr_slab, ct_slab).summary(C.mean_shares([full]), {"whole head": full})
+    alignment = summary["level_matched"]["cts"]["whole head"]
+    assert alignment["used"] and abs(alignment["shift_mm"] - 20 * 4.0) <= 4.0
+    assert summary["hu_histogram_distance_level_matched"] < 0.03 < summary["hu_histogram_distance"]
+
+
+def test_a_head_ct_stored_upside_down_is_turned_right_way_up(tmp_path):
+    array = np.arange(4 * 3 * 2, dtype=np.int16).reshape(4, 3, 2)             # (z, y, x)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.5))
+    for name in (H.UPSIDE_DOWN_CTS[0], "other_ct.nii.gz"):
+        V.write_volume(image, tmp_path / name)
+    turned, kept = H.read_head_ct(tmp_path / H.UPSIDE_DOWN_CTS[0]), H.read_head_ct(tmp_path / "other_ct.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(turned), array[::-1])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(kept), array)
+    assert V.Geometry.of(turned) == V.Geometry.of(image)
