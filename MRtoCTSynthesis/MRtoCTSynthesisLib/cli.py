@@ -80,6 +80,9 @@ def _add_synthesize(p: argparse.ArgumentParser) -> None:
                                                                 "fastest: 1 on CPUs, 8 on GPUs)")
     p.add_argument("--precision", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
                    help="auto: bf16 where the CPU/GPU computes it natively, fp16 on older GPUs, else float32")
+    p.add_argument("--oblique", choices=["auto", "resample", "nearest"], default="auto",
+                   help="a tilted volume: resample it onto LPS axes, or run the network on its own slices "
+                        "(nearest axes); auto: its own slices when they are thick (voxels > 2x longer one way)")
     p.add_argument("--quality-map", action="store_true", help="also write cycle-residual and structure maps")
     p.add_argument("--dicom-out", help="also write each sCT as a DICOM CT series into this folder")
     p.add_argument("--overwrite", action="store_true",
@@ -103,7 +106,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     progress = BatchProgress(args.progress_json)
     results = synthesize_files(args.inputs, args.out, args.model, args.device, args.quality_map, args.dicom_out,
                                progress, batch_size=args.batch_size, precision=args.precision, series=args.series,
-                               overwrite=args.overwrite, input_is_mr=args.input_is_mr)
+                               overwrite=args.overwrite, input_is_mr=args.input_is_mr, oblique=args.oblique)
     progress.close()
     if args.png:
         for r in results:

@@ -316,14 +316,15 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
                      progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
                      batch_size: Optional[int] = None, precision: str = "auto",
                      series: Optional[Union[str, int]] = None, overwrite: bool = False,
-                     input_is_mr: bool = False) -> list[FileResult]:
+                     input_is_mr: bool = False, oblique: str = "auto") -> list[FileResult]:
     """Synthesize many MR files; a failing input is reported in its FileResult and the others go on.
 
     Writes ``<out>/<name>_sct.nii.gz`` (and ``_cycle_residual``/``_structure_discrepancy`` maps, and a DICOM CT series
     in ``<dicom_out>/<name>/``). The outputs are checked first (``planned_outputs``: no collision, no input
     overwritten, no earlier DICOM series replaced without ``overwrite``). Each input's outputs are verified and
     published together, so a failure or an interrupt leaves the earlier results as they were and nothing partial;
-    temporaries of killed earlier runs are removed. ``series`` picks the series of DICOM folder inputs. The output
+    temporaries of killed earlier runs are removed. ``series`` picks the series of DICOM folder inputs; ``oblique``:
+    ``synthesize``'s, for every input. The output
     folders are claimed for the whole call (``claim.py``): another run into one of them is refused at once.
     """
     from .dicom_export import write_ct_series
@@ -338,7 +339,7 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
 
         def one(index: int, source: Path, file_progress: Progress, written: list) -> FileResult:
             result = synthesize(V.read_volume(source, series if source.is_dir() else None), bundle, device, batch_size,
-                                precision, quality_map, file_progress, cancel, input_is_mr=input_is_mr)
+                                precision, quality_map, file_progress, cancel, oblique, input_is_mr=input_is_mr)
             outputs = OutputSet()
             try:
                 V.write_volume(result.sct, plan[source][0], outputs=outputs)

@@ -51,6 +51,17 @@ def test_auto_runs_a_tilted_thick_series_on_its_own_slices(models, spacing, own_
         S.synthesize(mr, models["axial"], device="cpu", oblique="rotate")
 
 
+def test_the_cli_and_synthesize_files_pass_oblique_on(tmp_path, models):
+    mr = make_volume(size=(22, 18, 9), spacing=(0.7, 0.8, 2.5))          # tilted thick slices: auto = nearest
+    V.write_volume(mr, tmp_path / "mr.nii.gz")
+    for how in ("resample", "nearest"):
+        assert cli_main(["synthesize", str(tmp_path / "mr.nii.gz"), "--model", str(models["axial"]), "--out",
+                         str(tmp_path / how), "--device", "cpu", "--oblique", how]) == 0
+        direct = S.synthesize(mr, models["axial"], device="cpu", oblique=how).sct
+        np.testing.assert_allclose(V.array_of(V.read_volume(tmp_path / how / "mr_sct.nii.gz")), V.array_of(direct),
+                                   atol=1e-3)
+
+
 def test_a_unet_model_takes_any_field_of_view(tmp_path):
     """A slice that outgrows the canvas grows it to a multiple the U-Net accepts (16), not the ResNet's 4."""
     from MRtoCTSynthesisLib.modelfile import save_untrained_model
