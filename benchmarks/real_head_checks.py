@@ -73,6 +73,7 @@ def main(argv=None) -> int:
                "reference_hu_shares": {k: round(v, 4) for k, v in reference.items()},
                "real_cts": {name: check.summary(reference, {n: c for n, c in cts.items() if n != name})
                             for name, check in cts.items()}, "mrs": {}}
+    mr_levels = {}
     for name in HEAD_MRS:
         path = args.real_data / name
         if not path.exists():
@@ -93,12 +94,15 @@ def main(argv=None) -> int:
         results["mrs"][name] = {"size": list(mr.GetSize()), "spacing_mm": [round(s, 3) for s in mr.GetSpacing()],
                                 "results": rows}
         first = next(iter(columns.values()))
+        mr_levels[name] = first.levels                          # the MR's head mask: the same for every sCT
         C.check_figure(first.mr, {k: columns[k] for k in (LOOKUP, *labels)},
                        args.figures / f"{name.split('.')[0]}.png",
                        f"{name}: real MR (no CT of this patient) and sCTs\nrays of the vault check: green crossed "
                        "bone > 250 HU, red did not, grey left the scan")
     args.out.mkdir(parents=True, exist_ok=True)
     depth_figure(results, labels, args.figures / "depth_profiles.png")
+    level_figure(mr_levels, {name: check.levels for name, check in cts.items()}, results,
+                 args.figures / "level_matching.png")
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(markdown(results, labels), encoding="utf-8")
     print((args.out / "results.md").read_text(encoding="utf-8"))
@@ -186,6 +190,45 @@ def depth_figure(results: dict, models, path: Path) -> Path:
     axes[0, 0].legend(fontsize=6)
     fig.suptitle("Where the HU classes sit: share of each shell under the skin that is fat (-400 to -30 HU) or bone "
                  "(>= 250 HU)\nsCTs of real MRs (no CT of these patients) against the two real head CTs", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def level_figure(mr_levels: dict, ct_levels: dict, results: dict, path: Path) -> Path:
+    """The head's cross-section (cm^2) per axial level of each real MR (black) and of each real CT placed at its
+    level-matched alignment (dots: the levels where it is the MR's reference; dashed: the cross-sections disagree,
+    not used)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    voxel_cm2 = (C.GRID_MM / 10) ** 2
+    fig, axes = plt.subplots(1, len(mr_levels), figsize=(2.6 * len(mr_levels), 4.2), sharex=True, squeeze=False)
+    for ax, (name, levels) in zip(axes[0], mr_levels.items()):
+        height = np.arange(len(levels.area)) * C.GRID_MM
+        ax.plot(levels.area * voxel_cm2, height, "k-", lw=2.5, label="MR head")
+        alignments = next(iter(results["mrs"][name]["results"].values()))["level_matched"]["cts"]
+        for (ct_name, ct), colour in zip(ct_levels.items(), ("tab:red", "tab:blue")):
+            aligned = alignments.get(ct_name)
+            if aligned is None:
+                continue
+            ct_height = np.arange(len(ct.area)) * C.GRID_MM - aligned["shift_mm"]
+            ax.plot(ct.area * voxel_cm2, ct_height, "-" if aligned["used"] else "--", color=colour, lw=0.8,
+                    label=f"{ct_name.split('.')[0]} ({aligned['area_mismatch']:.2f})")
+            if aligned["used"]:
+                _, used = C.agreeing_levels(levels, ct, int(round(aligned["shift_mm"] / C.GRID_MM)))
+                ax.plot(ct.area[used] * voxel_cm2, ct_height[used], ".", color=colour, ms=3)
+        ax.set_ylim(-5, len(levels.area) * C.GRID_MM + 5)
+        ax.set_title(name.split(".")[0], fontsize=8)
+        ax.set_xlabel("head cross-section (cm$^2$)")
+        ax.legend(fontsize=5.5, loc="lower left")
+    axes[0, 0].set_ylabel("height in the MR's volume (mm, superior up)")
+    fig.suptitle("Level matching: each real head CT slid along the head's axis to where its cross-sections best match "
+                 "the MR's (median relative mismatch in brackets;\ndots: the levels where it is the reference, "
+                 f"dashed: mismatch > {C.MAX_AREA_MISMATCH}, not used)", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

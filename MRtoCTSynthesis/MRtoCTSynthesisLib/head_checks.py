@@ -50,13 +50,14 @@ HU_CLASSES = (("air", -np.inf, -400.0), ("fat", -400.0, -30.0), ("soft tissue", 
               ("bone", BONE_HU, np.inf))
 MIN_OVERLAP_MM = 60.0        # a real CT is aligned to a head over at least this much of its height ...
 MAX_AREA_MISMATCH = 0.15     # ... and is its reference only if their cross-sections agree within this (median)
-SCANNED_SLICE_SHARE = 0.3    # an axial level counts where the scanned box covers this much of the slice
+LEVEL_AREA_MISMATCH = 0.2    # ... and only at the levels where they agree within this (a tilted CT's cut levels)
+CUT_LEVEL_SHARE = 0.02       # a level whose head has more of its area on the scanned box's edge is cut, not counted
 
 
 @dataclass
 class Levels:
-    """A head volume per 2 mm axial level (k): the head's area in voxels (NaN where the scanned box covers under
-    SCANNED_SLICE_SHARE of the slice) and the HU class counts in the head (K, len(HU_CLASSES))."""
+    """A head volume per 2 mm axial level (k): the head's area in voxels (NaN where the scanned box cuts the head's
+    cross-section: a slab's end, a tilted scan's corner) and the HU class counts in the head (K, len(HU_CLASSES))."""
 
     area: np.ndarray
     counts: np.ndarray
@@ -199,7 +200,10 @@ def levels_of(hu: np.ndarray, head: np.ndarray, scanned: np.ndarray) -> Levels:
     """``Levels`` of a volume on the check grid (k runs superior)."""
     inside = head & scanned
     area = inside.reshape(len(hu), -1).sum(axis=1).astype(float)
-    area[scanned.reshape(len(hu), -1).mean(axis=1) < SCANNED_SLICE_SHARE] = np.nan
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    on_edge = (inside & ~binary_erosion(scanned, in_plane, border_value=0)).reshape(len(hu), -1).sum(axis=1)
+    area[(on_edge > CUT_LEVEL_SHARE * area) | (area == 0)] = np.nan
     counts = np.stack([(inside & (hu >= lo) & (hu < hi)).reshape(len(hu), -1).sum(axis=1)
                        for _, lo, hi in HU_CLASSES], axis=1).astype(float)
     return Levels(area, counts)
@@ -225,6 +229,17 @@ def align_levels(head: Levels, ct: Levels) -> Optional[tuple[int, float]]:
     return best
 
 
+def agreeing_levels(head: Levels, ct: Levels, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(head's levels, CT's levels ``+ shift``) where the two cross-sections agree within LEVEL_AREA_MISMATCH."""
+    levels = np.flatnonzero(np.nan_to_num(head.area) > 0)
+    target = levels + shift
+    inside = (target >= 0) & (target < len(ct.area))
+    with np.errstate(invalid="ignore"):
+        inside[inside] &= (np.abs(ct.area[target[inside]] - head.area[levels[inside]])
+                           <= LEVEL_AREA_MISMATCH * head.area[levels[inside]])
+    return levels[inside], target[inside]
+
+
 @dataclass
 class LevelMatch:
     """The level-matched comparison of a head with real CTs: its own shares and the reference's at the levels a
@@ -245,11 +260,11 @@ class LevelMatch:
 
 
 def level_matched_shares(head: Levels, cts: dict) -> LevelMatch:
-    """Each CT of ``cts`` (name -> Levels) aligned to ``head`` (``align_levels``) and used where its cross-sections
-    agree within MAX_AREA_MISMATCH; at each of the head's levels the reference shares are the mean of the used CTs'
-    shares there. The head's shares and the reference are both weighted by the head's class counts and area per level
-    over the levels at least one CT covers."""
-    levels = np.flatnonzero(np.nan_to_num(head.area) > 0)
+    """Each CT of ``cts`` (name -> Levels) aligned to ``head`` (``align_levels``) and used if its cross-sections
+    agree within MAX_AREA_MISMATCH (median), at the levels where they agree within LEVEL_AREA_MISMATCH (not where
+    a tilted or cut scan covers only part of the slice); at each of the head's levels the reference shares are the
+    mean of the CTs used there. The head's shares and the reference are both weighted by the head's class counts
+    and area per level over the levels at least one CT covers."""
     total = np.zeros((len(head.area), len(HU_CLASSES)))
     n = np.zeros(len(head.area))
     alignments = {}
@@ -257,10 +272,7 @@ def level_matched_shares(head: Levels, cts: dict) -> LevelMatch:
         alignments[name] = align_levels(head, ct)
         if alignments[name] is None or alignments[name][1] > MAX_AREA_MISMATCH:
             continue
-        target = levels + alignments[name][0]
-        inside = (target >= 0) & (target < len(ct.area))
-        inside[inside] &= ~np.isnan(ct.area[target[inside]]) & (ct.area[target[inside]] > 0)
-        k, t = levels[inside], target[inside]
+        k, t = agreeing_levels(head, ct, alignments[name][0])
         total[k] += ct.counts[t] / ct.counts[t].sum(axis=1, keepdims=True)
         n[k] += 1
     covered = n > 0

@@ -295,3 +295,15 @@ def test_a_head_ct_stored_upside_down_is_turned_right_way_up(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(turned), array[::-1])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(kept), array)
     assert V.Geometry.of(turned) == V.Geometry.of(image)
+
+
+def test_levels_where_the_scanned_box_cuts_the_head_are_not_counted():
+    k, j, i = np.ogrid[:30, :30, :30]
+    head = (k - 15) ** 2 + (j - 15) ** 2 + (i - 15) ** 2 < 10 ** 2
+    scanned = np.ones(head.shape, bool)
+    scanned[:12, :, 20:] = False                                   # a tilted box's corner: the lower levels are cut
+    levels = C.levels_of(np.full(head.shape, 40.0, np.float32), head, scanned)
+    has_head = head.reshape(30, -1).any(axis=1)
+    assert np.isnan(levels.area[:12][has_head[:12]]).all() and np.isfinite(levels.area[12:][has_head[12:]]).all()
+    assert np.isnan(levels.area[~has_head]).all()
+    assert levels.counts[20, 2] == head[20].sum()                  # soft tissue (40 HU) counted per level
