@@ -19,12 +19,20 @@ commit e40be69), v7:
         --labels phantom-head-demo head-synth-v4 head-synth-v7
     python scripts/make_head_model.py finalize --work /tmp/head7 --real-checks <its results.json>   # card, bundle
 
+v1-v7's pairs were made while the VTK headsq CT was read upside down (``head_simulator.read_head_ct`` now turns
+it): an axial network sees the same slices, but the same --seed now draws other pairs. The candidate v8 (not
+shipped: RESULTS section 14) added a thicker-scalp prior:
+
+    python scripts/make_head_model.py data  --work /tmp/head8 --own-mr-every 2 --seed 5 --axial-thick-share 0.67 \
+        --bright-fat-share 0.8 --max-bias 0.7 --max-extra-scalp-mm 6
+    python scripts/make_head_model.py train --work /tmp/head8 --minutes 45 --lr 3e-4 --init-from <v7 file>
+
 Data: ``head_simulator.write_simulated_dataset``: half the pairs are the real head CTs of --real-data (read, never
 copied), half new head phantoms, each deformed at random, each MR drawn with a random contrast; with --own-mr-every
 2, every second phantom pair keeps the phantom's own T1-like MR (v2); with --axial-thick-share 0.67, two thirds
 of the thick-slice MRs are thick along the axial axis, as clinical 2D axial series are (v4); with --bright-fat-share
-0.8 fat outshines skin and muscle in 80% of the contrasts, and --max-bias 0.7 doubles the strongest bias field (v7;
-``head_simulator.SimulationPrior``). Training: the 'paired' preset with only the
+0.8 fat outshines skin and muscle in 80% of the contrasts, and --max-bias 0.7 doubles the strongest bias field (v7);
+--max-extra-scalp-mm inserts up to that much fat under the skin (v8; ``head_simulator.SimulationPrior``). Training: the 'paired' preset with only the
 supervised L1 (G_CT alone), the recipe 'fast' (issue 22), axial 2 mm slices, the MR scaled by its body's 99.5th
 percentile (no N4: the simulated bias fields teach the network to ignore it). The iterations are fitted to
 --minutes from the measured step, so that the learning-rate schedule completes.
