@@ -5,10 +5,10 @@ models side by side, with the constant and MR-lookup baselines and the real head
 
 No real MR here has a CT of the same patient, so there is no MAE: the checks are skull completeness over the vault,
 the in-head HU histogram against the real head CTs (their whole heads; level-matched, at the MR's levels of the head;
-by depth under the skin) and MI(MR, sCT) (``MRtoCTSynthesisLib.head_checks``). Writes results.json, results.md, one figure per MR (three planes through the
-brain centre: MR | each sCT, the in-plane rays of the completeness check drawn: green crossed bone, red did not,
-grey left the scanned slab) and depth_profiles.png (fat and bone shares by depth under the skin, sCTs against the
-real CTs).
+by depth under the skin) and MI(MR, sCT) (``MRtoCTSynthesisLib.head_checks``). Writes results.json, results.md,
+one figure per MR (three planes through the brain centre: MR | each sCT, the in-plane rays of the completeness check
+drawn: green crossed bone, red did not, grey left the scanned slab), depth_profiles.png (fat and bone shares by
+depth under the skin, sCTs against the real CTs) and level_matching.png (how each real CT was aligned to each MR).
 The baselines are fitted on head phantoms (T1-like) with the last model's MR normalisation (the new default's): the
 constant is the median body HU, the lookup maps the normalised MR intensity to HU (``baselines``).
 """

@@ -32,9 +32,10 @@ copied), half new head phantoms, each deformed at random, each MR drawn with a r
 2, every second phantom pair keeps the phantom's own T1-like MR (v2); with --axial-thick-share 0.67, two thirds
 of the thick-slice MRs are thick along the axial axis, as clinical 2D axial series are (v4); with --bright-fat-share
 0.8 fat outshines skin and muscle in 80% of the contrasts, and --max-bias 0.7 doubles the strongest bias field (v7);
---max-extra-scalp-mm inserts up to that much fat under the skin (v8; ``head_simulator.SimulationPrior``). Training: the 'paired' preset with only the
-supervised L1 (G_CT alone), the recipe 'fast' (issue 22), axial 2 mm slices, the MR scaled by its body's 99.5th
-percentile (no N4: the simulated bias fields teach the network to ignore it). The iterations are fitted to
+--max-extra-scalp-mm inserts up to that much fat under the skin (v8; ``head_simulator.SimulationPrior``).
+Training: the 'paired' preset with only the supervised L1 (G_CT alone), the recipe 'fast' (issue 22), axial 2 mm
+slices, the MR scaled by its body's 99.5th percentile (no N4: the simulated bias fields teach the network to ignore
+it). The iterations are fitted to
 --minutes from the measured step, so that the learning-rate schedule completes.
 """
 from __future__ import annotations

@@ -213,31 +213,42 @@ def align_levels(head: Levels, ct: Levels) -> Optional[tuple[int, float]]:
     """(shift, mismatch): the CT level ``k + shift`` that matches the head's level k, chosen to minimise the median of
     |area_ct - area_head| / area_head over the levels both have (at least MIN_OVERLAP_MM of the head's, or all of
     them); None if no shift overlaps enough."""
-    levels = np.flatnonzero(np.nan_to_num(head.area) > 0)
-    needed = min(len(levels), int(round(MIN_OVERLAP_MM / GRID_MM)))
+    needed = min(int(np.sum(np.nan_to_num(head.area) > 0)), int(round(MIN_OVERLAP_MM / GRID_MM)))
     best = None
     for shift in range(-len(head.area), len(ct.area)):
-        target = levels + shift
-        inside = (target >= 0) & (target < len(ct.area))
-        inside[inside] &= ~np.isnan(ct.area[target[inside]])
-        if needed == 0 or inside.sum() < needed:
+        levels, target = _paired_levels(head, ct, shift)
+        if needed == 0 or len(levels) < needed:
             continue
-        mine = head.area[levels[inside]]
-        mismatch = float(np.median(np.abs(ct.area[target[inside]] - mine) / mine))
+        mismatch = float(np.median(_relative_mismatch(head, ct, levels, target)))
         if best is None or mismatch < best[1]:
             best = (shift, mismatch)
     return best
 
 
-def agreeing_levels(head: Levels, ct: Levels, shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """(head's levels, CT's levels ``+ shift``) where the two cross-sections agree within LEVEL_AREA_MISMATCH."""
+def _paired_levels(head: Levels, ct: Levels, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(head's levels, CT's levels ``+ shift``) that both have: a head there and a cross-section not cut."""
     levels = np.flatnonzero(np.nan_to_num(head.area) > 0)
     target = levels + shift
     inside = (target >= 0) & (target < len(ct.area))
-    with np.errstate(invalid="ignore"):
-        inside[inside] &= (np.abs(ct.area[target[inside]] - head.area[levels[inside]])
-                           <= LEVEL_AREA_MISMATCH * head.area[levels[inside]])
+    inside[inside] &= ~np.isnan(ct.area[target[inside]])
     return levels[inside], target[inside]
+
+
+def _relative_mismatch(head: Levels, ct: Levels, levels: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """|area_ct - area_head| / area_head at paired levels."""
+    return np.abs(ct.area[target] - head.area[levels]) / head.area[levels]
+
+
+def is_used(alignment: Optional[tuple[int, float]]) -> bool:
+    """Whether an ``align_levels`` result makes its CT a reference (median mismatch <= MAX_AREA_MISMATCH)."""
+    return alignment is not None and alignment[1] <= MAX_AREA_MISMATCH
+
+
+def agreeing_levels(head: Levels, ct: Levels, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(head's levels, CT's levels ``+ shift``) where the two cross-sections agree within LEVEL_AREA_MISMATCH."""
+    levels, target = _paired_levels(head, ct, shift)
+    agree = _relative_mismatch(head, ct, levels, target) <= LEVEL_AREA_MISMATCH
+    return levels[agree], target[agree]
 
 
 @dataclass
@@ -255,7 +266,7 @@ class LevelMatch:
                 "reference_shares": None if self.reference is None else
                 {k: round(v, 4) for k, v in self.reference.items()},
                 "cts": {name: None if a is None else {"shift_mm": a[0] * GRID_MM, "area_mismatch": round(a[1], 3),
-                                                      "used": a[1] <= MAX_AREA_MISMATCH}
+                                                      "used": is_used(a)}
                         for name, a in self.alignments.items()}}
 
 
@@ -270,7 +281,7 @@ def level_matched_shares(head: Levels, cts: dict) -> LevelMatch:
     alignments = {}
     for name, ct in cts.items():
         alignments[name] = align_levels(head, ct)
-        if alignments[name] is None or alignments[name][1] > MAX_AREA_MISMATCH:
+        if not is_used(alignments[name]):
             continue
         k, t = agreeing_levels(head, ct, alignments[name][0])
         total[k] += ct.counts[t] / ct.counts[t].sum(axis=1, keepdims=True)

@@ -323,9 +323,9 @@ def synthesize_files(inputs: Sequence[os.PathLike], out_dir: os.PathLike, model:
     in ``<dicom_out>/<name>/``). The outputs are checked first (``planned_outputs``: no collision, no input
     overwritten, no earlier DICOM series replaced without ``overwrite``). Each input's outputs are verified and
     published together, so a failure or an interrupt leaves the earlier results as they were and nothing partial;
-    temporaries of killed earlier runs are removed. ``series`` picks the series of DICOM folder inputs; ``oblique``:
-    ``synthesize``'s, for every input. The output
-    folders are claimed for the whole call (``claim.py``): another run into one of them is refused at once.
+    temporaries of killed earlier runs are removed. ``series`` picks the series of DICOM folder inputs; ``oblique``
+    is ``synthesize``'s, for every input. The output folders are claimed for the whole call (``claim.py``): another
+    run into one of them is refused at once.
     """
     from .dicom_export import write_ct_series
 
