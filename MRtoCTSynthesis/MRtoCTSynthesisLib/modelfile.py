@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
+from typing import Any, BinaryIO, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -267,6 +267,24 @@ class ModelBundle:
         net = build_network(spec["architecture"], **spec["kwargs"])
         net.load_state_dict(self.state_dicts[name], strict=True)
         return net.to(device).eval()
+
+
+def average_weights(bundles: Sequence[ModelBundle], shares: Sequence[float], network: str = "G_CT") -> StateDict:
+    """The weighted mean sum_i share_i * w_i of one network's weights over models fine-tuned from one start (a model
+    soup, Wortsman et al. 2022: one network's cost, often better than any ingredient); integer buffers (batch-norm
+    step counts) from the first. The models must share the network's architecture; shares are >= 0 and sum to 1."""
+    if len(bundles) < 2 or len(bundles) != len(shares):
+        raise ModelFileError(f"averaging needs two or more models and one share each, got {len(bundles)} models and "
+                             f"{len(shares)} shares")
+    if min(shares) < 0 or not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+        raise ModelFileError(f"the shares of a weight average must be >= 0 and sum to 1, got {list(shares)}")
+    specs = [b.metadata["networks"].get(network) for b in bundles]
+    if any(spec != specs[0] for spec in specs) or specs[0] is None:
+        raise ModelFileError(f"only models with the same {network!r} architecture can be averaged, got {specs}")
+    first = bundles[0].state_dicts[network]
+    return {key: (sum(share * b.state_dicts[network][key].double() for b, share in zip(bundles, shares))
+                  .to(value.dtype) if value.is_floating_point() else value)
+            for key, value in first.items()}
 
 
 def save_model(path: PathLike, metadata: Mapping[str, Any],

@@ -322,3 +322,21 @@ def test_absurd_metadata_is_refused_with_one_clear_message(tmp_path, change, mes
     with pytest.raises(modelfile.ModelFileError, match=message):
         load_model(path)
     assert time.time() - began < 5                      # refused before anything is built or allocated
+
+
+def test_a_weight_average_lies_between_its_models_and_refuses_what_cannot_be_averaged(tmp_path):
+    a, b, other = (load_model(modelfile.save_untrained_model(tmp_path / f"{n}.mrtoct.safetensors", seed=seed, ngf=ngf))
+                   for n, seed, ngf in (("a", 0, 4), ("b", 1, 4), ("other", 0, 8)))
+    first = modelfile.average_weights([a, b], [1.0, 0.0])
+    half = modelfile.average_weights([a, b], [0.5, 0.5])
+    for key, value in a.state_dicts["G_CT"].items():
+        assert torch.equal(first[key], value) and half[key].dtype == value.dtype
+        if value.is_floating_point():
+            assert torch.allclose(half[key], (value + b.state_dicts["G_CT"][key]) / 2)
+    assert not all(torch.equal(half[k], v) for k, v in a.state_dicts["G_CT"].items())
+    with pytest.raises(ModelFileError, match="same 'G_CT' architecture"):
+        modelfile.average_weights([a, other], [0.5, 0.5])
+    with pytest.raises(ModelFileError, match="sum to 1"):
+        modelfile.average_weights([a, b], [0.5, 0.6])
+    with pytest.raises(ModelFileError, match="two or more"):
+        modelfile.average_weights([a], [1.0])
