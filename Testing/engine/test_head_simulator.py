@@ -253,6 +253,23 @@ def test_a_thicker_scalp_is_drawn_within_the_prior(phantom):
     assert max(fat_voxels) > 1.3 * ((V.array_of(plain) > -200) & (V.array_of(plain) < -30)).sum()
 
 
+def test_the_brain_under_the_skull_can_be_labelled_csf_keeping_the_ct(phantom):
+    labels, hu = V.array_of(phantom.labels, np.uint8), V.array_of(phantom.ct)
+    labels = np.where(labels == H.LABEL["csf"], H.LABEL["grey_matter"], labels).astype(np.uint8)   # a CT's labels
+    assert H.add_subarachnoid_csf(labels, hu, 0)[0] is labels
+    layered, layered_hu = H.add_subarachnoid_csf(labels, hu, 1)
+    assert layered_hu is hu and (labels != layered).any()
+    changed = labels != layered
+    assert (layered[changed] == H.LABEL["csf"]).all() and (hu[changed] < H.MARROW_HU).all()
+    assert np.isin(labels[changed], (H.LABEL["grey_matter"], H.LABEL["white_matter"])).all()
+    skull = np.isin(labels, (H.LABEL["cortical_bone"], H.LABEL["bone_marrow"]))
+    assert ndimage.binary_dilation(skull, np.ones((3, 3, 3)))[changed].all()              # only next to the skull
+    brain_near_skull = (layered == H.LABEL["grey_matter"]) & ndimage.binary_dilation(skull) & (hu < H.MARROW_HU)
+    assert not brain_near_skull.any()
+    thicker = H.add_subarachnoid_csf(labels, hu, 2)[0]
+    assert (thicker == H.LABEL["csf"]).sum() > (layered == H.LABEL["csf"]).sum()
+
+
 def test_levels_align_by_the_heads_cross_section_and_weight_the_reference_by_level():
     """A CT covering 90 levels, fat below and bone above; a head slab matching its levels 30-79: the shift is
     found and the reference is the CT at those levels, not its whole head; a head twice as wide is not matched."""
