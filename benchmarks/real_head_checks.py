@@ -8,7 +8,8 @@ the in-head HU histogram against the real head CTs (their whole heads; level-mat
 by depth under the skin) and MI(MR, sCT) (``MRtoCTSynthesisLib.head_checks``). Writes results.json, results.md,
 one figure per MR (three planes through the brain centre: MR | each sCT, the in-plane rays of the completeness check
 drawn: green crossed bone, red did not, grey left the scanned slab), depth_profiles.png (fat and bone shares by
-depth under the skin, sCTs against the real CTs) and level_matching.png (how each real CT was aligned to each MR).
+depth under the skin, sCTs against the real CTs), level_matching.png (how each real CT was aligned to each MR) and
+bone_by_level.png (bone share per axial level, sCTs against the real CTs at their aligned levels).
 The baselines are fitted on head phantoms (T1-like) with the last model's MR normalisation (the new default's): the
 constant is the median body HU, the lookup maps the normalised MR intensity to HU (``baselines``).
 """
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                "reference_hu_shares": {k: round(v, 4) for k, v in reference.items()},
                "real_cts": {name: check.summary(reference, {n: c for n, c in cts.items() if n != name})
                             for name, check in cts.items()}, "mrs": {}}
-    mr_levels = {}
+    mr_levels, model_levels = {}, {}
     for name in HEAD_MRS:
         path = args.real_data / name
         if not path.exists():
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
                                 "results": rows}
         first = next(iter(columns.values()))
         mr_levels[name] = first.levels                          # the MR's head mask: the same for every sCT
+        model_levels[name] = {label: columns[label].levels for label in labels}
         C.check_figure(first.mr, {k: columns[k] for k in (LOOKUP, *labels)},
                        args.figures / f"{name.split('.')[0]}.png",
                        f"{name}: real MR (no CT of this patient) and sCTs\nrays of the vault check: green crossed "
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
     depth_figure(results, labels, args.figures / "depth_profiles.png")
     level_figure(mr_levels, {name: check.levels for name, check in cts.items()}, results,
                  args.figures / "level_matching.png")
+    bone_level_figure(model_levels, {name: check.levels for name, check in cts.items()}, results,
+                      args.figures / "bone_by_level.png")
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(markdown(results, labels), encoding="utf-8")
     print((args.out / "results.md").read_text(encoding="utf-8"))
@@ -161,12 +165,27 @@ def scalp_fat(summary: dict) -> float:
     return float(np.mean([summary["shares_by_depth_mm"][shell]["fat"] for shell in SCALP_SHELLS]))
 
 
-def depth_figure(results: dict, models, path: Path) -> Path:
-    """Fat (top row) and bone (bottom row) share by depth under the skin, one column per real MR: each model's sCT,
-    and the real head CTs (grey band: their range, black: their mean)."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path, title: str, fontsize: int) -> Path:
+    """Title, lay out, write (110 dpi) and close a figure."""
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def depth_figure(results: dict, models, path: Path) -> Path:
+    """Fat (top row) and bone (bottom row) share by depth under the skin, one column per real MR: each model's sCT,
+    and the real head CTs (grey band: their range, black: their mean)."""
+    plt = _pyplot()
 
     shells = list(next(iter(results["real_cts"].values()))["shares_by_depth_mm"])
     middle = [np.mean([float(x) for x in shell.split("-")]) for shell in shells]
@@ -188,22 +207,15 @@ def depth_figure(results: dict, models, path: Path) -> Path:
             if row == 1:
                 ax.set_xlabel("depth under the skin (mm)")
     axes[0, 0].legend(fontsize=6)
-    fig.suptitle("Where the HU classes sit: share of each shell under the skin that is fat (-400 to -30 HU) or bone "
-                 "(>= 250 HU)\nsCTs of real MRs (no CT of these patients) against the two real head CTs", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, "Where the HU classes sit: share of each shell under the skin that is fat (-400 to -30 "
+                 "HU) or bone (>= 250 HU)\nsCTs of real MRs (no CT of these patients) against the two real head CTs", 9)
 
 
 def level_figure(mr_levels: dict, ct_levels: dict, results: dict, path: Path) -> Path:
     """The head's cross-section (cm^2) per axial level of each real MR (black) and of each real CT placed at its
     level-matched alignment (dots: the levels where it is the MR's reference; dashed: the cross-sections disagree,
     not used)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     voxel_cm2 = (C.GRID_MM / 10) ** 2
     fig, axes = plt.subplots(1, len(mr_levels), figsize=(2.6 * len(mr_levels), 4.2), sharex=True, squeeze=False)
@@ -226,14 +238,40 @@ def level_figure(mr_levels: dict, ct_levels: dict, results: dict, path: Path) ->
         ax.set_xlabel("head cross-section (cm$^2$)")
         ax.legend(fontsize=5.5, loc="lower left")
     axes[0, 0].set_ylabel("height in the MR's volume (mm, superior up)")
-    fig.suptitle("Level matching: each real head CT slid along the head's axis to where its cross-sections best match "
-                 "the MR's (median relative mismatch in brackets;\ndots: the levels where it is the reference, "
-                 f"dashed: mismatch > {C.MAX_AREA_MISMATCH}, not used)", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, "Level matching: each real head CT slid along the head's axis to where its cross-sections "
+                 "best match the MR's (median relative mismatch in brackets;\ndots: the levels where it is the "
+                 f"reference, dashed: mismatch > {C.MAX_AREA_MISMATCH}, not used)", 8)
+
+
+def bone_level_figure(model_levels: dict, ct_levels: dict, results: dict, path: Path) -> Path:
+    """The bone share (>= 250 HU) of the head per axial level of each real MR: each model's sCT (lines) and each real
+    CT used as that MR's reference, at its aligned levels where the cross-sections agree (dots): where along the head
+    an sCT has more or less bone than a real head."""
+    plt = _pyplot()
+
+    bone = [name for name, *_ in C.HU_CLASSES].index("bone")
+    share = lambda counts: counts[:, bone] / np.maximum(counts.sum(axis=1), 1)  # noqa: E731
+    fig, axes = plt.subplots(1, len(model_levels), figsize=(2.6 * len(model_levels), 4.2), sharex=True,
+                             squeeze=False)
+    for ax, (name, by_model) in zip(axes[0], model_levels.items()):
+        for label, levels in by_model.items():
+            counted = ~np.isnan(levels.area)
+            height = np.arange(len(levels.area)) * C.GRID_MM
+            ax.plot(share(levels.counts)[counted], height[counted], "-", lw=1.2, label=label)
+        head = next(iter(by_model.values()))
+        alignments = next(iter(results["mrs"][name]["results"].values()))["level_matched"]["cts"]
+        for (ct_name, ct), colour in zip(ct_levels.items(), ("k", "0.5")):
+            aligned = alignments.get(ct_name)
+            if aligned is None or not aligned["used"]:
+                continue
+            levels, used = C.agreeing_levels(head, ct, int(round(aligned["shift_mm"] / C.GRID_MM)))
+            ax.plot(share(ct.counts[used]), levels * C.GRID_MM, ".", color=colour, ms=3, label=ct_name.split(".")[0])
+        ax.set_title(name.split(".")[0], fontsize=8)
+        ax.set_xlabel("bone share of the head")
+        ax.legend(fontsize=5.5, loc="lower right")
+    axes[0, 0].set_ylabel("height in the MR's volume (mm, superior up)")
+    return _save(fig, path, "Bone per axial level: sCTs of real MRs (lines; no CT of these patients) against the real "
+                 "head CTs at the levels where they are the reference (dots)", 8)
 
 
 if __name__ == "__main__":
