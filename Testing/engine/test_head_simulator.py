@@ -189,6 +189,31 @@ def test_the_model_recipe_script_trains_a_model_from_simulated_pairs(tmp_path, m
     assert metadata["plane"] == "axial" and metadata["training"]["recipe"] == "fast"
 
 
+def test_the_model_chain_is_reproduced_in_one_command_and_resumes_past_its_finished_steps(tmp_path, monkeypatch):
+    """make_head_model.reproduce on a tiny chain: from scratch, two warm starts of it, their weight average."""
+    from helpers import REPO
+    from MRtoCTSynthesisLib.modelfile import load_model, sha256_of
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import make_head_model as M
+
+    for key, value in (("image_size", (32, 32)), ("augment_pad", (48, 48)), ("pixel_spacing_mm", (8.0, 8.0))):
+        monkeypatch.setitem(M.CONFIG, key, value)
+    monkeypatch.setattr(M, "PAIRS", 2)
+    chain = (M.Step("a", 0.02, own_mr_every=0), M.Step("b", 0.02, "a", 3e-4),
+             M.Step("c", 0.02, "a", seed=1, prior=H.SimulationPrior(max_extra_scalp_mm=4.0)),
+             M.Step("s", soup=("b", "c")))
+    final = M.reproduce(tmp_path, tmp_path / "absent", chain=chain)
+    model_of = {step.name: tmp_path / step.name / M.NAME / M.MODEL for step in chain}
+    assert final == model_of["s"]
+    assert load_model(model_of["b"]).metadata["training"]["warm_start"]["file"] == str(model_of["a"])
+    ingredients = load_model(final).metadata["training"]["weight_average"]
+    assert [(i["file"], i["share"]) for i in ingredients] == [(str(model_of["b"]), 0.5), (str(model_of["c"]), 0.5)]
+    digests = {name: sha256_of(path) for name, path in model_of.items()}
+    assert M.reproduce(tmp_path, tmp_path / "absent", chain=chain) == final                 # all done: nothing redone
+    assert digests == {name: sha256_of(path) for name, path in model_of.items()}
+
+
 def test_thick_slices_can_be_drawn_mostly_axial():
     """``axial_thick_share`` 1: every thick-slice contrast blurs along the axial axis (k) alone; the default draws
     the axis at random, so some thick slices lie along j or i."""
