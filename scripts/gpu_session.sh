@@ -70,7 +70,7 @@ if [ "${MODE:-comparison}" = head ]; then
     say "head model: $PAIRS simulated pairs, $JOBS processes, real CTs from ${REAL_DATA:-.gpu/real}"
     "$PY" scripts/make_head_model.py data --work "$H" --real-data "${REAL_DATA:-.gpu/real}" --pairs "$PAIRS" \
         --own-mr-every 2 --seed 2 --axial-thick-share 0.67 --bright-fat-share 0.8 --max-bias 0.7 \
-        --jobs "$JOBS" || exit 1                                                     # v7's data recipe, new pairs
+        --max-extra-scalp-mm 3 --max-csf-mm 4 --jobs "$JOBS" || exit 1               # v11's data recipe, new pairs
     MINUTES=$("$PY" -c "print(max(0.05, ($STARTED + $SESSION_SECONDS - 45 - $(date +%s)) / 60 / 1.1))")
     say "training on $DEVICE for $MINUTES min from the shipped head-synth"
     "$PY" scripts/make_head_model.py train --work "$H" --minutes "$MINUTES" --device "$DEVICE" \
