@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from . import volumes as V
-from .head_simulator import output_grid
+from .head_simulator import IN_PLANE, ball, output_grid
 from .metrics import mutual_information
 
 GRID_MM = 2.0
@@ -179,8 +179,8 @@ def brain_bone_share(hu: np.ndarray, centre: np.ndarray) -> float:
     """Share of voxels >= 250 HU in the upper half of the BRAIN_BALL_MM ball about ``centre`` (inside the volume)."""
     k, j, i = np.ogrid[tuple(slice(0, n) for n in hu.shape)]
     distance = np.sqrt((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2) * GRID_MM
-    ball = (distance <= BRAIN_BALL_MM) & (k >= centre[0])
-    return float((hu[ball] >= BONE_HU).mean())
+    upper_half = (distance <= BRAIN_BALL_MM) & (k >= centre[0])
+    return float((hu[upper_half] >= BONE_HU).mean())
 
 
 def hu_shares(hu: np.ndarray, mask: np.ndarray) -> dict:
@@ -200,9 +200,8 @@ def levels_of(hu: np.ndarray, head: np.ndarray, scanned: np.ndarray) -> Levels:
     """``Levels`` of a volume on the check grid (k runs superior)."""
     inside = head & scanned
     area = inside.reshape(len(hu), -1).sum(axis=1).astype(float)
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
-    on_edge = (inside & ~binary_erosion(scanned, in_plane, border_value=0)).reshape(len(hu), -1).sum(axis=1)
+    edge = inside & ~binary_erosion(scanned, ball(1.0, IN_PLANE), border_value=0)
+    on_edge = edge.reshape(len(hu), -1).sum(axis=1)
     area[(on_edge > CUT_LEVEL_SHARE * area) | (area == 0)] = np.nan
     counts = np.stack([(inside & (hu >= lo) & (hu < hi)).reshape(len(hu), -1).sum(axis=1)
                        for _, lo, hi in HU_CLASSES], axis=1).astype(float)

@@ -38,6 +38,7 @@ SPACING_MM = 2.0                                  # grid of the simulated pairs 
 BODY_HU, FAT_HU, SOFT_HU, MARROW_HU, CORTICAL_HU = -500.0, -200.0, -30.0, 250.0, 700.0
 CSF_HU = 15.0           # intracranial soft tissue below this is CSF ...
 SKIN_MM = 2.0           # the outermost shell of the body is skin
+IN_PLANE = (1e6, 1.0, 1.0)   # a voxel spacing for ``ball`` that makes it flat along k (axial, in-plane)
 # Real head CTs stored upside down: the VTK headsq has no direction of its own, and the one its NIfTI assumed puts
 # the neck above the orbits (../shared/data/real/SOURCES.md: "orientation assumed").
 UPSIDE_DOWN_CTS = ("head_ct_vtk_headsq.nii.gz",)
@@ -82,7 +83,7 @@ def tissue_labels_from_ct(ct: sitk.Image) -> sitk.Image:
         grey = smooth > np.median(smooth[brain])
         labels[brain & grey] = LABEL["grey_matter"]
         labels[brain & ~grey] = LABEL["white_matter"]
-    shell = body & ~ndimage.binary_erosion(body, _ball(SKIN_MM, spacing))
+    shell = body & ~ndimage.binary_erosion(body, ball(SKIN_MM, spacing))
     labels[shell & (labels == LABEL["muscle"])] = LABEL["skin"]
     labels[~body] = 0
     image = sitk.GetImageFromArray(labels)
@@ -92,13 +93,15 @@ def tissue_labels_from_ct(ct: sitk.Image) -> sitk.Image:
 
 def _intracranial(bone: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """Per axial slice: the holes of the closed bone mask (the space a closed skull ring encloses), bone excluded."""
-    closed = ndimage.binary_closing(bone, _ball(6.0, spacing), border_value=0)
+    closed = ndimage.binary_closing(bone, ball(6.0, spacing), border_value=0)
     filled = np.stack([ndimage.binary_fill_holes(s) for s in closed])
     inside = filled & ~closed
-    return ndimage.binary_opening(inside, _ball(2.0, spacing))
+    return ndimage.binary_opening(inside, ball(2.0, spacing))
 
 
-def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+def ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """A boolean ball of ``radius_mm`` on a grid of ``spacing`` (k, j, i) mm, at least 3 voxels wide on every axis; a
+    huge spacing along an axis makes it flat there (``ball(1, IN_PLANE)``: the in-plane cross, one slice thick)."""
     r = [max(1, int(round(radius_mm / s))) for s in spacing]
     grid = np.ogrid[tuple(slice(-n, n + 1) for n in r)]
     return sum((g * s / radius_mm) ** 2 for g, s in zip(grid, spacing)) <= 1.0
@@ -279,8 +282,8 @@ def thicken_scalp(labels: np.ndarray, hu: np.ndarray, voxels: int) -> tuple[np.n
     if voxels <= 0:
         return labels, hu
     body = labels > 0
-    disk = _ball(float(voxels), (1e6, 1.0, 1.0))          # one voxel thick along k: in-plane only
-    cross = _ball(1.0, (1e6, 1.0, 1.0))
+    disk = ball(float(voxels), IN_PLANE)          # one voxel thick along k: in-plane only
+    cross = ball(1.0, IN_PLANE)
     grown = ndimage.binary_dilation(body, disk)
     old_rim = body & ~ndimage.binary_erosion(body, cross, border_value=1)
     new_rim = grown & ~ndimage.binary_erosion(grown, cross, border_value=1)
@@ -304,7 +307,7 @@ def add_subarachnoid_csf(labels: np.ndarray, hu: np.ndarray, voxels: int) -> tup
         return labels, hu
     brain = np.isin(labels, (LABEL["grey_matter"], LABEL["white_matter"]))
     skull = np.isin(labels, (LABEL["cortical_bone"], LABEL["bone_marrow"]))
-    layer = brain & (hu < MARROW_HU) & ndimage.binary_dilation(skull, _ball(float(voxels), (1.0, 1.0, 1.0)))
+    layer = brain & (hu < MARROW_HU) & ndimage.binary_dilation(skull, ball(float(voxels), (1.0, 1.0, 1.0)))
     labels = labels.copy()
     labels[layer] = LABEL["csf"]
     return labels, hu
