@@ -103,10 +103,9 @@ def main(argv=None) -> int:
                        "bone > 250 HU, red did not, grey left the scan")
     args.out.mkdir(parents=True, exist_ok=True)
     depth_figure(results, labels, args.figures / "depth_profiles.png")
-    level_figure(mr_levels, {name: check.levels for name, check in cts.items()}, results,
-                 args.figures / "level_matching.png")
-    bone_level_figure(model_levels, {name: check.levels for name, check in cts.items()}, results,
-                      args.figures / "bone_by_level.png")
+    ct_levels = {name: check.levels for name, check in cts.items()}
+    level_figure(mr_levels, ct_levels, results, args.figures / "level_matching.png")
+    bone_level_figure(model_levels, ct_levels, results, args.figures / "bone_by_level.png")
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(markdown(results, labels), encoding="utf-8")
     print((args.out / "results.md").read_text(encoding="utf-8"))
@@ -172,6 +171,16 @@ def _pyplot():
     return plt
 
 
+def _alignments(results: dict, mr: str) -> dict:
+    """Each real CT's recorded alignment to the real MR ``mr`` (None where none overlaps enough)."""
+    return next(iter(results["mrs"][mr]["results"].values()))["level_matched"]["cts"]
+
+
+def _reference_levels(head: C.Levels, ct: C.Levels, aligned: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(head's levels, CT's levels) where a used CT is the head's reference, at its recorded alignment."""
+    return C.agreeing_levels(head, ct, int(round(aligned["shift_mm"] / C.GRID_MM)))
+
+
 def _save(fig, path: Path, title: str, fontsize: int) -> Path:
     """Title, lay out, write (110 dpi) and close a figure."""
     fig.suptitle(title, fontsize=fontsize)
@@ -222,7 +231,7 @@ def level_figure(mr_levels: dict, ct_levels: dict, results: dict, path: Path) ->
     for ax, (name, levels) in zip(axes[0], mr_levels.items()):
         height = np.arange(len(levels.area)) * C.GRID_MM
         ax.plot(levels.area * voxel_cm2, height, "k-", lw=2.5, label="MR head")
-        alignments = next(iter(results["mrs"][name]["results"].values()))["level_matched"]["cts"]
+        alignments = _alignments(results, name)
         for (ct_name, ct), colour in zip(ct_levels.items(), ("tab:red", "tab:blue")):
             aligned = alignments.get(ct_name)
             if aligned is None:
@@ -231,7 +240,7 @@ def level_figure(mr_levels: dict, ct_levels: dict, results: dict, path: Path) ->
             ax.plot(ct.area * voxel_cm2, ct_height, "-" if aligned["used"] else "--", color=colour, lw=0.8,
                     label=f"{ct_name.split('.')[0]} ({aligned['area_mismatch']:.2f})")
             if aligned["used"]:
-                _, used = C.agreeing_levels(levels, ct, int(round(aligned["shift_mm"] / C.GRID_MM)))
+                _, used = _reference_levels(levels, ct, aligned)
                 ax.plot(ct.area[used] * voxel_cm2, ct_height[used], ".", color=colour, ms=3)
         ax.set_ylim(-5, len(levels.area) * C.GRID_MM + 5)
         ax.set_title(name.split(".")[0], fontsize=8)
@@ -250,7 +259,10 @@ def bone_level_figure(model_levels: dict, ct_levels: dict, results: dict, path: 
     plt = _pyplot()
 
     bone = [name for name, *_ in C.HU_CLASSES].index("bone")
-    share = lambda counts: counts[:, bone] / np.maximum(counts.sum(axis=1), 1)  # noqa: E731
+
+    def share(counts: np.ndarray) -> np.ndarray:
+        return counts[:, bone] / np.maximum(counts.sum(axis=1), 1)
+
     fig, axes = plt.subplots(1, len(model_levels), figsize=(2.6 * len(model_levels), 4.2), sharex=True,
                              squeeze=False)
     for ax, (name, by_model) in zip(axes[0], model_levels.items()):
@@ -259,12 +271,12 @@ def bone_level_figure(model_levels: dict, ct_levels: dict, results: dict, path: 
             height = np.arange(len(levels.area)) * C.GRID_MM
             ax.plot(share(levels.counts)[counted], height[counted], "-", lw=1.2, label=label)
         head = next(iter(by_model.values()))
-        alignments = next(iter(results["mrs"][name]["results"].values()))["level_matched"]["cts"]
+        alignments = _alignments(results, name)
         for (ct_name, ct), colour in zip(ct_levels.items(), ("k", "0.5")):
             aligned = alignments.get(ct_name)
             if aligned is None or not aligned["used"]:
                 continue
-            levels, used = C.agreeing_levels(head, ct, int(round(aligned["shift_mm"] / C.GRID_MM)))
+            levels, used = _reference_levels(head, ct, aligned)
             ax.plot(share(ct.counts[used]), levels * C.GRID_MM, ".", color=colour, ms=3, label=ct_name.split(".")[0])
         ax.set_title(name.split(".")[0], fontsize=8)
         ax.set_xlabel("bone share of the head")
